@@ -1,0 +1,49 @@
+"""`dsla-serve` command line.
+
+Each subcommand lives in the package that owns it, as a module with `HELP` (one line),
+`add_arguments(parser)` and `run(args) -> int`; it is imported only when chosen, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("dsla_serve.model.demo", "convert half of a tiny random Llama to DSLA and generate with a hybrid cache"),
+}
+
+
+def _module(name: str):
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsla-serve",
+        description="Serve Hugging Face Llama-family models partly converted to dual-state linear "
+                    "attention (DSLA), choosing the conversion depth under load to meet latency SLOs.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"dsla-serve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _module(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(chosen)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(_module(args.command).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Backend choice for the DSLA ops: Triton on CUDA where a kernel exists, PyTorch otherwise.
+
+`DSLA_BACKEND=torch` forces the PyTorch forms (useful to compare backends on one machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .chunk import chunk_dsla_torch
+from .recurrent import recurrent_dsla_torch, recurrent_dsla_pool_torch
+
+
+def _triton_wanted(x: torch.Tensor) -> bool:
+    if os.environ.get("DSLA_BACKEND", "auto") == "torch":
+        return False
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        from . import triton_ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chunk_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,
+               cu_seqlens=None):
+    """Chunked DSLA for prefill and training. Shapes as `naive_dsla`; with `cu_seqlens` ([N+1] int,
+    packed sequences, B = 1) states are [N, H, K, V]."""
+    if _triton_wanted(q):
+        from .triton_ops import chunk_dsla_triton
+        return chunk_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+    return chunk_dsla_torch(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def recurrent_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,
+                   cu_seqlens=None):
+    """Step-form DSLA for decode (fast for T = 1, correct for any T). Shapes as `naive_dsla`."""
+    if _triton_wanted(q):
+        from .triton_ops import recurrent_dsla_triton
+        return recurrent_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+    return recurrent_dsla_torch(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def recurrent_dsla_pool(q, k, v, g1, g2, mix, state_pool, slots, scale=None):
+    """One decode step for a batch whose states live in a pool, updated in place.
+
+    Args:
+        q, g1, g2: [B, 1, H, K]; k: [B, 1, Hk, K]; v: [B, 1, Hk, V]; mix: [2] or [H, 2].
+        state_pool: pair (s1, s2), each [P, H, K, V] fp32, P >= B.
+        slots: [B] int64 pool row of each sequence (distinct).
+    Returns:
+        o: [B, 1, H, V]; the pool rows `slots` hold the new states.
+    """
+    if _triton_wanted(q):
+        from .triton_ops import recurrent_dsla_pool_triton
+        return recurrent_dsla_pool_triton(q, k, v, g1, g2, mix, state_pool, slots, scale)
+    return recurrent_dsla_pool_torch(q, k, v, g1, g2, mix, state_pool, slots, scale)

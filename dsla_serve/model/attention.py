@@ -1,0 +1,113 @@
+"""`DSLAAttention`: a drop-in replacement for a Hugging Face Llama/Mistral/Qwen2 attention module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import chunk_dsla, recurrent_dsla
+from .config import DSLAConfig
+
+SUPPORTED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
+
+
+class GateProjection(nn.Module):
+    """hidden -> H*K gate logits, full rank (one Linear) or low rank (hidden -> r -> H*K).
+
+    The output-side weight starts at zero, so every token starts with the decay set by the bias;
+    the gradient still reaches it (d logits / d W = x).
+    """
+
+    def __init__(self, hidden_size: int, out_features: int, rank: int | None, bias_value: float,
+                 dtype: torch.dtype, device: torch.device | str | None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.down = None if rank is None else nn.Linear(hidden_size, rank, bias=False, **kw)
+        self.up = nn.Linear(hidden_size if rank is None else rank, out_features, bias=True, **kw)
+        with torch.no_grad():
+            if self.down is not None:
+                nn.init.normal_(self.down.weight, std=hidden_size**-0.5)
+            self.up.weight.zero_()
+            self.up.bias.fill_(bias_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., hidden] -> [..., out_features]."""
+        return self.up(x if self.down is None else self.down(x))
+
+
+class DSLAAttention(nn.Module):
+    """Dual-state linear attention with q/k/v/o taken from a pretrained attention module.
+
+    The q/k/v/o projections are *shared* with the original module (same nn.Linear objects) until
+    `untie_projections()` gives this layer its own copies (needed only when they are trained), so a
+    converted model keeps both attentions resident at almost no cost.
+    """
+
+    def __init__(self, attn: nn.Module, config: DSLAConfig | None = None):
+        super().__init__()
+        name = type(attn).__name__
+        if name not in SUPPORTED_ATTENTION:
+            raise TypeError(
+                f"cannot convert {name}: DSLA conversion supports {', '.join(SUPPORTED_ATTENTION)}")
+        config = config or DSLAConfig()
+        self.config = config
+        self.layer_idx = attn.layer_idx
+        self.head_dim = attn.head_dim
+        self.num_heads = attn.q_proj.out_features // self.head_dim
+        self.num_kv_heads = attn.k_proj.out_features // self.head_dim
+        self.hidden_size = attn.q_proj.in_features
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        w = attn.q_proj.weight
+        gate_out = self.num_heads * self.head_dim
+        self.gate_history = GateProjection(self.hidden_size, gate_out, config.gate_rank,
+                                           config.history_gate_bias, w.dtype, w.device)
+        self.gate_recency = GateProjection(self.hidden_size, gate_out, config.gate_rank,
+                                           config.recency_gate_bias, w.dtype, w.device)
+        self.mix_logits = nn.Parameter(
+            torch.tensor(config.mix_init, dtype=torch.float32, device=w.device).repeat(self.num_heads, 1))
+
+    def untie_projections(self) -> None:
+        """Give this layer private copies of q/k/v/o (so training them leaves the original intact)."""
+        import copy
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, n, copy.deepcopy(getattr(self, n)))
+
+    def mix(self) -> torch.Tensor:
+        """[H, 2] non-negative read-out weights (softmax of the learned logits)."""
+        return torch.softmax(self.mix_logits.float(), dim=-1)
+
+    def project(self, x: torch.Tensor):
+        """x: [B, T, hidden] -> q [B,T,H,K], k [B,T,Hk,K], v [B,T,Hk,V], g1, g2 [B,T,H,K] (log-decays)."""
+        B, T, _ = x.shape
+        D = self.head_dim
+        q = self.q_proj(x).view(B, T, self.num_heads, D)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, D)
+        tau = self.config.tau
+        g1 = (F.logsigmoid(self.gate_history(x).float()) / tau).view(B, T, self.num_heads, D)
+        g2 = (F.logsigmoid(self.gate_recency(x).float()) / tau).view(B, T, self.num_heads, D)
+        return q, k, v, g1, g2
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                past_key_values=None, cache=None, **kwargs):
+        """Hugging Face attention signature. hidden_states [B, T, hidden] -> ([B, T, hidden], None).
+
+        `cache` (transformers >= 5.2x) or `past_key_values` (older 5.x) is a `HybridCache`; padded
+        tokens (from the attention mask) never enter the states.
+        """
+        from .cache import dsla_token_mask  # local import: cache imports this module's users
+
+        cache = cache if cache is not None else past_key_values
+        q, k, v, g1, g2 = self.project(hidden_states)
+        keep = dsla_token_mask(attention_mask, hidden_states.shape[1])
+        if keep is not None:  # [B, T] bool; zero k so a padded token adds nothing to the states
+            k = k * keep[:, :, None, None].to(k.dtype)
+        state = cache.get_dsla_state(self.layer_idx) if cache is not None else None
+        op = recurrent_dsla if (state is not None and hidden_states.shape[1] <= 16) else chunk_dsla
+        o, new_state = op(q, k, v, g1, g2, self.mix(), initial_state=state,
+                          output_final_state=cache is not None)
+        if cache is not None:
+            cache.set_dsla_state(self.layer_idx, new_state, hidden_states.shape[1])
+        B, T = hidden_states.shape[:2]
+        return self.o_proj(o.reshape(B, T, -1).to(hidden_states.dtype)), None
