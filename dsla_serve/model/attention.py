@@ -1,15 +1,22 @@
-"""`DSLAAttention`: a drop-in replacement for a Hugging Face Llama/Mistral/Qwen2 attention module."""
+"""`DSLAAttention`: the DSLA twin of a Hugging Face Llama/Mistral/Qwen2 attention module."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import chunk_dsla, recurrent_dsla
+from .cache import dsla_token_mask, get_dsla_state, set_dsla_state
 from .config import DSLAConfig
 
 SUPPORTED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+# With a carried state, chunks this short go through the step form (decode: T = 1).
+RECURRENT_MAX_TOKENS = 16
 
 
 class GateProjection(nn.Module):
@@ -39,17 +46,20 @@ class GateProjection(nn.Module):
 class DSLAAttention(nn.Module):
     """Dual-state linear attention with q/k/v/o taken from a pretrained attention module.
 
-    The q/k/v/o projections are *shared* with the original module (same nn.Linear objects) until
+    The q/k/v/o projections are *shared* with the original module (the same nn.Linear objects) until
     `untie_projections()` gives this layer its own copies (needed only when they are trained), so a
-    converted model keeps both attentions resident at almost no cost.
+    converted model keeps both attentions resident at almost no cost. No rotary embedding is applied:
+    positions enter through the decays.
+
+    Attributes set by model surgery (`dsla_serve.model.surgery`): `active` (this layer runs as DSLA
+    at the model's current depth) and `order_position` (its index in the conversion order).
     """
 
     def __init__(self, attn: nn.Module, config: DSLAConfig | None = None):
         super().__init__()
         name = type(attn).__name__
         if name not in SUPPORTED_ATTENTION:
-            raise TypeError(
-                f"cannot convert {name}: DSLA conversion supports {', '.join(SUPPORTED_ATTENTION)}")
+            raise TypeError(f"cannot convert {name}: DSLA conversion supports {', '.join(SUPPORTED_ATTENTION)}")
         config = config or DSLAConfig()
         self.config = config
         self.layer_idx = attn.layer_idx
@@ -58,6 +68,9 @@ class DSLAAttention(nn.Module):
         self.num_kv_heads = attn.k_proj.out_features // self.head_dim
         self.hidden_size = attn.q_proj.in_features
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.projections_tied = True
+        self.active = False
+        self.order_position: int | None = None
         w = attn.q_proj.weight
         gate_out = self.num_heads * self.head_dim
         self.gate_history = GateProjection(self.hidden_size, gate_out, config.gate_rank,
@@ -67,18 +80,32 @@ class DSLAAttention(nn.Module):
         self.mix_logits = nn.Parameter(
             torch.tensor(config.mix_init, dtype=torch.float32, device=w.device).repeat(self.num_heads, 1))
 
+    def extra_repr(self) -> str:
+        return (f"layer={self.layer_idx}, heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, gate_rank={self.config.gate_rank}, tied={self.projections_tied}, "
+                f"active={self.active}")
+
     def untie_projections(self) -> None:
         """Give this layer private copies of q/k/v/o (so training them leaves the original intact)."""
-        import copy
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, n, copy.deepcopy(getattr(self, n)))
+        if self.projections_tied:
+            for n in PROJECTIONS:
+                setattr(self, n, copy.deepcopy(getattr(self, n)))
+            self.projections_tied = False
+
+    def own_parameters(self) -> dict[str, torch.Tensor]:
+        """The parameters this layer adds to the model: gates and mix logits, plus q/k/v/o when untied.
+
+        Names are those of `self.state_dict()`; these are what an artifact stores for the layer.
+        """
+        shared = () if not self.projections_tied else tuple(f"{p}." for p in PROJECTIONS)
+        return {n: p for n, p in self.named_parameters() if not n.startswith(shared)}
 
     def mix(self) -> torch.Tensor:
         """[H, 2] non-negative read-out weights (softmax of the learned logits)."""
         return torch.softmax(self.mix_logits.float(), dim=-1)
 
     def project(self, x: torch.Tensor):
-        """x: [B, T, hidden] -> q [B,T,H,K], k [B,T,Hk,K], v [B,T,Hk,V], g1, g2 [B,T,H,K] (log-decays)."""
+        """x: [B, T, hidden] -> q [B,T,H,K], k [B,T,Hk,K], v [B,T,Hk,V], g1, g2 [B,T,H,K] fp32 log-decays."""
         B, T, _ = x.shape
         D = self.head_dim
         q = self.q_proj(x).view(B, T, self.num_heads, D)
@@ -89,25 +116,27 @@ class DSLAAttention(nn.Module):
         g2 = (F.logsigmoid(self.gate_recency(x).float()) / tau).view(B, T, self.num_heads, D)
         return q, k, v, g1, g2
 
-    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                past_key_values=None, cache=None, **kwargs):
-        """Hugging Face attention signature. hidden_states [B, T, hidden] -> ([B, T, hidden], None).
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, cache=None,
+                past_key_values=None, **kwargs):
+        """The Hugging Face attention call. hidden_states [B, T, hidden] -> ([B, T, hidden], None).
 
-        `cache` (transformers >= 5.2x) or `past_key_values` (older 5.x) is a `HybridCache`; padded
-        tokens (from the attention mask) never enter the states.
+        `cache` (transformers >= 5.2x) or `past_key_values` (5.17) is a Hugging Face dynamic cache or
+        an object with `get_dsla_state`/`set_dsla_state` (see `dsla_serve.model.cache`); None runs the
+        sequence from a zero state and keeps nothing. Padded tokens (from the attention mask) leave
+        the states exactly unchanged: their key is zeroed (nothing added) and their log-decay too
+        (nothing forgotten), so padding anywhere, prompt or decode step, never enters a state.
         """
-        from .cache import dsla_token_mask  # local import: cache imports this module's users
-
         cache = cache if cache is not None else past_key_values
+        B, T, _ = hidden_states.shape
         q, k, v, g1, g2 = self.project(hidden_states)
-        keep = dsla_token_mask(attention_mask, hidden_states.shape[1])
-        if keep is not None:  # [B, T] bool; zero k so a padded token adds nothing to the states
-            k = k * keep[:, :, None, None].to(k.dtype)
-        state = cache.get_dsla_state(self.layer_idx) if cache is not None else None
-        op = recurrent_dsla if (state is not None and hidden_states.shape[1] <= 16) else chunk_dsla
-        o, new_state = op(q, k, v, g1, g2, self.mix(), initial_state=state,
-                          output_final_state=cache is not None)
+        keep = dsla_token_mask(attention_mask, B, T)
+        if keep is not None:
+            keep = keep[:, :, None, None]
+            k = k * keep.to(k.dtype)
+            g1, g2 = g1 * keep, g2 * keep
+        state = get_dsla_state(cache, self.layer_idx) if cache is not None else None
+        op = recurrent_dsla if state is not None and T <= RECURRENT_MAX_TOKENS else chunk_dsla
+        o, new_state = op(q, k, v, g1, g2, self.mix(), initial_state=state, output_final_state=cache is not None)
         if cache is not None:
-            cache.set_dsla_state(self.layer_idx, new_state, hidden_states.shape[1])
-        B, T = hidden_states.shape[:2]
+            set_dsla_state(cache, self.layer_idx, new_state, T)
         return self.o_proj(o.reshape(B, T, -1).to(hidden_states.dtype)), None
