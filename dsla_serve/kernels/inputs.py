@@ -76,9 +76,11 @@ def check_inputs(q, k, v, g1, g2, mix, initial_state=None, cu_seqlens=None, op: 
 
     if not _is_capturing(q):
         for name, g in (("g1", g1), ("g2", g2)):
-            if g.numel() and bool((g > 0).any()):
-                raise ValueError(f"{op}: {name} holds log-decays and must be <= 0, found a positive "
-                                 f"value (max {g.max().item():.4g})")
+            ok = (g <= 0) & (g > float("-inf"))  # also False for NaN
+            if not bool(ok.all()):
+                bad = g[~ok][0].item()
+                raise ValueError(f"{op}: {name} holds log-decays and must be finite and <= 0, "
+                                 f"found {bad:.4g}")
     return N
 
 
