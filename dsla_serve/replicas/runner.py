@@ -1,0 +1,112 @@
+"""`ModelRunner`: the engine's own forward pass over a Hugging Face Llama/Mistral/Qwen2 model.
+
+It walks the HF modules itself (embed_tokens, each layer's input_layernorm / attention projections /
+post_attention_layernorm / mlp, norm, lm_head, rotary_emb) over a flat batch of prefill and decode
+tokens (`ForwardBatch`), so one pass serves chunked prefill and batched decode together and reads
+the weights once. Per layer kind at the current depth:
+
+- softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
+  through SDPA over their slot's prefix (lower-right causal mask), decode rows through
+  `decode_attention` (split-K Triton kernel on CUDA);
+- DSLA: `chunk_dsla` for the prefill segments (initial states gathered from the pool, final states
+  written back) and `recurrent_dsla_pool` for the decode rows (pool updated in place).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from ..kernels import chunk_dsla
+from ..kernels.dispatch import recurrent_dsla_pool
+from .batch import ForwardBatch
+from .cache import CachePool
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [N, heads, D] with cos/sin [N, D] (the rotate-half convention of HF Llama)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class ModelRunner:
+    """Runs forward passes of `model` at a fixed set of DSLA layers against one `CachePool`."""
+
+    def __init__(self, model, pool: CachePool, dsla_layers: dict[int, torch.nn.Module]):
+        """`dsla_layers`: {layer index: DSLAAttention} for the layers that are DSLA at this depth."""
+        base = model.model
+        self.embed = base.embed_tokens
+        self.layers = base.layers
+        self.norm = base.norm
+        self.rotary = base.rotary_emb
+        self.lm_head = model.lm_head
+        self.pool = pool
+        self.dsla = dict(dsla_layers)
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """-> logits [M, V] of `batch.logit_rows` (all N rows when None), in the model dtype."""
+        h = self.embed(batch.input_ids)[None]  # [1, N, hidden]
+        cos, sin = self.rotary(h, batch.positions[None])
+        cos, sin = cos[0], sin[0]  # [N, D]
+        for i, layer in enumerate(self.layers):
+            x = layer.input_layernorm(h)
+            if i in self.dsla:
+                h = h + self._dsla(i, self.dsla[i], x, batch)
+            else:
+                h = h + self._attention(i, layer.self_attn, x, cos, sin, batch)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = h[0] if batch.logit_rows is None else h[0].index_select(0, batch.logit_rows)
+        return self.lm_head(self.norm(h))
+
+    def _attention(self, i: int, attn, x: torch.Tensor, cos, sin, batch: ForwardBatch) -> torch.Tensor:
+        """Softmax attention of layer i. x [1, N, hidden] -> [1, N, hidden]."""
+        N, D = x.shape[1], attn.head_dim
+        q = _rotate(attn.q_proj(x).view(N, -1, D), cos, sin)  # [N, H, D]
+        k = _rotate(attn.k_proj(x).view(N, -1, D), cos, sin)  # [N, Hk, D]
+        v = attn.v_proj(x).view(N, -1, D)
+        kc, vc = self.pool.k[i], self.pool.v[i]
+        kc[batch.kv_slots, :, batch.kv_pos] = k.to(kc.dtype)
+        vc[batch.kv_slots, :, batch.kv_pos] = v.to(vc.dtype)
+        gqa = k.shape[1] != q.shape[1]
+        parts = []
+        for seg in batch.segments:
+            qs = q[seg.offset:seg.offset + seg.length].transpose(0, 1)[None]  # [1, H, len, D]
+            ks, vs = kc[seg.slot:seg.slot + 1, :, :seg.end], vc[seg.slot:seg.slot + 1, :, :seg.end]
+            if seg.start == 0:
+                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=attn.scaling, enable_gqa=gqa)
+            else:
+                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=causal_lower_right(seg.length, seg.end),
+                                                   scale=attn.scaling, enable_gqa=gqa)
+            parts.append(o[0].transpose(0, 1))  # [len, H, D]
+        if batch.num_decode:
+            from .decode_attention import decode_attention
+            P = batch.num_prefill_tokens
+            parts.append(decode_attention(q[P:], kc, vc, batch.dec_slots, batch.dec_lengths, attn.scaling,
+                                          batch.max_len))
+        o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return attn.o_proj(o.reshape(1, N, -1).to(x.dtype))
+
+    def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """DSLA layer i. x [1, N, hidden] -> [1, N, hidden]."""
+        q, k, v, g1, g2 = twin.project(x)  # [1, N, heads, D]
+        mix = twin.mix()
+        s1, s2 = self.pool.s1[i], self.pool.s2[i]
+        P, N = batch.num_prefill_tokens, x.shape[1]
+        parts = []
+        if P:
+            rows = batch.prefill_state_slots
+            o, (f1, f2) = chunk_dsla(q[:, :P], k[:, :P], v[:, :P], g1[:, :P], g2[:, :P], mix,
+                                     initial_state=(s1.index_select(0, rows), s2.index_select(0, rows)),
+                                     output_final_state=True, cu_seqlens=batch.cu_seqlens)
+            s1.index_copy_(0, rows, f1.to(s1.dtype))
+            s2.index_copy_(0, rows, f2.to(s2.dtype))
+            parts.append(o[0])
+        if batch.num_decode:
+            o = recurrent_dsla_pool(q[0, P:, None], k[0, P:, None], v[0, P:, None], g1[0, P:, None],
+                                    g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots)
+            parts.append(o[:, 0])
+        o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return twin.o_proj(o.reshape(1, N, -1).to(x.dtype))

@@ -1,0 +1,107 @@
+"""Triton split-K decode attention over a per-slot KV cache (flash-decoding).
+
+Grid (B, Hk, S): program (b, kv head, split) handles the G = H / Hk query heads that share one key/value
+head (so each key is read once per group) over keys [split * split_len, min(+split_len, length)) of
+row b's slot, with an online softmax, and writes a partial output and its log-sum-exp. A small
+PyTorch reduction combines the S partials. S is chosen from the static bound `max_len` so that the
+grid fills the GPU; splits past a row's length exit at once. No host synchronisation: graph-safe.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_NUM_SMS: dict[int, int] = {}
+
+
+@triton.jit
+def _decode_split_kernel(Q, K, Vc, Slots, Lens, Opart, LSEpart,
+                         stride_qb, stride_qh, stride_kp, stride_kh, stride_kl, stride_vp, stride_vh, stride_vl,
+                         stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+                         scale, split_len,
+                         G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    sp = tl.program_id(2)
+    slot = tl.load(Slots + b).to(tl.int64)
+    length = tl.load(Lens + b).to(tl.int32)
+    start = sp * split_len
+    end = tl.minimum(start + split_len, length)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    gmask = g < G
+    dmask = d < D
+    heads = kvh * G + g
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=gmask[:, None] & dmask[None, :], other=0.0).to(tl.float32) * scale  # [G, D]
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    k_base = K + slot * stride_kp + kvh * stride_kh
+    v_base = Vc + slot * stride_vp + kvh * stride_vh
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nmask = n < end
+        kv_mask = nmask[:, None] & dmask[None, :]
+        k = tl.load(k_base + n[:, None] * stride_kl + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [G, N]
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + n[:, None] * stride_vl + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)  # [G, D]
+        m_i = m_new
+
+    has = l_i > 0.0
+    safe_l = tl.where(has, l_i, 1.0)
+    o = acc / safe_l[:, None]
+    lse = tl.where(has, m_i + tl.log(safe_l), float("-inf"))
+    tl.store(Opart + b * stride_ob + heads[:, None] * stride_oh + sp * stride_os + d[None, :], o,
+             mask=gmask[:, None] & dmask[None, :])
+    tl.store(LSEpart + b * stride_lb + heads * stride_lh + sp, lse, mask=gmask)
+
+
+def _num_sms(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def decode_attention_triton(q, k_cache, v_cache, slots, lengths, scale, max_len):
+    """Same contract as `decode_attention.decode_attention` (CUDA tensors)."""
+    B, H, D = q.shape
+    Hk = k_cache.shape[1]
+    G = H // Hk
+    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError("decode_attention: the cache's last dimension must be contiguous")
+    q = q.contiguous()
+    BLOCK_G = max(2, triton.next_power_of_2(G))
+    BLOCK_D = triton.next_power_of_2(D)
+    BLOCK_N = max(16, 128 // BLOCK_G)
+    max_len = max(1, min(int(max_len), k_cache.shape[2]))
+    blocks = triton.cdiv(max_len, BLOCK_N)
+    target = 4 * _num_sms(q.device)
+    splits = max(1, min(blocks, triton.cdiv(target, B * Hk)))
+    split_len = triton.cdiv(blocks, splits) * BLOCK_N
+    splits = triton.cdiv(max_len, split_len)
+    o_part = torch.empty(B, H, splits, D, device=q.device, dtype=torch.float32)
+    lse_part = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
+    _decode_split_kernel[(B, Hk, splits)](
+        q, k_cache, v_cache, slots, lengths, o_part, lse_part,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        o_part.stride(0), o_part.stride(1), o_part.stride(2), lse_part.stride(0), lse_part.stride(1),
+        float(scale), split_len,
+        G=G, BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2)
+    m = lse_part.max(dim=-1, keepdim=True).values
+    w = torch.exp(lse_part - m)  # empty splits: exp(-inf) = 0
+    o = (o_part * w[..., None]).sum(dim=2) / w.sum(dim=-1)[..., None]
+    return o.to(q.dtype)
