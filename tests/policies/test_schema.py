@@ -270,3 +270,20 @@ def test_policies_import_neither_torch_nor_ray():
     done = subprocess.run([sys.executable, "-c", code, str(TINY)], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_docs_describe_every_field():
+    docs = (REPO / "docs" / "policies.md").read_text()
+    missing = []
+
+    def walk(model, prefix):
+        for name, info in model.model_fields.items():
+            if f"`{name}`" not in docs:
+                missing.append(prefix + name)
+            sub = info.annotation
+            for candidate in getattr(sub, "__args__", (sub,)):
+                if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
+                    walk(candidate, f"{prefix}{name}.")
+
+    walk(Policy, "")
+    assert not missing, f"docs/policies.md does not mention: {missing}"
