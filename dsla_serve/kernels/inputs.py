@@ -76,9 +76,9 @@ def check_inputs(q, k, v, g1, g2, mix, initial_state=None, cu_seqlens=None, op: 
 
     if not _is_capturing(q):
         for name, g in (("g1", g1), ("g2", g2)):
-            ok = (g <= 0) & (g > float("-inf"))  # also False for NaN
-            if not bool(ok.all()):
-                bad = g[~ok][0].item()
+            lowest, highest = torch.aminmax(g) if g.numel() else (g.new_zeros(()), g.new_zeros(()))
+            if not (bool(highest <= 0) and bool(lowest > float("-inf"))):  # also fails for NaN
+                bad = g[~((g <= 0) & (g > float("-inf")))][0].item()
                 raise ValueError(f"{op}: {name} holds log-decays and must be finite and <= 0, "
                                  f"found {bad:.4g}")
     return N

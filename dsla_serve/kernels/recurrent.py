@@ -1,14 +1,14 @@
 """Step-form DSLA in PyTorch, for decode: one token at a time, both states updated together.
 
-Per token, with the two states stacked on an axis of size 2 ([B, Hk, G, 2, K, V], query heads viewed
-as [Hk, G] so k/v broadcast over the GQA group):
+As in `chunk.py`, the two states are one gated linear attention with key dimension 2K
+(q' = s [m_1 q, m_2 q], k' = [k, k], g' = [g1, g2], S' = [S1; S2]), with the query heads viewed as
+[Hk, G] so that k/v broadcast over the GQA group. Per token:
 
-    S <- exp(g)[..., None] * S + k^T v
-    o  = m_1 (s q) S_1 + m_2 (s q) S_2
+    S' <- exp(g')[..., None] * S' + k'^T v
+    o   = q' S'
 
-A decode step (T = 1) is exactly one such update: a few broadcast multiplies and one batched matmul,
-no loop over time. Longer inputs loop over tokens (correct for any T, but use `chunk_dsla` for
-prefill).
+A decode step (T = 1) is exactly one such update: a broadcast multiply-add and one batched matmul,
+no loop over time. Longer inputs loop over tokens (correct for any T; use `chunk_dsla` for prefill).
 """
 
 from __future__ import annotations
@@ -71,12 +71,11 @@ def recurrent_dsla_pool_torch(q, k, v, g1, g2, mix, state_pool, slots, scale=Non
     s1_pool, s2_pool = _check_pool(state_pool, slots, B, H, K, V, q.device)
     slots = slots.long()
     acc = s1_pool.dtype
-    state = torch.stack([s1_pool.index_select(0, slots), s2_pool.index_select(0, slots)], dim=2)
-    o, state = _step(*_as_steps(q, k, v, g1, g2, scale, acc), state.view(B, Hk, H // Hk, 2, K, V),
-                     _mix_view(mix, H, Hk, acc), t=0)
-    state = state.reshape(B, H, 2, K, V)
-    s1_pool.index_copy_(0, slots, state[:, :, 0])
-    s2_pool.index_copy_(0, slots, state[:, :, 1])
+    state = torch.cat([s1_pool.index_select(0, slots), s2_pool.index_select(0, slots)], dim=2)  # [B, H, 2K, V]
+    o, state = _step(*_as_steps(q, k, v, g1, g2, mix, scale, acc), state.view(B, Hk, H // Hk, 2 * K, V), t=0)
+    state = state.reshape(B, H, 2 * K, V)
+    s1_pool.index_copy_(0, slots, state[:, :, :K])
+    s2_pool.index_copy_(0, slots, state[:, :, K:])
     return o.reshape(B, 1, H, V).to(q.dtype)
 
 
@@ -84,48 +83,41 @@ def _recurrent_dense(q, k, v, g1, g2, mix, scale, initial_state):
     """Token loop over a dense batch; returns (o [B, T, H, V] in q's dtype, (s1, s2) [B, H, K, V])."""
     B, T, H, K = q.shape
     Hk, V = k.shape[2], v.shape[3]
-    G = H // Hk
     acc = accumulation_dtype(q.dtype)
     if initial_state is None:
-        state = q.new_zeros(B, Hk, G, 2, K, V, dtype=acc)
-    else:
-        state = torch.stack([s.to(acc) for s in initial_state], dim=2).view(B, Hk, G, 2, K, V)
-    steps = _as_steps(q, k, v, g1, g2, scale, acc)
-    m = _mix_view(mix, H, Hk, acc)
+        state = q.new_zeros(B, Hk, H // Hk, 2 * K, V, dtype=acc)
+    else:  # (s1, s2) [B, H, K, V] -> S' [B, Hk, G, 2K, V]
+        state = torch.cat([s.to(acc) for s in initial_state], dim=2).view(B, Hk, H // Hk, 2 * K, V)
+    steps = _as_steps(q, k, v, g1, g2, mix, scale, acc)
     outputs = []
     for t in range(T):
-        o_t, state = _step(*steps, state, m, t)
+        o_t, state = _step(*steps, state, t)
         outputs.append(o_t.reshape(B, H, V))
     o = torch.stack(outputs, dim=1) if T else q.new_zeros(B, 0, H, V)
-    s = state.reshape(B, H, 2, K, V)
-    return o.to(q.dtype), (s[:, :, 0].contiguous(), s[:, :, 1].contiguous())
+    s = state.reshape(B, H, 2 * K, V)
+    return o.to(q.dtype), (s[:, :, :K].contiguous(), s[:, :, K:].contiguous())
 
 
-def _as_steps(q, k, v, g1, g2, scale, acc):
-    """Reshape [B, T, heads, D] inputs for `_step`: q [B,T,Hk,G,1,K] (scaled), k [B,T,Hk,1,1,K],
-    v [B,T,Hk,1,1,V], g [B,T,Hk,G,2,K], all in `acc`."""
+def _as_steps(q, k, v, g1, g2, mix, scale, acc):
+    """[B, T, heads, D] inputs -> the 2K-wide single-state form, in `acc`:
+    q' [B, T, Hk, G, 1, 2K] (scaled, mixed), k' [B, T, Hk, 1, 2K, 1], v [B, T, Hk, 1, 1, V],
+    g' [B, T, Hk, G, 2K, 1]."""
     B, T, H, K = q.shape
-    Hk = k.shape[2]
+    Hk, V = k.shape[2], v.shape[3]
     G = H // Hk
     scale = K**-0.5 if scale is None else scale
-    qs = (q.to(acc) * scale).reshape(B, T, Hk, G, 1, K)
-    ks = k.to(acc).reshape(B, T, Hk, 1, 1, K)
-    vs = v.to(acc).reshape(B, T, Hk, 1, 1, v.shape[3])
-    gs = torch.stack([g1.to(acc), g2.to(acc)], dim=3).reshape(B, T, Hk, G, 2, K)
+    m = mix_weights(mix, H, acc).reshape(Hk, G, 2, 1) * scale
+    qs = (q.to(acc).reshape(B, T, Hk, G, 1, K) * m).reshape(B, T, Hk, G, 1, 2 * K)
+    ks = k.to(acc).repeat(1, 1, 1, 2).reshape(B, T, Hk, 1, 2 * K, 1)
+    vs = v.to(acc).reshape(B, T, Hk, 1, 1, V)
+    gs = torch.cat([g1.to(acc), g2.to(acc)], dim=-1).reshape(B, T, Hk, G, 2 * K, 1)
     return qs, ks, vs, gs
 
 
-def _mix_view(mix, H, Hk, acc):
-    """mix [2] or [H, 2] -> [1, Hk, G, 2, 1]."""
-    return mix_weights(mix, H, acc).reshape(1, Hk, H // Hk, 2, 1)
-
-
-def _step(q, k, v, g, state, m, t):
-    """Advance the stacked states [B, Hk, G, 2, K, V] by token t; returns (o [B, Hk, G, V], state)."""
-    kv = k[:, t].unsqueeze(-1) * v[:, t].unsqueeze(-2)  # [B, Hk, 1, 1, K, V]
-    state = torch.exp(g[:, t]).unsqueeze(-1) * state + kv
-    o = (q[:, t].unsqueeze(-2) @ state).squeeze(-2)  # [B, Hk, G, 2, V]
-    return (o * m).sum(dim=3), state
+def _step(q, k, v, g, state, t):
+    """Advance S' [B, Hk, G, 2K, V] by token t; returns (o [B, Hk, G, 1, V], new S')."""
+    state = torch.exp(g[:, t]) * state + k[:, t] * v[:, t]
+    return q[:, t] @ state, state
 
 
 def _check_pool(state_pool, slots, B, H, K, V, device):

@@ -66,13 +66,15 @@ def test_long_sequence_2048():
 def test_strong_decays_long_sequence_stay_finite_and_exact(monkeypatch):
     """Log-decays down to -5 per step: a chunk's cumulative log-decay reaches about -160, whose
     exp(+160) overflows fp32 (and exp(+320) over two chunks would overflow even fp64)."""
-    def factorized_must_not_run(*args):
-        raise AssertionError("strong decays must take the sub-chunked intra-chunk form")
-    monkeypatch.setattr(chunk_module, "_intra_chunk_factorized", factorized_must_not_run)
+    subchunked_calls = []
+    subchunked = chunk_module._intra_chunk_subchunked
+    monkeypatch.setattr(chunk_module, "_intra_chunk_subchunked",
+                        lambda *args: subchunked_calls.append(1) or subchunked(*args))
     torch.manual_seed(0)
     x = make_inputs(B=1, T=2048, H=2, Hk=1, K=8, V=8, strong_decay=True)
     compare_with_reference(run_chunk(), x, torch.float32)  # NaN/inf anywhere would fail it
     compare_with_reference(run_chunk(), x, torch.float64, with_grads=False)
+    assert len(subchunked_calls) == 2, "strong decays must take the sub-chunked intra-chunk form"
 
 
 def test_strong_decays_break_unguarded_factorization(monkeypatch):
