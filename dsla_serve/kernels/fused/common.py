@@ -1,0 +1,85 @@
+"""Helpers shared by the DSLA Triton kernels (jit functions and launch-side choices).
+
+Conventions of every kernel in this package:
+- Inputs are contiguous [B*T, heads, dim] token-major tensors; query head h reads key/value head
+  h // (H // HK) (GQA).
+- Log-decays are converted to base 2 on load (g * log2(e)) so every decay is one `exp2`.
+- "Dot dtype" is the element type of the boundary-state buffers: bf16 for bf16 inputs on CUDA, fp32
+  otherwise (fp16 states could overflow). Matmul operands are cast to it, accumulation is fp32.
+  On CPU (TRITON_INTERPRET=1) it is always fp32: triton's interpreter multiplies the raw bit
+  patterns of bf16 operands in `tl.dot` (seen with triton 3.9).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+SUB_CHUNK = 16  # rows per sub-chunk: the diagonal blocks computed as small matmuls
+
+
+@triton.jit
+def chunk_coords(i_c, cu_seqlens, chunk_indices, boundary_offsets, T, BT: tl.constexpr,
+                 IS_VARLEN: tl.constexpr):
+    """Chunk program i_c -> (sequence n, chunk c in it, first token, sequence length, boundary row 0)."""
+    if IS_VARLEN:
+        n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+        c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        length = tl.load(cu_seqlens + n + 1).to(tl.int64) - bos
+        boff = tl.load(boundary_offsets + n).to(tl.int64)
+    else:
+        nt = tl.cdiv(T, BT)
+        n = (i_c // nt).to(tl.int64)
+        c = (i_c % nt).to(tl.int64)
+        bos = n * T
+        length = T + 0 * n
+        boff = n * (nt + 1)
+    return n, c, bos, length, boff
+
+
+@triton.jit
+def seq_coords(n, cu_seqlens, boundary_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Sequence n -> (first token, length, number of chunks, boundary row 0)."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        length = tl.load(cu_seqlens + n + 1).to(tl.int64) - bos
+        boff = tl.load(boundary_offsets + n).to(tl.int64)
+        nt = tl.cdiv(length, BT)
+    else:
+        nt = tl.cdiv(T, BT)
+        bos = n.to(tl.int64) * T
+        length = T + 0 * bos
+        boff = n.to(tl.int64) * (nt + 1)
+    return bos, length, nt, boff
+
+
+@triton.jit
+def sub_chunk_decays(g, rows, BC: tl.constexpr):
+    """Decay factors of one sub-chunk, all finite for per-token |g| up to ~10 (fp32 range / 8).
+
+    Args:
+        g: [BC, BK] base-2 log-decays (0 on rows past the sequence end).
+        rows: [BC] arange(0, BC).
+    Returns:
+        e_pos [BC, BK] = 2^(b_t - r), e_neg [BC, BK] = 2^(r - b_t), with b the inclusive cumulative
+        sum of g and r = b at the middle row (the reference point, so |exponent| <= 8 tokens of decay);
+        r [BK]; tot [BK] = b at the last row (the whole sub-chunk's decay).
+    """
+    b = tl.cumsum(g, axis=0)
+    tot = tl.sum(g, axis=0)
+    r = tl.sum(tl.where(rows[:, None] == BC // 2 - 1, b, 0.0), axis=0)
+    e_pos = tl.exp2(b - r[None, :])
+    e_neg = tl.exp2(r[None, :] - b)
+    return e_pos, e_neg, r, tot
+
+
+def dot_dtype(x: torch.Tensor) -> torch.dtype:
+    """Element type of boundary states and matmul operands for inputs like `x` (see module doc)."""
+    return torch.bfloat16 if x.dtype == torch.bfloat16 and x.is_cuda else torch.float32
+
+
+def pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
