@@ -195,3 +195,19 @@ def dsla_token_mask(attention_mask, batch_size: int, query_length: int) -> torch
     diagonal = attention_mask[:, 0, t, L - T + t]  # [B, T]
     keep = diagonal if diagonal.dtype == torch.bool else diagonal == 0
     return keep.expand(batch_size, T)
+
+
+# --- calling a model with a cache under transformers 5.17 and 5.2x ------------------------------
+
+def cache_argument_name(model) -> str:
+    """The forward keyword that takes the cache: "cache" (transformers >= 5.2x) or "past_key_values"
+    (5.17; still accepted, with a deprecation warning, by 5.2x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def output_cache(outputs):
+    """The cache a forward returned: `outputs.cache` (5.2x) or `outputs.past_key_values` (5.17)."""
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)

@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsla_serve.kernels import naive_dsla
+from dsla_serve.model import DSLAAttention, DSLAConfig
+from dsla_serve.model.attention import log_sigmoid
+
+from .helpers import ARCHS, tiny
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_built_from_pretrained_attention_keeps_dtype_device_gqa_and_projections(arch, dtype):
+    model = tiny(arch, dtype=dtype)
+    attn = model.model.layers[1].self_attn
+    twin = DSLAAttention(attn, DSLAConfig(gate_rank=8))
+    assert (twin.num_heads, twin.num_kv_heads, twin.head_dim, twin.layer_idx) == (4, 2, 16, 1)
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert getattr(twin, name) is getattr(attn, name)  # shared, not copied, until untied
+    for p in twin.parameters():
+        assert p.device == attn.q_proj.weight.device
+    assert twin.gate_history.up.weight.dtype == dtype and twin.gate_recency.down.weight.dtype == dtype
+    assert twin.mix_logits.shape == (4, 2)
+
+
+def test_untie_projections_copies_qkvo():
+    attn = tiny().model.layers[0].self_attn
+    twin = DSLAAttention(attn)
+    assert set(twin.own_parameters()) == {"gate_history.up.weight", "gate_history.up.bias", "gate_recency.up.weight",
+                                          "gate_recency.up.bias", "mix_logits"}
+    twin.untie_projections()
+    assert twin.q_proj is not attn.q_proj and torch.equal(twin.q_proj.weight, attn.q_proj.weight)
+    with torch.no_grad():
+        twin.q_proj.weight.add_(1.0)
+    assert not torch.equal(twin.q_proj.weight, attn.q_proj.weight)
+    assert {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"} <= set(twin.own_parameters())
+
+
+def test_unsupported_attention_is_named():
+    class GPT2Attention(torch.nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match="GPT2Attention.*LlamaAttention, MistralAttention, Qwen2Attention"):
+        DSLAAttention(GPT2Attention())
+
+
+def test_initial_gates_give_a_slow_and_a_fast_state():
+    twin = DSLAAttention(tiny().model.layers[0].self_attn)
+    _, _, _, g1, g2 = twin.project(torch.randn(1, 3, 64))
+    decay_history, decay_recency = g1.exp().mean().item(), g2.exp().mean().item()
+    assert 0.998 < decay_history < 1.0 and 0.9 < decay_recency < 0.93
+
+
+def test_log_sigmoid_is_logsigmoid():
+    x = torch.linspace(-200, 200, 4001, dtype=torch.float64)
+    torch.testing.assert_close(log_sigmoid(x), F.logsigmoid(x), rtol=0, atol=1e-12)
+
+
+def test_forward_is_the_dsla_spec():
+    torch.manual_seed(0)
+    twin = DSLAAttention(tiny().model.layers[0].self_attn)
+    with torch.no_grad():
+        twin.gate_history.up.weight.normal_(0, 0.3)
+        twin.mix_logits.normal_()
+    x = torch.randn(2, 9, 64)
+    q, k, v, g1, g2 = twin.project(x)
+    o, _ = naive_dsla(q, k, v, g1, g2, twin.mix())
+    expected = twin.o_proj(o.reshape(2, 9, -1))
+    out, weights = twin(x)
+    assert weights is None
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
