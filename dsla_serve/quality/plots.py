@@ -1,0 +1,112 @@
+"""PNG plots of quality results (matplotlib, Agg backend: no display needed).
+
+Every function takes plain data (labels and numbers, as found in the results JSON) and a path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_position_curves(curves: dict[str, dict], path: str | Path, title: str = "Loss by token position") -> Path:
+    """curves: {label: {"position": [...], "nll": [...]}} (the "curve" of a perplexity result)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, c in curves.items():
+        ax.plot(c["position"], c["nll"], label=label, linewidth=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("position of the predicted token")
+    ax.set_ylabel("mean negative log-likelihood (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, title: str,
+                  log_x: bool = False) -> Path:
+    """series: {label: (x values, accuracies in [0, 1])}, one line with markers per label."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=label)
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel: str, title: str,
+                  reference: float | None = None, reference_label: str = "teacher") -> Path:
+    """series: {label: (depths, values)}; an optional horizontal reference line (the teacher's value)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xlabel("conversion depth (layers converted)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_training_curve(steps: list[int], train_loss: list[float], path: str | Path,
+                        val_steps: list[int] | None = None, val_loss: list[float] | None = None) -> Path:
+    """Training loss per step and, when given, validation loss at its evaluation steps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, train_loss, linewidth=1, label="train loss")
+    if val_steps:
+        ax.plot(val_steps, val_loss, marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Teacher training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_eval_runs(runs: list[dict], out_dir: str | Path) -> list[Path]:
+    """The standard plots of a `dsla-serve eval` results list (one entry per model/depth, with "label")."""
+    out_dir = Path(out_dir)
+    paths = []
+    curves = {r["label"]: r["perplexity"]["curve"] for r in runs if "perplexity" in r}
+    if curves:
+        paths.append(plot_position_curves(curves, out_dir / "perplexity_by_position.png"))
+    pk = {r["label"]: ([x["length"] for x in r["passkey"]["rows"]], [x["accuracy"] for x in r["passkey"]["rows"]])
+          for r in runs if "passkey" in r}
+    if pk:
+        paths.append(plot_accuracy(pk, out_dir / "passkey.png", "context length (tokens)", "Passkey retrieval",
+                                   log_x=True))
+    mq = {r["label"]: ([x["pairs"] for x in r["mqar"]["rows"]], [x["accuracy"] for x in r["mqar"]["rows"]])
+          for r in runs if "mqar" in r}
+    if mq:
+        paths.append(plot_accuracy(mq, out_dir / "mqar.png", "key-value pairs", "Multi-query associative recall",
+                                   log_x=True))
+    return paths
