@@ -11,10 +11,11 @@ from .pressure import HIGH, LOW, NEUTRAL, UNKNOWN, PoolMetrics, PoolSignal
 from .quality import DepthQuality, explain_floor, quality_floor
 from .schema import (SLO, ControllerSettings, HTTPSettings, ModelSection, Policy, Pool, Quality, Resources,
                      TrainerSection, policy_json_schema)
+from .trainer_config import convert_config_data
 
 __all__ = [
     "Policy", "ModelSection", "TrainerSection", "Pool", "Resources", "SLO", "Quality", "ControllerSettings",
     "HTTPSettings", "policy_json_schema", "PolicyError", "load_policy", "parse_policy", "check_policy_paths",
     "PoolMetrics", "PoolSignal", "HIGH", "NEUTRAL", "LOW", "UNKNOWN", "DepthQuality", "quality_floor",
-    "explain_floor", "ControllerState", "Decision", "initial_state", "decide",
+    "explain_floor", "ControllerState", "Decision", "initial_state", "decide", "convert_config_data",
 ]

@@ -113,7 +113,7 @@ class TrainerSection(_Section):
     w_kl: float = Field(1.0, ge=0)
     w_ce: float = Field(0.0, ge=0)
     train_qkvo: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     deepspeed: Any = Field(None, description="DeepSpeed config: a mapping, or a path to a JSON file")
     serve_prompts_sample: bool = Field(False, description="also train on a sample of served prompts (opt-in)")
     serve_prompts_max: int = Field(1000, ge=1, le=100_000, description="most served prompts kept")
