@@ -1,0 +1,135 @@
+"""The teacher recipe on CPU: tokenizer training, token corpus, batch mixture, training smoke and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dsla_serve.model.tiny_tokenizer import build_byte_tokenizer
+from dsla_serve.quality.books import read_book, save_split
+from dsla_serve.quality.corpus import load_documents, open_token_corpus
+from recipes.teacher import train, train_tokenizer
+from recipes.teacher.batches import BatchMixture, MixtureConfig
+from recipes.teacher.train_tokenizer import train_bpe
+
+
+def test_bpe_tokenizer(books_dir, split, tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = [read_book(books_dir / n) for n in split["train"]]
+    again = train_bpe(texts, vocab_size=320, progress=False)
+    assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()  # deterministic
+    assert len(tokenizer) == 320
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    text = "The captain said 12345 times: hello, river!\nNew line."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    assert [tokenizer.decode([i]) for i in tokenizer.encode(" 12345", add_special_tokens=False)][-5:] == list("12345")
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.encode(text, add_special_tokens=False) == ids and loaded.eos_token_id == 2
+
+
+def test_token_corpus_roundtrip_and_refusals(books_dir, split, tokenizer, token_corpus_dir, tmp_path):
+    corpus = open_token_corpus(token_corpus_dir, tokenizer)
+    for name, ids in corpus.docs("validation"):
+        assert tokenizer.decode(ids) == read_book(books_dir / name)
+    stream = corpus.stream("train")
+    ends = [d.start + d.length for d in corpus.documents["train"]]
+    assert all(stream[e] == tokenizer.eos_token_id for e in ends) and len(stream) == ends[-1] + 1
+    with pytest.raises(ValueError, match="different tokenizer"):
+        open_token_corpus(token_corpus_dir, build_byte_tokenizer())
+    with pytest.raises(KeyError, match="no split 'test'"):
+        corpus.docs("test")
+    # the three kinds of evaluation data give the same validation tokens
+    save_split(split, tmp_path / "split.json")
+    from_books = load_documents(books_dir, tokenizer, tmp_path / "split.json", progress=False)
+    from_corpus = load_documents(token_corpus_dir, tokenizer)
+    name = split["validation"][0]
+    from_file = load_documents(books_dir / name, tokenizer, progress=False)
+    assert [n for n, _ in from_books] == [n for n, _ in from_corpus] == split["validation"]
+    assert np.array_equal(from_books[0][1], from_corpus[0][1]) and np.array_equal(from_file[0][1], from_corpus[0][1])
+    with pytest.raises(FileNotFoundError, match="evaluation data not found"):
+        load_documents(tmp_path / "nothing", tokenizer)
+
+
+def test_train_tokenizer_script(books_dir, split, tmp_path):
+    save_split(split, tmp_path / "split.json")
+    assert train_tokenizer.main(["--books", str(books_dir), "--split", str(tmp_path / "split.json"), "--smoke",
+                                 "--vocab-size", "300", "--out", str(tmp_path / "tok"),
+                                 "--corpus-out", str(tmp_path / "data"), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert [d["name"] for d in meta["documents"]["validation"]] == split["validation"]
+    assert meta["split"]["train"] == split["train"][:2]
+
+
+def _mixture(tokenizer, token_corpus_dir, **kw):
+    corpus = open_token_corpus(token_corpus_dir, tokenizer)
+    cfg = MixtureConfig(seq_len=256, batch_size=8, passkey_min_len=128, recall_pairs=(2, 8), **kw)
+    return BatchMixture(tokenizer, corpus.stream("train"), [d for _, d in corpus.docs("train")], cfg)
+
+
+def test_batches_depend_only_on_seed_and_step(tokenizer, token_corpus_dir):
+    mix = _mixture(tokenizer, token_corpus_dir, passkey_fraction=0.4, recall_fraction=0.3)
+    a, kinds = mix.batch(5)
+    assert a.shape == (8, 256) and a.dtype == torch.int64
+    assert torch.equal(a, mix.batch(5)[0]) and not torch.equal(a, mix.batch(6)[0])
+    all_kinds = [k for s in range(10) for k in mix.batch(s)[1]]
+    assert {"text", "passkey", "recall"} == set(all_kinds)
+    for row, kind in zip(a, kinds):
+        text = tokenizer.decode(row)
+        if kind == "passkey":
+            assert "What is the pass key? The pass key is" in text
+        if kind == "recall":
+            assert text.startswith("Remember these codes:")
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        MixtureConfig(passkey_fraction=0.8, recall_fraction=0.3)
+
+
+def _train_args(tokenizer_dir, data_dir, out, *extra):
+    return ["--smoke", "--tokenizer", str(tokenizer_dir), "--data", str(data_dir), "--out", str(out),
+            "--quiet", "--recall-min-pairs", "2", "--recall-max-pairs", "6", *extra]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tokenizer, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(d)
+    return d
+
+
+def test_training_smoke_loss_decreases_and_saves_a_loadable_model(tokenizer_dir, token_corpus_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "teacher"
+    assert train.main(_train_args(tokenizer_dir, token_corpus_dir, out, "--steps", "12", "--lr", "3e-3")) == 0
+    report = json.loads((out / "training.json").read_text())
+    loss = report["log"]["loss"]
+    assert len(loss) == 12 and np.mean(loss[-3:]) < loss[0] - 0.3
+    assert report["log"]["val_step"] == [4, 8, 12]
+    final = report["final"]
+    assert final["perplexity"]["overall"]["ppl"] < 320 and {r["length"] for r in final["passkey"]["rows"]} == {128, 256}
+    assert (out / "training_curve.png").stat().st_size > 0 and not (out / "checkpoint").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and model.config.num_key_value_heads == 2
+    assert model.dtype == torch.bfloat16
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tokenizer_dir, token_corpus_dir, tmp_path):
+    args = ("--steps", "6", "--save-dtype", "float32", "--final-episodes", "1", "--final-windows", "1")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train.main(_train_args(tokenizer_dir, token_corpus_dir, whole, *args)) == 0
+    assert train.main(_train_args(tokenizer_dir, token_corpus_dir, split, *args, "--stop-after", "4")) \
+        == train.EXIT_INCOMPLETE
+    assert (split / "checkpoint" / "state.json").is_file() and not (split / "config.json").exists()
+    assert train.main(_train_args(tokenizer_dir, token_corpus_dir, split, *args)) == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(whole / "model.safetensors"), load_file(split / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = json.loads((whole / "training.json").read_text())["log"]
+    lb = json.loads((split / "training.json").read_text())["log"]
+    assert la == lb
