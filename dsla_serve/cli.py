@@ -12,6 +12,9 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dsla_serve.model.demo", "convert half of a tiny random Llama to DSLA and generate with a hybrid cache"),
+    "convert": ("dsla_serve.trainer.cli", "distil a model into a DSLA artifact, one layer at a time (chained, DeepSpeed)"),
+    "eval": ("dsla_serve.quality.cli", "measure perplexity by position, passkey retrieval and recall at given depths"),
+    "check": ("dsla_serve.policies.cli", "validate a policy YAML file and print it with defaults filled in and paths resolved"),
 }
 
 
