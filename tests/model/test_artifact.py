@@ -1,0 +1,189 @@
+import hashlib
+import json
+
+import pytest
+import torch
+
+from dsla_serve.model import (Artifact, ArtifactError, DSLAConfig, conversion_order, convert, dsla_layers, get_depth,
+                              set_depth)
+
+from .helpers import randomize_dsla, tiny
+
+CONFIG = DSLAConfig(gate_rank=8)
+ORDER = [2, 0, 3]
+IDS = torch.randint(3, 128, (2, 17), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.fixture
+def trained():
+    """The base model with layers 2 and 0 converted and 'trained' (layer 0 with its own q/k/v/o)."""
+    model = convert(tiny(), [2, 0], CONFIG)
+    dsla_layers(model)[0].untie_projections()
+    randomize_dsla(model, scale=0.2)
+    return model
+
+
+@pytest.fixture
+def published(tmp_path, trained):
+    """An artifact with the order [2, 0, 3] of which 2 and 0 are published."""
+    artifact = Artifact.create(tmp_path / "art", tiny(), base_model_id="tiny-llama", config=CONFIG, order=ORDER,
+                               metadata={"note": "test"})
+    artifact.append_layer(trained, 2, {"loss": 0.5, "ppl_ratio": 1.01})
+    artifact.append_layer(trained, 0, {"loss": 0.75, "ppl_ratio": 1.03})
+    return artifact
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, conversion_order(model), get_depth(model))
+
+
+def assert_unchanged(model, before):
+    state, order, depth = snapshot(model)
+    assert (order, depth) == before[1:]
+    assert state.keys() == before[0].keys() and all(torch.equal(state[k], before[0][k]) for k in state)
+
+
+def test_roundtrip_gives_identical_logits_at_every_depth(published, trained):
+    artifact = Artifact.open(published.path)
+    assert (artifact.order, artifact.depth, artifact.config, artifact.base_model_id) == (ORDER, 2, CONFIG, "tiny-llama")
+    assert [(e.layer, e.rank, e.file, e.untied) for e in artifact.entries] == [
+        (2, 0, "layer_2.safetensors", False), (0, 1, "layer_0.safetensors", True)]
+    assert artifact.entries[1].metrics == {"loss": 0.75, "ppl_ratio": 1.03} and artifact.metadata == {"note": "test"}
+    fresh = tiny()
+    assert artifact.apply(fresh) is fresh
+    assert conversion_order(fresh) == [2, 0] and get_depth(fresh) == 2
+    assert torch.equal(logits(fresh), logits(trained))
+    for depth in (1, 0):
+        artifact.apply(fresh, depth=depth)
+        set_depth(trained, depth)
+        assert get_depth(fresh) == depth and torch.equal(logits(fresh), logits(trained))
+
+
+def test_files_hash_and_no_temporaries_left(published):
+    names = sorted(p.name for p in published.path.iterdir())
+    assert names == ["layer_0.safetensors", "layer_2.safetensors", "manifest.json"]
+    manifest = json.loads((published.path / "manifest.json").read_text())
+    assert manifest["manifest_version"] == 1 and manifest["order"] == ORDER
+    for entry in manifest["layers"]:
+        data = (published.path / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+def test_a_reader_picks_up_newly_published_layers(tmp_path, trained):
+    writer = Artifact.create(tmp_path / "art", tiny(), base_model_id="tiny", config=CONFIG, order=ORDER)
+    writer.append_layer(trained, 2, {"loss": 1.0})
+    reader = Artifact.open(tmp_path / "art")
+    replica = reader.apply(tiny())
+    assert conversion_order(replica) == [2]
+    writer.append_layer(trained, 0, {"loss": 1.0})
+    assert reader.reload() == [0] and reader.depth == 2 and reader.reload() == []
+    reader.apply(replica)
+    assert conversion_order(replica) == [2, 0] and torch.equal(logits(replica), logits(trained))
+
+
+def test_layers_must_be_published_in_order(tmp_path, trained):
+    artifact = Artifact.create(tmp_path / "art", tiny(), base_model_id="tiny", config=CONFIG, order=ORDER)
+    with pytest.raises(ArtifactError, match=r"layer 0 is not next in the order \[2, 0, 3\]: layer 2 is"):
+        artifact.append_layer(trained, 0, {})
+    artifact.append_layer(trained, 2, {})
+    artifact.append_layer(trained, 0, {})
+    with pytest.raises(ArtifactError, match="layer 3 of the model is not converted"):
+        artifact.append_layer(trained, 3, {})
+    convert(trained, [3], DSLAConfig())
+    with pytest.raises(ArtifactError, match="was converted with"):
+        artifact.append_layer(trained, 3, {})
+    with pytest.raises(ArtifactError, match="the model is not this artifact's base model"):
+        artifact.append_layer(convert(tiny(seed=1), [3], CONFIG), 3, {})
+    with pytest.raises(ArtifactError, match="JSON-serialisable finite values"):
+        artifact.append_layer(convert(tiny(), [3], CONFIG), 3, {"loss": float("nan")})
+    assert artifact.depth == 2
+
+
+def test_create_resumes_the_same_artifact_and_refuses_others(tmp_path, published):
+    again = Artifact.create(published.path, tiny(), base_model_id="tiny-llama", config=CONFIG, order=ORDER)
+    assert again.depth == 2
+    with pytest.raises(ArtifactError, match="holds a different artifact"):
+        Artifact.create(published.path, tiny(), base_model_id="tiny-llama", config=CONFIG, order=[2, 0, 1])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="not empty and holds no manifest.json"):
+        Artifact.create(tmp_path / "other", tiny(), base_model_id="t", config=CONFIG, order=ORDER)
+    with pytest.raises(ArtifactError, match=r"indices outside 0..3: \[4\]"):
+        Artifact.create(tmp_path / "new", tiny(), base_model_id="t", config=CONFIG, order=[0, 4])
+
+
+def test_the_fingerprint_ignores_converted_layers(published, trained):
+    partly = convert(tiny(), [2], CONFIG)  # a replica that already converted layer 2 itself
+    published.apply(partly)
+    assert torch.equal(logits(partly), logits(trained))
+
+
+# --- refusals: each names the file and the problem, and leaves the model as it was -------------
+
+def refused(artifact_path, model, match, depth=None):
+    before = snapshot(model)
+    with pytest.raises(ArtifactError, match=match):
+        Artifact.open(artifact_path).apply(model, depth=depth)
+    assert_unchanged(model, before)
+
+
+def test_refuses_another_base_model(published):
+    refused(published.path, tiny(seed=1), r"manifest\.json: base model mismatch: the artifact was made for 'tiny-llama'")
+
+
+def test_refuses_a_missing_layer_file(published):
+    (published.path / "layer_0.safetensors").unlink()
+    model = convert(tiny(), [2], CONFIG)
+    set_depth(model, 0)
+    refused(published.path, model, r"layer_0\.safetensors: layer file missing \(layer 0")
+
+
+def test_refuses_a_corrupt_layer_file(published):
+    file = published.path / "layer_0.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0xFF
+    file.write_bytes(bytes(data))
+    refused(published.path, tiny(), r"layer_0\.safetensors: sha256 mismatch \(corrupt or replaced\)")
+    published.apply(tiny(), depth=1)  # the layers before it are still usable
+
+
+def test_refuses_tensors_of_the_wrong_shape_even_with_a_matching_hash(published):
+    from safetensors.torch import save
+
+    file = published.path / "layer_0.safetensors"
+    data = save({"mix_logits": torch.zeros(3, 2)})
+    file.write_bytes(data)
+    manifest = json.loads((published.path / "manifest.json").read_text())
+    manifest["layers"][1]["sha256"] = hashlib.sha256(data).hexdigest()
+    (published.path / "manifest.json").write_text(json.dumps(manifest))
+    refused(published.path, tiny(), r"layer_0\.safetensors: tensors do not match a DSLA layer")
+
+
+def test_refuses_an_unknown_manifest_version(published):
+    manifest = json.loads((published.path / "manifest.json").read_text())
+    manifest["manifest_version"] = 2
+    (published.path / "manifest.json").write_text(json.dumps(manifest))
+    refused(published.path, tiny(), r"manifest\.json: unknown manifest version 2; this dsla-serve reads version 1")
+
+
+def test_refuses_a_depth_that_is_not_published(published):
+    refused(published.path, tiny(), r"depth 3 is not available: 2 layers are published", depth=3)
+
+
+def test_refuses_a_model_converted_in_another_order(published):
+    refused(published.path, convert(tiny(), [0], CONFIG), r"conversion order \[0\] disagrees with the artifact's "
+                                                          r"order \[2, 0, 3\]")
+
+
+def test_refuses_a_malformed_manifest(published):
+    manifest = json.loads((published.path / "manifest.json").read_text())
+    manifest["layers"][0]["file"] = "../elsewhere.safetensors"
+    (published.path / "manifest.json").write_text(json.dumps(manifest))
+    refused(published.path, tiny(), r"manifest\.json: entry for layer 2 names file '\.\./elsewhere\.safetensors'")
+    (published.path / "manifest.json").write_text("{not json")
+    refused(published.path, tiny(), r"manifest\.json: unreadable manifest")
