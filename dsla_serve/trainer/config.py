@@ -1,0 +1,266 @@
+"""`ConvertConfig`: the whole user surface of `dsla-serve convert`, validated by pydantic from YAML.
+
+    base_model: tiny:llama               # local directory, hub id, or tiny:<arch> (random, no download)
+    output: ../artifacts/tiny            # the artifact directory (created; an existing one is resumed)
+    depth: 2                             # layers to convert (default: all)
+    data: {paths: [../../shared/data/tinyshakespeare.txt], seq_len: 128}
+    order: {method: entropy}             # entropy | loss_delta | forward | reverse | list (+ layers)
+    training: {steps: 40, lr: 3.0e-3, micro_batch_size: 4, loss: {mse: 1.0, kl: 1.0, ce: 0.0}}
+    dsla: {gate_rank: 16}                # DSLAConfig fields
+    deepspeed: {zero_optimization: {stage: 2}}   # a dict, or the path of a DeepSpeed JSON config
+
+Relative paths (data paths, output, a DeepSpeed JSON path, a base model that names a local
+directory) resolve against the directory of the YAML file. Every problem is reported as one line
+naming the file, the field and its line: `convert.yaml: training.stepz: unknown field (line 12)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ..model.config import DSLAConfig
+
+ORDER_METHODS = ("entropy", "loss_delta", "forward", "reverse", "list")
+
+
+class ConfigError(ValueError):
+    """A convert config that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid convert config:\n  " + "\n  ".join(self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(path: str | Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base is None else (Path(base) / p)
+
+
+class DataConfig(_Strict):
+    """Where the text comes from and how it is cut into training and validation sequences."""
+
+    paths: list[Path] = Field(min_length=1, description="text files, folders (*.txt, *.jsonl) or .jsonl files")
+    seq_len: int = Field(256, ge=2, description="tokens per packed sequence")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of documents held out for validation")
+    max_documents: int | None = Field(None, ge=2, description="use at most this many documents (after shuffling)")
+    max_train_tokens: int | None = Field(None, ge=2, description="cap on training tokens")
+    max_val_tokens: int | None = Field(None, ge=2, description="cap on validation tokens")
+    segment_chars: int | None = Field(
+        None, ge=100, description="cut documents longer than this into contiguous segments (at line breaks) "
+        "before the split; default: only a corpus of a single document is cut, into 20000-character segments")
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, os.PathLike)) else v
+
+    @field_validator("paths")
+    @classmethod
+    def _resolve_paths(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve(p, info) for p in v]
+
+
+class OrderConfig(_Strict):
+    """How the conversion order (a permutation of the decoder layers) is chosen."""
+
+    method: Literal["entropy", "loss_delta", "forward", "reverse", "list"] = "entropy"
+    layers: list[int] | None = Field(None, description="the explicit order (method: list); may be a prefix")
+    calibration_sequences: int = Field(32, ge=1, description="sequences scored by entropy and loss_delta")
+    probe_steps: int = Field(20, ge=1, description="optimiser steps fitting each probed layer (loss_delta)")
+
+    @model_validator(mode="after")
+    def _layers_iff_list(self) -> "OrderConfig":
+        if self.method == "list" and not self.layers:
+            raise ValueError("method 'list' needs `layers`, the explicit conversion order")
+        if self.method != "list" and self.layers is not None:
+            raise ValueError(f"`layers` is only used with method 'list', not {self.method!r}")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"`layers` repeats a layer: {self.layers}")
+        return self
+
+
+class LossWeights(_Strict):
+    """Weights of the three distillation terms (see `dsla_serve.trainer.losses`)."""
+
+    mse: float = Field(1.0, ge=0.0, description="relative MSE of the layer's attention output vs the teacher's")
+    kl: float = Field(1.0, ge=0.0, description="KL(teacher logits || student logits)")
+    ce: float = Field(0.0, ge=0.0, description="next-token cross-entropy")
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> "LossWeights":
+        if self.mse == self.kl == self.ce == 0.0:
+            raise ValueError("at least one loss weight (mse, kl, ce) must be > 0")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Optimisation of each new layer (the same for every layer of the order)."""
+
+    steps: int = Field(200, ge=1, description="optimiser steps per layer")
+    lr: float = Field(1e-3, gt=0.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps before the schedule")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor, as a fraction of lr")
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass, per process")
+    grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step, per process")
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0.0, description="gradient norm clipping (null: none)")
+    train_qkvo: bool = Field(False, description="also train private copies of q/k/v/o (untied projections)")
+    loss: LossWeights = LossWeights()
+    eval_batch_size: int = Field(8, ge=1, description="sequences per forward pass during validation")
+
+
+class DSLAFields(_Strict):
+    """The `DSLAConfig` of the converted layers."""
+
+    tau: float = Field(16.0, gt=0.0)
+    gate_rank: int | None = Field(None, ge=1)
+    history_gate_bias: float = 4.0
+    recency_gate_bias: float = -1.1
+    mix_init: tuple[float, float] = (0.0, 0.0)
+    chunk_size: int = Field(64, ge=1)
+
+    def to_dsla_config(self) -> DSLAConfig:
+        return DSLAConfig(**self.model_dump())
+
+
+class ConvertConfig(_Strict):
+    """Everything `dsla-serve convert` needs: the base model, data, order, training and output."""
+
+    base_model: str = Field(description="local model directory, hub id, or tiny:<arch>")
+    output: Path = Field(description="artifact directory; an existing artifact of this config is resumed")
+    depth: int | None = Field(None, ge=1, description="layers to convert (default: every layer)")
+    seed: int = Field(0, ge=0, description="base seed; each layer's seed derives from it and the layer index")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (multi-process: the local rank's GPU)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="model dtype; auto = bfloat16 on GPU, float32 on CPU")
+    data: DataConfig
+    order: OrderConfig = OrderConfig()
+    training: TrainingConfig = TrainingConfig()
+    dsla: DSLAFields = DSLAFields()
+    deepspeed: dict[str, Any] | Path = Field(
+        default_factory=lambda: {"zero_optimization": {"stage": 2}},
+        description="DeepSpeed config dict or JSON path, passed through (batch fields filled in)")
+
+    @field_validator("base_model")
+    @classmethod
+    def _resolve_base_model(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip():
+            raise ValueError("must name a model directory, hub id or tiny:<arch>")
+        if v.startswith("tiny:") or Path(v).is_absolute():
+            return v
+        local = _resolve(v, info)
+        return str(local) if (local.exists() or v.startswith((".", "~"))) else v  # else: a hub id
+
+    @field_validator("output")
+    @classmethod
+    def _resolve_output(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        head, _, index = v.partition(":")
+        if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("deepspeed", mode="before")
+    @classmethod
+    def _deepspeed_path(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, (str, os.PathLike)):
+            path = _resolve(v, info)
+            if not path.is_file():
+                raise ValueError(f"DeepSpeed config file {path} does not exist")
+            return path
+        return v
+
+    def dsla_config(self) -> DSLAConfig:
+        return self.dsla.to_dsla_config()
+
+    def with_overrides(self, **changes: Any) -> "ConvertConfig":
+        """A copy with top-level fields replaced (validated again), e.g. `depth=3`."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return parse_config(data)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys (a silent overwrite hides mistakes)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the deepest node along `loc` in the YAML node tree."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_error(err: dict, label: str, root: yaml.Node | None) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+    if err["type"] == "missing":
+        msg = "required field is missing"
+    line = _line_of(root, loc)
+    return f"{label}: {field}: {msg}" + (f" (line {line})" if line else "")
+
+
+def parse_config(data: Any, *, base_dir: str | os.PathLike | None = None, label: str = "<config>",
+                 yaml_root: yaml.Node | None = None) -> ConvertConfig:
+    """Validate a plain dict into a ConvertConfig; relative paths resolve against `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"{label}: the config must be a mapping of fields, got {type(data).__name__}"])
+    try:
+        return ConvertConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        raise ConfigError([_format_error(err, label, yaml_root) for err in e.errors()]) from None
+
+
+def load_config(path: str | os.PathLike) -> ConvertConfig:
+    """Read and validate a convert YAML file. Raises ConfigError naming the file and each bad field."""
+    path = Path(path)
+    label = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{label}: not valid YAML: {e}"]) from None
+    return parse_config(data if data is not None else {}, base_dir=path.resolve().parent, label=label,
+                        yaml_root=root)

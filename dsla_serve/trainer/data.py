@@ -1,0 +1,205 @@
+"""Training text: read documents, clean them, split by document, tokenize, pack into sequences.
+
+    docs = read_documents(["../shared/data/minipg/books"])      # [Document(source, text)], cleaned
+    data = build_dataset(config.data, tokenizer, seed=0)         # PackedData(train [N, L], val [M, L])
+
+Documents are plain text files (folders are searched recursively for `*.txt` and `*.jsonl`) or
+JSON-lines files with a `"text"` field per line (each line one document). Cleaning removes a UTF-8
+BOM, normalises CRLF/CR line ends to LF, and keeps only the body of a Project Gutenberg book (the
+lines between `*** START OF ...` and `*** END OF ...`). The split is by document, never by line, so
+no validation text is ever seen in training; it is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+TEXT_SUFFIXES = (".txt",)
+JSONL_SUFFIXES = (".jsonl",)
+DEFAULT_SEGMENT_CHARS = 20_000
+
+_GUTENBERG_START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF\b.*$", re.IGNORECASE | re.MULTILINE)
+_GUTENBERG_END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF\b.*$", re.IGNORECASE | re.MULTILINE)
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the path and the problem."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: its text (cleaned) and where it came from (`file` or `file:line`)."""
+
+    source: str
+    text: str
+
+
+@dataclass
+class PackedData:
+    """Token sequences ready for training: `train` [N, seq_len] and `val` [M, seq_len] int64."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+# --- reading and cleaning -------------------------------------------------------------------
+
+def strip_gutenberg(text: str) -> str:
+    """The body of a Project Gutenberg text (between the START and END marker lines), else `text`."""
+    start = _GUTENBERG_START.search(text)
+    end = _GUTENBERG_END.search(text, start.end() if start else 0)
+    if start is None and end is None:
+        return text
+    return text[start.end() if start else 0: end.start() if end else len(text)]
+
+
+def clean_text(text: str) -> str:
+    """Drop a BOM, normalise line ends to LF, strip Gutenberg boilerplate and outer blank space."""
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return strip_gutenberg(text).strip()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise DataError(f"cannot read data file {path}: permission denied") from None
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def _read_jsonl(path: Path) -> list[Document]:
+    docs = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{lineno}: each line must be a JSON object with a string "text" field')
+        text = clean_text(record["text"])
+        if text:
+            docs.append(Document(f"{path}:{lineno}", text))
+    return docs
+
+
+def _files_under(folder: Path) -> list[Path]:
+    try:
+        files = sorted(p for p in folder.rglob("*")
+                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+    except PermissionError as e:
+        raise DataError(f"cannot list data folder {folder}: permission denied ({e.filename})") from None
+    if not files:
+        raise DataError(f"data folder {folder} holds no *.txt or *.jsonl files")
+    return files
+
+
+def read_documents(paths: list[str | Path]) -> list[Document]:
+    """All non-empty cleaned documents of `paths` (files and folders), in a stable order.
+
+    Raises DataError for a missing or unreadable path, a file that is not UTF-8, a bad jsonl line,
+    or when no text at all is found.
+    """
+    docs: list[Document] = []
+    for raw_path in paths:
+        path = Path(raw_path)
+        if not path.exists():
+            raise DataError(f"data path {path} does not exist")
+        files = _files_under(path) if path.is_dir() else [path]
+        for f in files:
+            if f.suffix.lower() in JSONL_SUFFIXES:
+                docs.extend(_read_jsonl(f))
+            else:
+                text = clean_text(_read_text(f))
+                if text:
+                    docs.append(Document(str(f), text))
+    if not docs:
+        raise DataError(f"no text found in {', '.join(str(p) for p in paths)} (all files empty)")
+    return docs
+
+
+def segment_document(doc: Document, max_chars: int) -> list[Document]:
+    """Cut `doc` into contiguous pieces of at most ~`max_chars`, at line breaks where possible."""
+    if len(doc.text) <= max_chars:
+        return [doc]
+    pieces, start = [], 0
+    while start < len(doc.text):
+        end = min(start + max_chars, len(doc.text))
+        if end < len(doc.text):
+            cut = doc.text.rfind("\n", start + max_chars // 2, end)
+            end = cut + 1 if cut != -1 else end
+        pieces.append(Document(f"{doc.source}#{len(pieces)}", doc.text[start:end]))
+        start = end
+    return pieces
+
+
+# --- split, tokenize, pack ------------------------------------------------------------------
+
+def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
+    """Shuffle the documents (seeded) and hold out round(val_fraction * n) of them (at least 1)."""
+    if len(docs) < 2:
+        raise DataError(f"need at least 2 documents to split training from validation, got {len(docs)}")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
+    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
+
+
+def pack_documents(docs: list[Document], tokenizer, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
+    """Tokenize `docs`, join them with the EOS token, and cut into [N, seq_len] int64 (remainder dropped).
+
+    Stops tokenizing once `max_tokens` tokens are gathered, so a cap also bounds the work.
+    """
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for doc in docs:
+        stream.extend(tokenizer(doc.text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            stream.append(eos)
+        if max_tokens is not None and len(stream) >= max_tokens:
+            del stream[max_tokens:]
+            break
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len], dtype=torch.int64).view(n, seq_len)
+
+
+def build_dataset(cfg, tokenizer, seed: int) -> PackedData:
+    """Read, clean, split by document and pack the data of a `DataConfig`.
+
+    A corpus of one document (e.g. tinyshakespeare) is first cut into contiguous segments (see
+    `DataConfig.segment_chars`), since a split needs whole units on either side.
+    """
+    docs = read_documents(cfg.paths)
+    n_read = len(docs)
+    segment = cfg.segment_chars or (DEFAULT_SEGMENT_CHARS if len(docs) == 1 else None)
+    if segment:
+        docs = [piece for d in docs for piece in segment_document(d, segment)]
+    if cfg.max_documents is not None and len(docs) > cfg.max_documents:
+        keep = sorted(random.Random(seed + 1).sample(range(len(docs)), cfg.max_documents))
+        docs = [docs[i] for i in keep]
+    train_docs, val_docs = split_documents(docs, cfg.val_fraction, seed)
+    train = pack_documents(train_docs, tokenizer, cfg.seq_len, cfg.max_train_tokens)
+    val = pack_documents(val_docs, tokenizer, cfg.seq_len, cfg.max_val_tokens)
+    where = ", ".join(str(p) for p in cfg.paths)
+    for name, packed, n_docs in (("training", train, len(train_docs)), ("validation", val, len(val_docs))):
+        if packed.shape[0] == 0:
+            raise DataError(f"{where}: the {name} split ({n_docs} documents) has fewer than seq_len="
+                            f"{cfg.seq_len} tokens; add data, lower seq_len or change val_fraction")
+    info = {"files_documents": n_read, "documents": len(docs), "train_documents": len(train_docs),
+            "val_documents": len(val_docs), "train_sequences": int(train.shape[0]),
+            "val_sequences": int(val.shape[0]), "seq_len": cfg.seq_len,
+            "val_sources": sorted({d.source for d in val_docs})[:20]}
+    return PackedData(train=train, val=val, info=info)

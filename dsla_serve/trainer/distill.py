@@ -1,0 +1,129 @@
+"""Fit one converted layer against the original model, with DeepSpeed driving the optimisation.
+
+    result = fit_layer(model, layer_idx, depth, train, training, ds_user_config, dist, seed)
+
+The model is at `depth` with `layer_idx` the newest converted layer; every other parameter is
+frozen, so the engine trains the new layer's gates and mix logits (plus private q/k/v/o copies when
+`training.train_qkvo`). Per micro-batch: teacher logits (depth 0, no grad) when the KL term is on,
+student forward through the engine, `engine.backward`, `engine.step` (which applies the update only
+at accumulation boundaries).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model import dsla_layers
+from .distributed import DistContext
+from .engine import build_engine, complete_config, release_engine
+from .losses import LayerOutputCapture, distillation_loss, teacher_logits
+
+
+class BatchSchedule:
+    """Which training sequences each micro-batch reads: a seeded stream of shuffled epochs.
+
+    Step s consumes the global positions [s*G, (s+1)*G) of the stream, G = micro * accum * world;
+    process r reads micro-batches r, r + world, r + 2*world, ... of the step. The sequences of a step
+    are thus the same whatever the split between processes and accumulation, which is what makes a
+    2-process run match a 1-process run with twice the accumulation.
+    """
+
+    def __init__(self, num_sequences: int, *, micro_batch: int, accumulation: int, world_size: int, rank: int,
+                 seed: int):
+        if num_sequences < 1:
+            raise ValueError("no training sequences")
+        self.n, self.micro, self.accum = num_sequences, micro_batch, accumulation
+        self.world, self.rank, self.seed = world_size, rank, seed
+        self._epochs: dict[int, torch.Tensor] = {}
+
+    def _epoch(self, e: int) -> torch.Tensor:
+        if e not in self._epochs:
+            self._epochs = {e: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + e))}
+        return self._epochs[e]
+
+    def micro_batch(self, step: int, micro: int) -> torch.Tensor:
+        """Indices [micro_batch] of this process's micro-batch `micro` (0..accum-1) of `step`."""
+        per_step = self.micro * self.accum * self.world
+        first = step * per_step + (micro * self.world + self.rank) * self.micro
+        positions = range(first, first + self.micro)
+        return torch.stack([self._epoch(p // self.n)[p % self.n] for p in positions])
+
+
+@dataclass
+class FitResult:
+    """Mean loss of each optimiser step (averaged over micro-batches and processes)."""
+
+    losses: list[float] = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+
+StepCallback = Callable[[int, float], None]  # (step, loss) after each optimiser step
+
+
+def trainable_parameters(model: torch.nn.Module, layer_idx: int, train_qkvo: bool) -> list[torch.nn.Parameter]:
+    """Freeze the model and unfreeze the new layer's own parameters (untying q/k/v/o first if asked)."""
+    twin = dsla_layers(model)[layer_idx]
+    if train_qkvo:
+        twin.untie_projections()
+    model.requires_grad_(False)
+    params = list(twin.own_parameters().values())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.Tensor, training, ds_user: dict,
+              dist: DistContext, seed: int, *, steps: int | None = None, stop_event: threading.Event | None = None,
+              on_step: StepCallback | None = None) -> FitResult:
+    """Train the DSLA twin of `layer_idx` (the model at `depth`) for `steps` (default training.steps).
+
+    `train` [N, L] int64 sequences (the same tensor on every process). Stops early, between
+    optimiser steps, once `stop_event` is set (the result says so). Leaves the model frozen.
+    """
+    steps = training.steps if steps is None else steps
+    start = time.perf_counter()
+    params = trainable_parameters(model, layer_idx, training.train_qkvo)
+    dtype = next(iter(model.parameters())).dtype
+    ds_config = complete_config(ds_user, training, dtype, dist.world_size)
+    schedule = BatchSchedule(train.shape[0], micro_batch=training.micro_batch_size,
+                             accumulation=training.grad_accumulation, world_size=dist.world_size, rank=dist.rank,
+                             seed=seed)
+    weights = training.loss
+    result = FitResult()
+    engine = build_engine(model, params, ds_config, training)
+    model.eval()  # no dropout: the teacher and the student see the same deterministic network
+    try:
+        with LayerOutputCapture(model, layer_idx) as capture:
+            for step in range(steps):
+                if stop_event is not None and stop_event.is_set():
+                    result.stopped = True
+                    break
+                total = 0.0
+                for micro in range(training.grad_accumulation):
+                    ids = train[schedule.micro_batch(step, micro)].to(dist.device)
+                    teacher = teacher_logits(model, ids, depth) if weights.kl > 0 else None
+                    logits = engine(input_ids=ids, use_cache=False).logits
+                    terms = distillation_loss(logits, ids, weights, capture, teacher)
+                    engine.backward(terms.total)
+                    engine.step()
+                    capture.clear()
+                    total += float(terms.total.detach())
+                loss = dist.all_reduce_sum([total / training.grad_accumulation])[0] / dist.world_size
+                result.losses.append(loss)
+                if on_step is not None:
+                    on_step(step, loss)
+    finally:
+        release_engine(engine)
+        model.requires_grad_(False)
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,115 @@
+"""The process group of a conversion run: one process per device, or a single process.
+
+Launched by `torchrun` or the `deepspeed` launcher, RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT come from the environment. Run as a plain process (CLI, tests, the Ray actor), a world of
+one is set up here (a free local port), since DeepSpeed always wants a process group. CPU runs use
+gloo with DeepSpeed's CPU accelerator; GPU runs use NCCL.
+
+DeepSpeed is imported here lazily, never at package import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` -> this process's GPU if CUDA is available, else the CPU; `cuda` -> the local rank's GPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        spec = f"cuda:{local_rank}"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} requested but CUDA is not available on this machine")
+    return torch.device(spec)
+
+
+def _quiet_deepspeed_cpu_setup(device: torch.device) -> None:
+    """Prepare DeepSpeed's import for `device`: accelerator choice, log level, no unused JIT build.
+
+    On the CPU accelerator DeepSpeed's communication backend compiles a shared-memory all-reduce
+    extension (`deepspeed_shm_comm`, ~30 s with a C++ compiler, then cached) the moment the process
+    group is created. It serves only `inference_all_reduce`, never training, so it is marked
+    incompatible here and the training all-reduces go through gloo as usual.
+    """
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import deepspeed.ops
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+    if device.type == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run and the collectives the trainer needs."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of `values` over all processes (float64 on the CPU for exact agreement)."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every process."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0, device=self._comm_device())
+        return box[0]
+
+    def _comm_device(self) -> torch.device:
+        return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def init_distributed(device_spec: str = "auto") -> DistContext:
+    """Create (or join) the process group and return this process's DistContext.
+
+    Missing launcher variables are filled for a world of one. Idempotent within a process.
+    """
+    launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    if not launched and not torch.distributed.is_initialized():
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(_free_port())
+    device = resolve_device(device_spec)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    _quiet_deepspeed_cpu_setup(device)
+    import deepspeed
+
+    # A group made by the caller (a test, user code under torchrun) is adopted as it is.
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else \
+        ("nccl" if device.type == "cuda" else "gloo")
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    return DistContext(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)

@@ -1,0 +1,81 @@
+"""Validation of a model at a depth against the original model on held-out sequences.
+
+Every process scores its share of the sequences (i, i + world, ...); sums are all-reduced, so all
+processes return the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..model import set_depth
+from .distributed import DistContext
+from .losses import LayerOutputCapture, kl_teacher_student, next_token_ce, relative_mse
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Per-token means over the validation sequences.
+
+    ce / teacher_ce: next-token cross-entropy of the model at the depth / of the original model;
+    kl: KL(teacher || model); mse: relative MSE of the newest layer's output (0 without a layer);
+    objective: the distillation loss with the given weights.
+    """
+
+    ce: float
+    teacher_ce: float
+    kl: float
+    mse: float
+    objective: float
+    sequences: int
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.ce)
+
+    @property
+    def teacher_ppl(self) -> float:
+        return math.exp(self.teacher_ce)
+
+    @property
+    def ppl_ratio(self) -> float:
+        return self.ppl / self.teacher_ppl
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, depth: int, sequences: torch.Tensor, *, batch_size: int, dist: DistContext,
+             weights, layer_idx: int | None = None) -> Validation:
+    """Score `model` at `depth` on `sequences` [N, L] (all processes pass the same tensor).
+
+    `layer_idx`: the newest converted layer, whose output enters the MSE term.
+    """
+    mine = sequences[dist.rank::dist.world_size]
+    sums = [0.0] * 4  # ce, teacher_ce, kl, mse (each weighted by sequences)
+    capture = LayerOutputCapture(model, layer_idx) if layer_idx is not None and depth > 0 else None
+    try:
+        for start in range(0, mine.shape[0], batch_size):
+            ids = mine[start:start + batch_size].to(dist.device)
+            n = ids.shape[0]
+            set_depth(model, 0)
+            teacher = model(input_ids=ids, use_cache=False).logits
+            set_depth(model, depth)
+            student = model(input_ids=ids, use_cache=False).logits
+            mse = relative_mse(capture.student, capture.teacher) if capture is not None else 0.0
+            terms = (next_token_ce(student, ids), next_token_ce(teacher, ids),
+                     kl_teacher_student(student, teacher), mse)
+            for i, value in enumerate(terms):
+                sums[i] += float(value) * n
+    finally:
+        set_depth(model, depth)
+        if capture is not None:
+            capture.close()
+    total = dist.all_reduce_sum(sums + [float(mine.shape[0])])
+    count = total[-1]
+    if count == 0:
+        raise ValueError("no validation sequences to score")
+    ce, teacher_ce, kl, mse = (s / count for s in total[:4])
+    objective = weights.mse * mse + weights.kl * kl + weights.ce * ce
+    return Validation(ce=ce, teacher_ce=teacher_ce, kl=kl, mse=mse, objective=objective, sequences=int(count))

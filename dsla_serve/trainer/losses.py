@@ -1,0 +1,117 @@
+"""The distillation objective of one new DSLA layer.
+
+    loss = w_mse * relMSE(y_dsla, y_attn) + w_kl * KL(p_teacher || p_student) + w_ce * CE(next token)
+
+- y_dsla [B, T, hidden]: the new layer's attention output in the student forward;
+  y_attn: the *original* softmax attention of that layer on the *same* input (the student's hidden
+  state at that layer), run beside it under no_grad. This compares the layer's own output; the
+  published code compared layer inputs, off by one layer. relMSE divides by the target's mean
+  square, so the weight means the same for every model size and layer.
+- p_teacher: the original model (depth 0 of the same model object); p_student: the model at the
+  current depth (earlier layers converted and frozen, the new one training).
+- CE: next-token cross-entropy of the student on the input itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..model import decoder_layers, set_depth
+
+
+class LayerOutputCapture:
+    """Forward hook on the DSLA twin of `layer_idx`: its output and the original attention's output
+    on the same input, for the MSE term.
+
+    `student` [B, T, hidden] keeps its graph; `teacher` [B, T, hidden] is computed under no_grad.
+    Only the latest forward is kept. Use as a context manager (the hook is removed on exit).
+    """
+
+    def __init__(self, model: torch.nn.Module, layer_idx: int):
+        self._attn = decoder_layers(model)[layer_idx].self_attn
+        twin = getattr(self._attn, "dsla", None)
+        if twin is None:
+            raise ValueError(f"layer {layer_idx} is not converted to DSLA; nothing to capture")
+        self.student: torch.Tensor | None = None
+        self.teacher: torch.Tensor | None = None
+        self._handle = twin.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        self.student = output[0]
+        original_forward = type(self._attn).forward  # the softmax attention code, bypassing the routing
+        with torch.no_grad():
+            self.teacher = original_forward(self._attn, *args, **kwargs)[0]
+
+    def clear(self) -> None:
+        self.student = self.teacher = None
+
+    def close(self) -> None:
+        self._handle.remove()
+        self.clear()
+
+    def __enter__(self) -> "LayerOutputCapture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class LossTerms:
+    """Per-token means of each term (fp32 scalars); `total` is the weighted sum, with graph."""
+
+    total: torch.Tensor
+    mse: torch.Tensor
+    kl: torch.Tensor
+    ce: torch.Tensor
+
+    def floats(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in ("total", "mse", "kl", "ce")}
+
+
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """mean((s - t)^2) / mean(t^2), in fp32. s, t: [B, T, hidden]."""
+    s, t = student.float(), teacher.float()
+    return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)
+
+
+def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_teacher || p_student) summed over the vocabulary, averaged over tokens. Logits [B, T, V]."""
+    s = F.log_softmax(student_logits.float(), dim=-1).flatten(0, -2)
+    t = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, -2)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting input_ids[:, 1:] from logits[:, :-1]. logits [B, T, V]."""
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
+
+
+def teacher_logits(model: torch.nn.Module, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
+    """Logits [B, T, V] of the original model (depth 0), leaving the model at `depth` afterwards."""
+    set_depth(model, 0)
+    try:
+        with torch.no_grad():
+            return model(input_ids=input_ids, use_cache=False).logits
+    finally:
+        set_depth(model, depth)
+
+
+def distillation_loss(student_logits: torch.Tensor, input_ids: torch.Tensor, weights,
+                      capture: LayerOutputCapture | None, teacher: torch.Tensor | None) -> LossTerms:
+    """Combine the three terms with `weights` (mse, kl, ce). A term with weight 0 may lack its input
+    (capture / teacher logits None) and then counts as 0."""
+    zero = student_logits.new_zeros((), dtype=torch.float32)
+    mse = relative_mse(capture.student, capture.teacher) if capture is not None and capture.student is not None \
+        else zero
+    kl = kl_teacher_student(student_logits, teacher) if teacher is not None else zero
+    ce = next_token_ce(student_logits, input_ids)
+    if weights.mse > 0 and (capture is None or capture.student is None):
+        raise RuntimeError("the MSE term needs the layer output, but the capture hook saw no forward")
+    if weights.kl > 0 and teacher is None:
+        raise RuntimeError("the KL term needs teacher logits")
+    total = weights.mse * mse + weights.kl * kl + weights.ce * ce
+    return LossTerms(total=total, mse=mse, kl=kl, ce=ce)

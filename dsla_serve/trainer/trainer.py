@@ -1,0 +1,256 @@
+"""`Trainer`: chained distillation of a model into a DSLA artifact, one published layer at a time.
+
+    trainer = Trainer(load_config("examples/convert-tiny.yaml"))
+    summary = trainer.run(stop_event=None, on_layer=lambda layer, depth, metrics: ...)
+
+For d = depth_published + 1 .. target: convert layer order[d-1] (layers order[:d-1] already
+converted and frozen), fit it against the original model (`distill.fit_layer`), validate, and append
+it to the artifact with its metrics. The artifact is the checkpoint: a rerun after a crash opens
+it and continues at the first unpublished layer. Each layer's seed derives from the base seed and
+the layer index only, so a resumed run produces bit-identical layer files.
+
+Multi-process (torchrun / deepspeed launcher): every process runs this same loop on its share of
+each batch; rank 0 alone writes the artifact, the others wait at a barrier after each layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..model import Artifact, convert, set_depth
+from ..model.artifact import MANIFEST_NAME
+from ..model.loading import load_model_and_tokenizer
+from .config import ConvertConfig
+from .data import PackedData, build_dataset
+from .distill import fit_layer
+from .distributed import DistContext, init_distributed
+from .engine import read_user_config
+from .evaluate import validate
+from .sensitivity import OrderResult, compute_order, layer_seed
+
+log = logging.getLogger("dsla_serve.trainer")
+
+LayerCallback = Callable[[int, int, dict], None]  # (layer index, depth now published, metrics)
+StepCallback = Callable[[int, int, float], None]  # (layer index, step, loss)
+
+# Config sections that must match an artifact's to resume it (paths, device, output and the
+# target depth may change between runs).
+RESUME_KEYS = ("seed", "dtype", "order", "training", "dsla")
+
+
+class ResumeError(ValueError):
+    """The output directory holds an artifact made with a different config."""
+
+
+@dataclass
+class Progress:
+    """What the trainer is doing now (read from another thread; values are replaced, never mutated)."""
+
+    phase: str = "idle"  # idle | loading | ordering | training | validating | done | stopped | failed
+    layer: int | None = None
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    published_depth: int = 0
+    target_depth: int | None = None
+    error: str | None = None
+
+    def snapshot(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerResult:
+    layer: int
+    rank: int
+    metrics: dict
+
+
+@dataclass
+class RunSummary:
+    """The outcome of `Trainer.run`: the layers published by this run and the artifact's state."""
+
+    artifact: Path
+    order: list[int]
+    published_depth: int
+    target_depth: int
+    layers: list[LayerResult] = field(default_factory=list)
+    stopped: bool = False
+    resumed_from: int = 0
+
+
+def _recipe(cfg: ConvertConfig) -> dict:
+    dumped = cfg.model_dump(mode="json")
+    recipe = {k: dumped[k] for k in RESUME_KEYS}
+    recipe["data"] = {k: v for k, v in dumped["data"].items() if k != "paths"}
+    return recipe
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """Human-readable `field (artifact X, config Y)` for each leaf that differs."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} (artifact {a!r}, config {b!r})")
+    return out
+
+
+class Trainer:
+    """Runs a `ConvertConfig` to its target depth. Usable without Ray; `TrainerActor` wraps it.
+
+    `model`, `tokenizer` and `data` may be given (tests, notebooks); else they are loaded from the
+    config. After `run`, `self.model` is the converted model at the published depth.
+    """
+
+    def __init__(self, config: ConvertConfig, *, model: torch.nn.Module | None = None, tokenizer=None,
+                 data: PackedData | None = None):
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.data = data
+        self.dist: DistContext | None = None
+        self._progress = Progress()
+        self._lock = threading.Lock()
+
+    # --- progress -------------------------------------------------------------------------------
+    def progress(self) -> dict:
+        with self._lock:
+            return self._progress.snapshot()
+
+    def _set(self, **changes) -> None:
+        with self._lock:
+            for k, v in changes.items():
+                setattr(self._progress, k, v)
+
+    # --- setup ----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        cfg = self.config
+        self.dist = init_distributed(cfg.device)
+        if self.model is None:
+            dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.dist.device.type == "cuda" else "float32")
+            self.model, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, device=self.dist.device,
+                                                             seed=cfg.seed)
+            self.tokenizer = self.tokenizer or tokenizer
+        self.model.eval().requires_grad_(False)
+        if self.data is None:
+            if self.tokenizer is None:
+                raise ValueError("a tokenizer is needed to build the data (give one with the model)")
+            self.data = build_dataset(cfg.data, self.tokenizer, cfg.seed)
+
+    def _open_artifact(self, stop_event) -> Artifact | None:
+        """The existing artifact of this config (resume), or a new one with a freshly computed order."""
+        cfg, dist = self.config, self.dist
+        out = Path(cfg.output)
+        if (out / MANIFEST_NAME).exists():
+            artifact = Artifact.open(out)
+            self._check_resumable(artifact)
+            return artifact
+        self._set(phase="ordering")
+        result: OrderResult = compute_order(self.model, cfg, self.data.train, self.data.val, dist,
+                                            stop_event=stop_event)
+        if result.stopped:
+            return None
+        log.info("conversion order (%s): %s", result.method, result.order)
+        if dist.is_main:
+            Artifact.create(out, self.model, base_model_id=cfg.base_model, config=cfg.dsla_config(),
+                            order=result.order, metadata={"order": result.to_metadata(), "recipe": _recipe(cfg),
+                                                          "data": self.data.info})
+        dist.barrier()
+        return Artifact.open(out)
+
+    def _check_resumable(self, artifact: Artifact) -> None:
+        cfg = self.config
+        if artifact.base_model_id != cfg.base_model:
+            raise ResumeError(f"{artifact.manifest_path}: made from base model {artifact.base_model_id!r}, the config "
+                              f"names {cfg.base_model!r}; use another output directory")
+        if artifact.config != cfg.dsla_config():
+            raise ResumeError(f"{artifact.manifest_path}: DSLA config {artifact.config} differs from the config's "
+                              f"{cfg.dsla_config()}; use another output directory")
+        saved = artifact.metadata.get("recipe")
+        differ = _differences(saved, _recipe(cfg)) if saved is not None else []
+        if differ:
+            raise ResumeError(f"{artifact.manifest_path}: cannot resume, the artifact was made with different "
+                              f"settings: {'; '.join(differ)}. Restore them or use another output directory")
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self, stop_event: threading.Event | None = None, on_layer: LayerCallback | None = None,
+            on_step: StepCallback | None = None) -> RunSummary:
+        """Publish layers until the target depth (or `stop_event`, checked between optimiser steps).
+
+        `on_layer(layer, depth, metrics)` is called after each layer is published; `on_step(layer,
+        step, loss)` after each optimiser step. A layer interrupted by `stop_event` is not published.
+        """
+        try:
+            self._set(phase="loading", error=None)
+            self._load()
+            artifact = self._open_artifact(stop_event)
+            if artifact is None:
+                self._set(phase="stopped")
+                return RunSummary(Path(self.config.output), [], 0, 0, stopped=True)
+            summary = self._train(artifact, stop_event, on_layer, on_step)
+            self._set(phase="stopped" if summary.stopped else "done")
+            return summary
+        except BaseException as e:
+            self._set(phase="failed", error=f"{type(e).__name__}: {e}")
+            raise
+
+    def _train(self, artifact: Artifact, stop_event, on_layer, on_step) -> RunSummary:
+        cfg, dist, model = self.config, self.dist, self.model
+        order = artifact.order
+        target = len(order) if cfg.depth is None else cfg.depth
+        if target > len(order):
+            raise ValueError(f"depth {target} exceeds the artifact's conversion order {order} "
+                             f"({len(order)} layers)")
+        artifact.apply(model)
+        resumed = artifact.depth
+        if resumed:
+            log.info("resuming %s at depth %d of %d", artifact.path, resumed, target)
+        summary = RunSummary(artifact.path, order, resumed, target, resumed_from=resumed)
+        self._set(published_depth=resumed, target_depth=target)
+        ds_user = read_user_config(cfg.deepspeed)
+        for rank in range(resumed, target):
+            layer, depth = order[rank], rank + 1
+            seed = layer_seed(cfg.seed, layer)
+            self._set(phase="training", layer=layer, step=0, steps=cfg.training.steps, loss=None)
+            torch.manual_seed(seed)  # the new layer's initialisation
+            convert(model, [layer], cfg.dsla_config())
+            set_depth(model, depth)
+
+            def step_done(step: int, loss: float, layer=layer) -> None:
+                self._set(step=step + 1, loss=loss)
+                if on_step is not None:
+                    on_step(layer, step, loss)
+
+            fit = fit_layer(model, layer, depth, self.data.train, cfg.training, ds_user, dist, seed,
+                            stop_event=stop_event, on_step=step_done)
+            if fit.stopped:
+                summary.stopped = True
+                break
+            self._set(phase="validating")
+            start = time.perf_counter()
+            v = validate(model, depth, self.data.val, batch_size=cfg.training.eval_batch_size, dist=dist,
+                         weights=cfg.training.loss, layer_idx=layer)
+            metrics = {"val_loss": v.ce, "ppl": v.ppl, "teacher_ppl": v.teacher_ppl, "ppl_ratio": v.ppl_ratio,
+                       "val_kl": v.kl, "val_mse": v.mse, "val_objective": v.objective,
+                       "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
+                       "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
+                       "world_size": dist.world_size}
+            if dist.is_main:
+                artifact.append_layer(model, layer, metrics)
+            dist.barrier()
+            summary.layers.append(LayerResult(layer, rank, metrics))
+            summary.published_depth = depth
+            self._set(published_depth=depth)
+            if on_layer is not None:
+                on_layer(layer, depth, metrics)
+        return summary
