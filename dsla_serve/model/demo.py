@@ -59,6 +59,9 @@ def run(args) -> int:
     if args.num_layers < 1:
         raise SystemExit("--num-layers must be >= 1")
     layers = _parse_layers(args.layers, args.num_layers)
+    # The demo model's matmuls are too small to split across threads; on a busy machine two threads
+    # mostly wait on each other (measured 10x slower).
+    torch.set_num_threads(1)
 
     model = build_tiny_model(args.arch, seed=args.seed, hidden_size=256, num_layers=args.num_layers,
                              num_heads=8, num_kv_heads=2, intermediate_size=512)
