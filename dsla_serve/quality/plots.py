@@ -68,6 +68,9 @@ def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel
         ax.plot(xs, ys, marker="o", label=label)
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("conversion depth (layers converted)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -1,0 +1,145 @@
+"""Settings of the quality experiments, read from JSON (dataclasses: the GPU machine has no pydantic).
+
+A config names `runs` (one chained conversion each: layer kind, order, DSLA settings, how deep to
+chain, at which depths to evaluate) and `experiments` (which runs each table compares). Depths are
+written as fractions of the teacher's layer count L ("L/4", "L/2", "3L/4", "L") or integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsla_serve.model import DSLAConfig
+from dsla_serve.model.baselines import LAYER_KINDS
+from dsla_serve.quality.evaluate import EvalSettings
+from dsla_serve.quality.models import parse_depths
+
+ORDER_METHODS = ("loss_delta", "entropy", "forward", "reverse", "random")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """One layer's training (the same for every layer and run) and the data it sees."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    train_qkvo: bool = True
+    loss_mse: float = 1.0
+    loss_kl: float = 1.0
+    loss_ce: float = 0.0
+    batch_size: int = 8
+    seq_len: int = 2048
+    passkey_fraction: float = 0.25
+    passkey_min_len: int = 256
+    recall_fraction: float = 0.1
+    recall_pairs: tuple[int, int] = (4, 64)
+    validation_windows: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OrderSettings:
+    probe_steps: int = 20
+    calibration_sequences: int = 8
+    calibration_len: int = 1024
+    random_seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One chained conversion. `dsla` overrides DSLAConfig fields; `train_qkvo` overrides the distill default."""
+
+    name: str
+    kind: str = "dsla"
+    order: str = "loss_delta"
+    dsla: dict = field(default_factory=dict)
+    train_qkvo: bool | None = None
+    depth: str = "L"
+    eval_depths: tuple[str, ...] = ("L/4", "L/2", "3L/4", "L")
+    label: str | None = None
+
+    def dsla_config(self) -> DSLAConfig:
+        return DSLAConfig.from_dict({**DSLAConfig().to_dict(), **self.dsla})
+
+    def depths(self, num_layers: int) -> tuple[int, list[int]]:
+        """(chain depth, evaluation depths) in layers."""
+        chain = parse_depths(self.depth, num_layers)[-1]
+        evals = parse_depths(",".join(self.eval_depths), num_layers)
+        if evals[-1] > chain:
+            raise ValueError(f"run {self.name!r}: evaluation depth {evals[-1]} is deeper than its chain ({chain})")
+        return chain, [d for d in evals if d > 0]
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    title: str
+    runs: tuple[str, ...]
+    question: str = ""
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    distill: DistillSettings
+    order: OrderSettings
+    eval: EvalSettings
+    runs: tuple[RunSpec, ...]
+    experiments: dict
+
+    def run(self, name: str) -> RunSpec:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise KeyError(f"no run named {name!r}; runs: {[r.name for r in self.runs]}")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def load_config(path: str | Path) -> QualityConfig:
+    """Read and check a config; errors name the file and the field."""
+    path = Path(path)
+    raw = json.loads(path.read_text())
+    unknown = sorted(set(raw) - {"distill", "order", "eval", "runs", "experiments", "comment"})
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}")
+    ev = dict(raw.get("eval", {}))
+    if "buckets" in ev:
+        ev["buckets"] = tuple(tuple(b) for b in ev["buckets"])
+    runs = tuple(_build(RunSpec, r, f"{path}: runs[{i}]") for i, r in enumerate(raw.get("runs", [])))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: run names repeat: {names}")
+    for r in runs:
+        if r.kind not in LAYER_KINDS:
+            raise ValueError(f"{path}: run {r.name!r}: kind must be one of {LAYER_KINDS}, got {r.kind!r}")
+        if r.order not in ORDER_METHODS:
+            raise ValueError(f"{path}: run {r.name!r}: order must be one of {ORDER_METHODS}, got {r.order!r}")
+        try:
+            r.dsla_config()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: run {r.name!r}: dsla: {e}") from None
+    experiments = {k: _build(ExperimentSpec, v, f"{path}: experiments.{k}") for k, v in raw.get("experiments", {}).items()}
+    for k, e in experiments.items():
+        missing = [n for n in e.runs if n not in names]
+        if missing:
+            raise ValueError(f"{path}: experiments.{k} names unknown run(s) {missing}")
+    return QualityConfig(distill=_build(DistillSettings, raw.get("distill", {}), f"{path}: distill"),
+                         order=_build(OrderSettings, raw.get("order", {}), f"{path}: order"),
+                         eval=_build(EvalSettings, ev, f"{path}: eval"), runs=runs, experiments=experiments)

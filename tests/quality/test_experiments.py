@@ -1,0 +1,85 @@
+"""experiments/quality.py: the whole campaign at toy sizes on the CPU, its resume, and the target checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import quality
+from experiments.config import load_config
+from experiments.report import check_targets
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tokenizer, tmp_path_factory):
+    """A random 2-layer Llama with the session's BPE tokenizer, saved like the recipe saves a teacher."""
+    from dsla_serve.model.tiny import build_tiny_model
+
+    d = tmp_path_factory.mktemp("teacher")
+    model = build_tiny_model("llama", hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                             vocab_size=len(tokenizer), max_position_embeddings=256)
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+def test_smoke_campaign_runs_every_experiment_and_resumes(teacher_dir, token_corpus_dir, tmp_path):
+    out = tmp_path / "results"
+    args = ["--smoke", "--teacher", str(teacher_dir), "--data", str(token_corpus_dir), "--out", str(out)]
+    assert quality.main(args + ["--time-budget-min", "0"]) == quality.EXIT_INCOMPLETE  # budget: no run started
+    assert (out / "teacher.json").is_file() and not (out / "runs").exists()
+    assert quality.main(args) == 0
+    cfg = load_config(quality.CONFIGS / "quality-smoke.json")
+    for spec in cfg.runs:
+        run = json.loads((out / "runs" / f"{spec.name}.json").read_text())
+        chain, evals = spec.depths(2)
+        assert run["complete"] and len(run["layers"]) == chain and sorted(map(int, run["evals"])) == evals
+        assert all(layer["validation"]["ppl_ratio"] > 0 for layer in run["layers"])
+    orders = json.loads((out / "orders.json").read_text())
+    assert set(orders) == {"loss_delta", "entropy", "random"}
+    assert sorted(orders["loss_delta"]["order"]) == [0, 1] and set(orders["loss_delta"]["scores"]) == {"0", "1"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["status"] in ("met", "missed") for t in summary["targets"]] == [True, True, True]
+    assert set(summary["experiments"]) == {"1_depth", "2_baselines", "3_orders", "4_gates"}
+    md = (out / "summary.md").read_text()
+    assert "| teacher | 0 |" in md and "not yet run" not in md
+    for png in ("2_baselines_long_ppl.png", "1_depth_passkey.png", "dsla_position.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    before = (out / "runs" / "gla.json").stat().st_mtime_ns
+    assert quality.main(args + ["--experiments", "2_baselines"]) == 0  # done runs are not repeated
+    assert (out / "runs" / "gla.json").stat().st_mtime_ns == before
+
+
+def _ev(ppl, last, passkey):
+    return {"perplexity": {"overall": {"ppl": ppl}, "buckets": [{"lo": 0, "hi": 1024, "ppl": ppl},
+                                                                 {"lo": 1024, "hi": 4096, "ppl": last}]},
+            "passkey": {"rows": [{"length": 4096, "accuracy": passkey}]}}
+
+
+def test_target_checks():
+    from experiments.report import metrics
+
+    teacher = metrics(_ev(10.0, 9.0, 1.0))
+    runs = {"dsla": {"evals": {"4": _ev(10.4, 9.2, 0.95), "8": _ev(11.0, 9.8, 0.9)}},
+            "gla": {"evals": {"4": _ev(10.6, 9.5, 0.5), "8": _ev(11.5, 10.5, 0.3)}}}
+    got = [t["status"] for t in check_targets(teacher, runs, 8)]
+    assert got == ["met", "met", "met"]
+    runs["dsla"]["evals"]["4"] = _ev(10.6, 9.6, 0.85)  # +6%, worse than gla on the long bucket, passkey < 90%
+    got = check_targets(teacher, runs, 8)
+    assert [t["status"] for t in got] == ["missed", "missed", "missed"] and "+6.00%" in got[0]["detail"]
+    assert [t["status"] for t in check_targets(None, {}, None)] == ["not measured"] * 3
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"distill": {"stepz": 3}}))
+    with pytest.raises(ValueError, match=r"distill: unknown field\(s\) \['stepz'\]"):
+        load_config(bad)
+    bad.write_text(json.dumps({"runs": [{"name": "x", "kind": "lstm"}]}))
+    with pytest.raises(ValueError, match="run 'x': kind must be one of"):
+        load_config(bad)
+    bad.write_text(json.dumps({"runs": [{"name": "x"}], "experiments": {"e": {"title": "t", "runs": ["y"]}}}))
+    with pytest.raises(ValueError, match=r"experiments.e names unknown run\(s\) \['y'\]"):
+        load_config(bad)
+    load_config(quality.CONFIGS / "quality.json")  # the shipped config is valid
