@@ -84,8 +84,10 @@ class CachePool:
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
         for i, s in spec.kv_layers.items():
-            self.k[i] = torch.empty(num_slots, s.kv_heads, L, s.head_dim, dtype=spec.kv_dtype, device=self.device)
-            self.v[i] = torch.empty_like(self.k[i])
+            # zeros, not empty: the PyTorch decode path multiplies masked-out positions by 0, and
+            # uninitialised memory may hold NaN (NaN * 0 = NaN)
+            self.k[i] = torch.zeros(num_slots, s.kv_heads, L, s.head_dim, dtype=spec.kv_dtype, device=self.device)
+            self.v[i] = torch.zeros_like(self.k[i])
         self.s1: dict[int, torch.Tensor] = {}
         self.s2: dict[int, torch.Tensor] = {}
         for i, s in spec.dsla_layers.items():

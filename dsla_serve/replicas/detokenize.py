@@ -33,6 +33,13 @@ class IncrementalDetokenizer:
             return after[len(before):]
         return ""
 
+    def flush(self) -> str:
+        """The text of tokens still held back (an incomplete character), as decoded now."""
+        before = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset:])
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return after[len(before):]
+
 
 class StopStringMatcher:
     """Finds the first stop string in a growing text and says how much text is safe to stream."""

@@ -80,20 +80,24 @@ class Request:
         if self.logprobs is not None and logprobs is not None:
             self.logprobs.append(logprobs)
             self.cumulative_logprob += logprobs[token]
+        reason = None
+        if token in self.stop_ids:
+            reason, self.stop_reason = "stop", token
+        elif token in self.eos_ids:
+            reason = "stop"
+        elif len(self.output_ids) >= self.max_new_tokens:
+            reason = "length"
         if self.detok is not None:
             new = self.detok.add(token)
+            if reason is not None:
+                new += self.detok.flush()  # the last token may end in an incomplete character
             self.text += new
             hit = self.stops.find(self.text, len(new))
             if hit is not None:
                 self.text, self.stop_reason = hit
                 return self.finish("stop")
-        if token in self.stop_ids:
-            self.stop_reason = token
-            return self.finish("stop")
-        if token in self.eos_ids:
-            return self.finish("stop")
-        if len(self.output_ids) >= self.max_new_tokens:
-            return self.finish("length")
+        if reason is not None:
+            self.finish(reason)
 
     def finish(self, reason: str, error: str | None = None) -> None:
         self.status = Status.FINISHED

@@ -1,0 +1,86 @@
+"""Streaming outputs: sync iteration (driving the engine), async iteration (loop thread), abort."""
+
+import asyncio
+
+from dsla_serve.replicas import Engine, SamplingParams
+
+from .helpers import tiny_converted, tokenizer
+
+
+def _engine(**kw):
+    return Engine(tiny_converted("llama", seed=2), tokenizer=tokenizer(), depth=2, max_model_len=64,
+                  max_num_seqs=3, **kw)
+
+
+def test_sync_stream_yields_each_token_without_a_loop_thread():
+    engine = _engine()
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    outs = list(engine.add_request("Hi there", params))
+    assert len(outs) == 8 and [o.finished for o in outs] == [False] * 7 + [True]
+    assert [t for o in outs for t in o.outputs[0].new_token_ids] == outs[-1].outputs[0].token_ids
+    assert "".join(o.outputs[0].new_text for o in outs) == outs[-1].outputs[0].text
+    assert outs[-1].outputs[0].token_ids == engine.generate("Hi there", params, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_streamed_text_never_shows_part_of_a_stop_string():
+    engine = _engine()
+    free = engine.generate("abc", SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+                           use_tqdm=False)[0].outputs[0].text
+    k = next(i for i in range(4, len(free) - 3) if "\ufffd" not in free[i:i + 3])
+    stop = free[k:k + 3]
+    outs = list(engine.add_request("abc", SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, stop=stop)))
+    final = outs[-1].outputs[0].text
+    assert final == free[:free.index(stop)]
+    streamed = ""
+    for o in outs:  # what was shown is never taken back: no partial stop string was streamed
+        streamed += o.outputs[0].new_text
+        assert final.startswith(streamed)
+    assert streamed == final
+
+
+def test_async_streams_with_the_loop_thread():
+    engine = _engine()
+    engine.start()
+    try:
+        async def consume(prompt, n):
+            tokens = []
+            async for out in engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)):
+                tokens += out.outputs[0].new_token_ids
+            return tokens, out
+
+        async def main():
+            return await asyncio.gather(*(consume(p, n) for p, n in (("one", 5), ("two two", 9), ("3", 7), ("four", 4))))
+
+        results = asyncio.run(main())
+    finally:
+        engine.stop()
+    for (tokens, final), n in zip(results, (5, 9, 7, 4)):
+        assert final.finished and len(tokens) == n and tokens == final.outputs[0].token_ids
+
+
+def test_abort_ends_the_stream_and_frees_the_slot():
+    engine = _engine()
+    engine.start()
+    try:
+        stream = engine.add_request("x", SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+        first = next(stream)
+        assert not first.finished
+        stream.abort()
+        final = stream.result()
+        waiting = engine.add_request("y", SamplingParams(max_tokens=3))
+        engine.abort(waiting.request_id)
+        waiting.result()
+    finally:
+        engine.stop()
+    assert final.finished and final.outputs[0].finish_reason == "abort" and len(final.outputs[0].token_ids) < 50
+    assert engine.pool.num_free == 3 and engine.stats()["aborted"] >= 1
+
+
+def test_stop_aborts_what_is_left():
+    engine = _engine()
+    engine.start()
+    stream = engine.add_request("z", SamplingParams(temperature=0, max_tokens=60, ignore_eos=True))
+    next(stream)
+    engine.stop()
+    assert stream.result().outputs[0].finish_reason == "abort"
+    assert not engine.has_unfinished()
