@@ -72,8 +72,11 @@ class ChunkDSLAFunction(torch.autograd.Function):
                 dinit[0] if dinit else None, dinit[1] if dinit else None, None, None, None, None)
 
 
+DEFAULT_CHUNK_SIZE = 64
+
+
 def chunk_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,
-                      cu_seqlens=None, chunk_size: int = 64):
+                      cu_seqlens=None, chunk_size: int | None = None):
     """Chunked dual-state gated linear attention on Triton (the function `naive_dsla` computes).
 
     Args:
@@ -84,7 +87,8 @@ def chunk_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, outp
         initial_state: optional pair (s1, s2), each [N, H, K, V] fp32; None means zeros.
         output_final_state: also return the final pair of states.
         cu_seqlens: optional [N + 1] int offsets of packed sequences (B must be 1).
-        chunk_size: tokens per chunk (boundary states are kept every chunk_size tokens), a multiple of 16.
+        chunk_size: tokens per chunk (boundary states are kept every chunk_size tokens), a multiple
+            of 16; default DEFAULT_CHUNK_SIZE.
 
     Returns:
         o [B, T, H, V] in q's dtype and (s1, s2) [N, H, K, V] fp32 if output_final_state, else None.
@@ -92,6 +96,7 @@ def chunk_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, outp
     """
     op = "chunk_dsla_triton"
     B, T, H, HK, K, V = check_tensors(op, q, k, v, g1, g2, mix)
+    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if chunk_size <= 0 or chunk_size % SUB_CHUNK:
         raise ValueError(f"{op}: chunk_size must be a positive multiple of {SUB_CHUNK}, got {chunk_size}")
     N = B

@@ -216,13 +216,18 @@ def _dv_kernel(
         ds2 = ds2 * tl.exp2(tot2)[:, None] + tl.dot(tl.trans((qp2 * (w2 * tl.exp2(r2))[None, :]).to(dt)), b_do)
 
 
+# Launch settings, from the sm_90 compile report (no spills); benchmarks/kernels.py sweeps them on the
+# GPU. bk: K-tile of the dq/dk kernels ([bk, V] state tiles), bv: V-tile of the dv kernel ([K, bv]);
+# both also capped so a state tile stays <= 4096 elements.
+TUNING = {"bk": 32, "bv": 32, "num_warps": 8, "num_stages": 2}
+
+
 def _k_tile(K: int, V: int) -> int:
-    """K-tile height for the dq/dk kernels: two [BK, V] fp32 tiles must fit 4 warps' registers."""
-    return max(16, min(pow2(K), 4096 // pow2(V)))
+    return max(16, min(TUNING["bk"], pow2(K), 4096 // pow2(V)))
 
 
 def _v_tile(K: int, V: int) -> int:
-    return max(16, min(pow2(V), 4096 // pow2(K)))
+    return max(16, min(TUNING["bv"], pow2(V), 4096 // pow2(K)))
 
 
 def chunk_backward(q, k, v, g1, g2, do, mix, h1, h2, dh1, dh2, scale: float, layout: ChunkLayout):
@@ -248,7 +253,7 @@ def chunk_backward(q, k, v, g1, g2, do, mix, h1, h2, dh1, dh2, scale: float, lay
     dmix_part = q.new_empty(layout.num_chunks, H, nk, 2, dtype=torch.float32)
     cu, ci, boffs, T = layout.kernel_args()
     meta = dict(H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BC=SUB_CHUNK, IS_VARLEN=layout.is_varlen,
-                num_warps=4, num_stages=2)
+                num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"])
     _dq_kernel[(nk, layout.num_chunks, H)](
         q, k, v, g1, g2, do, mix, h1, h2, dq, dg1, dg2, dmix_part, cu, ci, boffs, T, scale,
         BK=bk, BV=pow2(V), **meta)

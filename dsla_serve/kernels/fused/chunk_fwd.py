@@ -79,10 +79,13 @@ def _chunk_output_kernel(
         s2 = s2 * tl.exp2(tot2)[:, None] + tl.dot(tl.trans((kn2 * tl.exp2(tot2 - r2)[None, :]).to(dt)), b_v)
 
 
+# Launch settings, from the sm_90 compile report (no spills, two programs per SM); benchmarks/kernels.py
+# sweeps them on the GPU. The value tile is also capped so a [K, BV] fp32 state tile stays <= 4096.
+TUNING = {"bv": 32, "num_warps": 4, "num_stages": 2}
+
+
 def output_tile(K: int, V: int) -> int:
-    """Value-tile width: two [K, BV] fp32 states must fit in the registers of 4 warps."""
-    bk = pow2(K)
-    return max(16, min(pow2(V), 4096 // bk))
+    return max(16, min(TUNING["bv"], pow2(V), 4096 // pow2(K)))
 
 
 def chunk_output(q, k, v, g1, g2, mix, h1, h2, scale: float, layout: ChunkLayout, out_dtype):
@@ -96,6 +99,6 @@ def chunk_output(q, k, v, g1, g2, mix, h1, h2, scale: float, layout: ChunkLayout
     _chunk_output_kernel[grid](
         q, k, v, g1, g2, mix, h1, h2, o, cu, ci, boffs, T, scale,
         H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BC=SUB_CHUNK, BK=pow2(K), BV=bv,
-        IS_VARLEN=layout.is_varlen, num_warps=4, num_stages=2,
+        IS_VARLEN=layout.is_varlen, num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"],
     )
     return o

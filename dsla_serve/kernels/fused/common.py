@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # kernels may only read constexpr globals
 SUB_CHUNK = 16  # rows per sub-chunk: the diagonal blocks computed as small matmuls
 
 

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, seq_coords
+from .common import LOG2E, pow2, seq_coords
 from .layout import ChunkLayout
 
 
@@ -137,10 +137,15 @@ def _backward_states_kernel(
         tl.store(dinit2 + i_off + state_off, ds2, mask=m_kv)
 
 
-def _state_tiles(K: int, V: int) -> tuple[int, int]:
-    bk = min(64, max(16, triton.next_power_of_2(K)))
-    bv = min(64, max(16, triton.next_power_of_2(V)))
-    return bk, bv
+# Launch settings of the two state passes: each program's [BK, BV] tile of both states (capped by the
+# padded K and V), warps and pipelining depth. Chosen from the sm_90 compile report (registers, no
+# spills, two programs per SM); benchmarks/kernels.py sweeps them on the GPU.
+FORWARD_TUNING = {"bk": 32, "bv": 64, "num_warps": 4, "num_stages": 2}
+BACKWARD_TUNING = {"bk": 32, "bv": 32, "num_warps": 4, "num_stages": 2}
+
+
+def _state_tiles(K: int, V: int, tuning: dict) -> tuple[int, int]:
+    return min(tuning["bk"], pow2(K)), min(tuning["bv"], pow2(V))
 
 
 def forward_states(k, v, g1, g2, layout: ChunkLayout, H: int, initial_state, store_final: bool, dtype):
@@ -161,7 +166,7 @@ def forward_states(k, v, g1, g2, layout: ChunkLayout, H: int, initial_state, sto
     final = None
     if store_final:
         final = (k.new_empty(N, H, K, V, dtype=torch.float32), k.new_empty(N, H, K, V, dtype=torch.float32))
-    bk, bv = _state_tiles(K, V)
+    bk, bv = _state_tiles(K, V, FORWARD_TUNING)
     cu, _, boffs, T = layout.kernel_args()
     init = initial_state if initial_state is not None else (None, None)
     fin = final if final is not None else (None, None)
@@ -170,7 +175,7 @@ def forward_states(k, v, g1, g2, layout: ChunkLayout, H: int, initial_state, sto
         k, v, g1, g2, h1, h2, init[0], init[1], fin[0], fin[1], cu, boffs, T,
         H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_INIT=initial_state is not None, STORE_FINAL=store_final, IS_VARLEN=layout.is_varlen,
-        num_warps=4, num_stages=2,
+        num_warps=FORWARD_TUNING["num_warps"], num_stages=FORWARD_TUNING["num_stages"],
     )
     return h1, h2, final
 
@@ -192,7 +197,7 @@ def backward_states(q, g1, g2, do, mix, scale: float, layout: ChunkLayout, dfina
     dinit = None
     if want_dinit:
         dinit = (q.new_empty(N, H, K, V, dtype=torch.float32), q.new_empty(N, H, K, V, dtype=torch.float32))
-    bk, bv = _state_tiles(K, V)
+    bk, bv = _state_tiles(K, V, BACKWARD_TUNING)
     cu, _, boffs, T = layout.kernel_args()
     dfin = dfinal if dfinal is not None else (None, None)
     dini = dinit if dinit is not None else (None, None)
@@ -201,6 +206,6 @@ def backward_states(q, g1, g2, do, mix, scale: float, layout: ChunkLayout, dfina
         q, g1, g2, do, mix, dh1, dh2, dfin[0], dfin[1], dini[0], dini[1], cu, boffs, T, scale,
         H=H, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_DFINAL=dfinal is not None, STORE_DINIT=want_dinit, IS_VARLEN=layout.is_varlen,
-        num_warps=4, num_stages=2,
+        num_warps=BACKWARD_TUNING["num_warps"], num_stages=BACKWARD_TUNING["num_stages"],
     )
     return dh1, dh2, dinit
