@@ -296,8 +296,11 @@ class Artifact:
             raise ArtifactError(f"{self.manifest_path}: metrics must be a dict, got {type(metrics).__name__}")
         _json_bytes(metrics, f"metrics of layer {layer_idx}", self.manifest_path)
         tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in twin.own_parameters().items()}
-        data = save_safetensors(tensors, metadata={"format": MANIFEST_FORMAT, "layer": str(layer_idx),
-                                                   "untied": str(not twin.projections_tied).lower()})
+        # One metadata key: safetensors writes the metadata map in hash order, which varies between
+        # runs, and the same layer trained twice must give the same bytes (and sha256).
+        header = json.dumps({"format": MANIFEST_FORMAT, "layer": layer_idx, "untied": not twin.projections_tied},
+                            sort_keys=True)
+        data = save_safetensors(tensors, metadata={"dsla_serve": header})
         entry = LayerEntry(layer=layer_idx, rank=rank, file=f"layer_{layer_idx}.safetensors",
                            sha256=hashlib.sha256(data).hexdigest(), untied=not twin.projections_tied,
                            metrics=dict(metrics))
