@@ -1,0 +1,117 @@
+"""`TrainerActor`: the trainer loop in the background of a Ray actor (the only module importing ray).
+
+    actor = TrainerActor.options(num_gpus=1).remote(config_dict_or_yaml_path, subscriber=policy_actor)
+    ray.get(actor.start.remote())
+    ray.get(actor.progress.remote())   # {'phase': 'training', 'layer': 5, 'step': 120, 'loss': 0.31, ...}
+    ray.get(actor.stop.remote())       # ends between two optimiser steps; published layers stay intact
+
+The loop (`Trainer.run`) runs in a thread of the actor, so `progress` and `stop` answer while it
+trains. Each published layer is announced to the subscriber: an actor handle gets
+`subscriber.on_layer_published.remote(layer_idx, depth, metrics)` (fire and forget, training never
+waits on it), a plain callable is called in the training thread (its exceptions are logged, not
+raised). Stopping is safe at any moment: the flag is read between optimiser steps, and an artifact
+append is atomic anyway, so the artifact always holds whole layers only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from .config import load_config, parse_config
+from .trainer import Trainer
+
+log = logging.getLogger("dsla_serve.trainer.actor")
+
+SUBSCRIBER_METHOD = "on_layer_published"
+
+
+class _Subscriber:
+    """Delivers `(layer_idx, depth, metrics)` to an actor handle or a callable."""
+
+    def __init__(self, target: Any):
+        self.target = target
+
+    def __call__(self, layer_idx: int, depth: int, metrics: dict) -> None:
+        if self.target is None:
+            return
+        try:
+            if isinstance(self.target, ray.actor.ActorHandle):
+                getattr(self.target, SUBSCRIBER_METHOD).remote(layer_idx, depth, metrics)
+            else:
+                self.target(layer_idx, depth, metrics)
+        except Exception:  # a broken subscriber must not lose the trained layer's run
+            log.exception("subscriber failed on layer %d (depth %d)", layer_idx, depth)
+
+
+@ray.remote(max_concurrency=4)
+class TrainerActor:
+    """A background `Trainer`. `config`: a ConvertConfig-shaped dict or the path of a convert YAML.
+
+    `subscriber`: None, an actor handle with `on_layer_published(layer_idx, depth, metrics)`, or a
+    callable with that signature. `start=True` starts training at once.
+    """
+
+    def __init__(self, config: dict | str, subscriber: Any = None, start: bool = False):
+        self._config = parse_config(config) if isinstance(config, dict) else load_config(Path(config))
+        self._notify = _Subscriber(subscriber)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._trainer: Trainer | None = None
+        self._published: list[dict] = []
+        self._summary: dict | None = None
+        if start:
+            self.start()
+
+    def start(self) -> bool:
+        """Start (or, after `stop` or a finished run, restart) the loop; False if it is running."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self._stop.clear()
+        self._summary = None
+        self._trainer = Trainer(self._config)  # a fresh model: a stopped run's unpublished layer is dropped
+        self._thread = threading.Thread(target=self._run, name="dsla-trainer", daemon=True)
+        self._thread.start()
+        return True
+
+    def _run(self) -> None:
+        def published(layer_idx: int, depth: int, metrics: dict) -> None:
+            self._published.append({"layer": layer_idx, "depth": depth, "metrics": metrics})
+            self._notify(layer_idx, depth, metrics)
+
+        try:
+            summary = self._trainer.run(stop_event=self._stop, on_layer=published)
+            self._summary = {"artifact": str(summary.artifact), "order": summary.order,
+                             "published_depth": summary.published_depth, "target_depth": summary.target_depth,
+                             "stopped": summary.stopped, "resumed_from": summary.resumed_from}
+        except Exception:
+            log.exception("trainer failed")  # the error is in progress()['error']
+
+    def progress(self) -> dict:
+        """Phase, current layer, step / steps, last loss, published and target depth, error, running."""
+        state = self._trainer.progress() if self._trainer is not None else {"phase": "idle"}
+        state["running"] = self._thread is not None and self._thread.is_alive()
+        return state
+
+    def published(self) -> list[dict]:
+        """The layers this actor published: [{'layer', 'depth', 'metrics'}], in order."""
+        return list(self._published)
+
+    def summary(self) -> dict | None:
+        """The last finished run's summary (None while running or after a failure)."""
+        return self._summary
+
+    def wait(self, timeout: float | None = None) -> dict:
+        """Block until the loop ends (or `timeout` seconds); returns `progress()`."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.progress()
+
+    def stop(self, timeout: float | None = None) -> dict:
+        """Ask the loop to end at the next safe point and wait for it; returns `progress()`."""
+        self._stop.set()
+        return self.wait(timeout)

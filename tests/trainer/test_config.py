@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsla_serve.trainer.config import ConfigError, load_config, parse_config
+from dsla_serve.trainer.engine import DeepSpeedConfigError, complete_config
+from dsla_serve.trainer.schedule import lr_multiplier
+
+from .helpers import config_dict
+
+GOOD = """\
+base_model: tiny:llama
+output: out/artifact
+data:
+  paths: [texts, /abs/book.txt]
+  seq_len: 64
+deepspeed: ds.json
+training:
+  steps: 5
+"""
+
+
+def test_relative_paths_resolve_against_the_yaml_directory(tmp_path):
+    (tmp_path / "ds.json").write_text("{}")
+    (tmp_path / "c.yaml").write_text(GOOD)
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.output == tmp_path / "out" / "artifact"
+    assert cfg.data.paths == [tmp_path / "texts", Path("/abs/book.txt")]
+    assert cfg.deepspeed == tmp_path / "ds.json"
+    assert cfg.base_model == "tiny:llama" and cfg.order.method == "entropy" and cfg.training.steps == 5
+
+
+def test_a_local_model_directory_resolves_but_a_hub_id_is_kept(tmp_path):
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    cfg = parse_config(config_dict(tmp_path, tmp_path / "o", base_model="models/teacher"), base_dir=tmp_path)
+    assert cfg.base_model == str(tmp_path / "models" / "teacher")
+    cfg = parse_config(config_dict(tmp_path, tmp_path / "o", base_model="org/some-model"), base_dir=tmp_path)
+    assert cfg.base_model == "org/some-model"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ("training:\n  stepz: 5\n", "c.yaml: training.stepz: unknown field (line 8)"),
+    ("learning_rate: 0.1\n", "c.yaml: learning_rate: unknown field (line 7)"),
+    ("order: {method: list}\n", "c.yaml: order: Value error, method 'list' needs `layers`"),
+    ("order: {method: random}\n", "c.yaml: order.method: Input should be 'entropy', 'loss_delta'"),
+    ("training: {loss: {mse: 0, kl: 0}}\n", "training.loss: Value error, at least one loss weight"),
+    ("device: tpu\n", "c.yaml: device: Value error, must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ("dsla: {tau: -1}\n", "c.yaml: dsla.tau: Input should be greater than 0"),
+])
+def test_bad_fields_are_named_with_file_and_line(tmp_path, edit, expected):
+    (tmp_path / "ds.json").write_text("{}")
+    text = GOOD.replace("training:\n  steps: 5\n", "")
+    (tmp_path / "c.yaml").write_text(text + edit)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert expected in str(info.value)
+
+
+def test_missing_required_fields_and_files_are_reported(tmp_path):
+    (tmp_path / "c.yaml").write_text("output: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert {p.split(": ")[1] for p in info.value.problems} == {"base_model", "data"}
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "d.yaml").write_text("a: 1\na: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text(GOOD)
+    with pytest.raises(ConfigError, match="deepspeed: Value error, DeepSpeed config file .*ds.json does not exist"):
+        load_config(tmp_path / "e.yaml")
+
+
+def test_deepspeed_config_is_completed_and_conflicts_are_refused(tmp_path):
+    training = parse_config(config_dict(tmp_path, tmp_path)).training
+    cfg = complete_config({"zero_optimization": {"stage": 2}}, training, torch.float32, world_size=2)
+    assert cfg["train_micro_batch_size_per_gpu"] == 2 and cfg["gradient_accumulation_steps"] == 1
+    assert cfg["gradient_clipping"] == 1.0 and "bf16" not in cfg and "optimizer" not in cfg
+    assert complete_config({}, training, torch.bfloat16, 1)["bf16"] == {"enabled": True}
+    with pytest.raises(DeepSpeedConfigError, match="train_micro_batch_size_per_gpu = 8 contradicts"):
+        complete_config({"train_micro_batch_size_per_gpu": 8}, training, torch.float32, 1)
+    with pytest.raises(DeepSpeedConfigError, match="stage = 3"):
+        complete_config({"zero_optimization": {"stage": 3}}, training, torch.float32, 1)
+    with pytest.raises(DeepSpeedConfigError, match="bf16.enabled is true but the model is torch.float32"):
+        complete_config({"bf16": {"enabled": True}}, training, torch.float32, 1)
+    assert complete_config({"train_batch_size": 8}, training, torch.float32, 4)["train_batch_size"] == 8
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [lr_multiplier(s, total_steps=10, warmup_steps=2, min_ratio=0.1) for s in range(10)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] == pytest.approx(0.1)
+    assert lr_multiplier(7, total_steps=10, warmup_steps=0, schedule="constant") == 1.0
