@@ -194,3 +194,26 @@ def load_documents(data: str | Path, tokenizer, split_file: str | Path | None = 
     names = names[:max_docs] if max_docs else names
     texts = [read_book(folder / n) for n in names]
     return list(zip(names, tokenize_texts(tokenizer, texts, progress)))
+
+
+def slim_token_corpus(corpus: TokenCorpus, max_tokens: dict[str, int]) -> TokenCorpus:
+    """A copy keeping, per split named in `max_tokens`, whole documents in order until the cap
+    (at least one document); other splits are kept whole. For carrying a small corpus to a machine."""
+    arrays, documents = {}, {}
+    for split, docs in corpus.documents.items():
+        cap = max_tokens.get(split)
+        keep, total = [], 0
+        for d in docs:
+            if cap is not None and keep and total + d.length > cap:
+                break
+            keep.append(d)
+            total += d.length
+        src = corpus.arrays[split]
+        parts, new_docs, start = [], [], 0
+        for d in keep:
+            parts.append(np.asarray(src[d.start:d.start + d.length + 1]))  # with its EOS
+            new_docs.append(Document(d.name, start, d.length))
+            start += d.length + 1
+        arrays[split] = np.concatenate(parts) if parts else np.empty(0, dtype=src.dtype)
+        documents[split] = new_docs
+    return TokenCorpus(arrays, documents, dict(corpus.meta))

@@ -40,7 +40,7 @@ def artifact_dir(tmp_path_factory):
 
 def _common(data, out):
     return ["--model", "tiny:llama", "--data", data, "--out", out, "--context", "64", "--buckets", "0,16,32,64",
-            "--max-windows", "6", "--passkey-lengths", "128,192", "--passkey-episodes", "3", "--mqar-pairs", "2,4",
+            "--max-windows", "4", "--passkey-lengths", "128,160", "--passkey-episodes", "2", "--mqar-pairs", "2,4",
             "--mqar-episodes", "2", "--quiet"]
 
 
@@ -54,8 +54,8 @@ def test_eval_cli_writes_json_and_plots_per_depth(artifact_dir, books_dir, split
     assert [r["depth"] for r in runs] == [0, 1, 2] and [r["converted_layers"] for r in runs] == [[], [3], [3, 1]]
     for r in runs:
         p = r["perplexity"]
-        assert p["windows"] == 6 and [(b["lo"], b["hi"]) for b in p["buckets"]] == [(0, 16), (16, 32), (32, 64)]
-        assert [x["length"] for x in r["passkey"]["rows"]] == [128, 192]
+        assert p["windows"] == 4 and [(b["lo"], b["hi"]) for b in p["buckets"]] == [(0, 16), (16, 32), (32, 64)]
+        assert [x["length"] for x in r["passkey"]["rows"]] == [128, 160]
         assert [x["pairs"] for x in r["mqar"]["rows"]] == [2, 4] and r["mqar"]["rows"][1]["queries"] == 8
     assert len({r["perplexity"]["overall"]["nll"] for r in runs}) == 3  # each depth is a different model
     for png in ("perplexity_by_position.png", "passkey.png", "mqar.png"):

@@ -38,6 +38,7 @@ def test_smoke_campaign_runs_every_experiment_and_resumes(teacher_dir, token_cor
         assert all(layer["validation"]["ppl_ratio"] > 0 for layer in run["layers"])
     orders = json.loads((out / "orders.json").read_text())
     assert set(orders) == {"loss_delta", "entropy", "random"}
+    assert json.loads((out / "runs" / "dsla_low_rank.json").read_text())["order"] == orders["entropy"]["order"][:1]
     assert sorted(orders["loss_delta"]["order"]) == [0, 1] and set(orders["loss_delta"]["scores"]) == {"0", "1"}
     summary = json.loads((out / "summary.json").read_text())
     assert [t["status"] in ("met", "missed") for t in summary["targets"]] == [True, True, True]

@@ -10,7 +10,7 @@ import torch
 
 from dsla_serve.model.tiny_tokenizer import build_byte_tokenizer
 from dsla_serve.quality.books import read_book, save_split
-from dsla_serve.quality.corpus import load_documents, open_token_corpus
+from dsla_serve.quality.corpus import load_documents, open_token_corpus, save_token_corpus, slim_token_corpus
 from recipes.teacher import train, train_tokenizer
 from recipes.teacher.batches import BatchMixture, MixtureConfig
 from recipes.teacher.train_tokenizer import train_bpe
@@ -54,6 +54,17 @@ def test_token_corpus_roundtrip_and_refusals(books_dir, split, tokenizer, token_
     assert np.array_equal(from_books[0][1], from_corpus[0][1]) and np.array_equal(from_file[0][1], from_corpus[0][1])
     with pytest.raises(FileNotFoundError, match="evaluation data not found"):
         load_documents(tmp_path / "nothing", tokenizer)
+
+
+def test_slim_corpus_keeps_whole_documents(tokenizer, token_corpus_dir, tmp_path):
+    corpus = open_token_corpus(token_corpus_dir, tokenizer)
+    first = corpus.documents["train"][0].length
+    slim = slim_token_corpus(corpus, {"train": first + 1})
+    save_token_corpus(slim, tmp_path / "slim")
+    reopened = open_token_corpus(tmp_path / "slim", tokenizer)
+    assert [d.name for d in reopened.documents["train"]] == [corpus.documents["train"][0].name]
+    assert np.array_equal(reopened.docs("train")[0][1], corpus.docs("train")[0][1])
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(reopened.docs("validation"), corpus.docs("validation")))
 
 
 def test_train_tokenizer_script(books_dir, split, tmp_path):
