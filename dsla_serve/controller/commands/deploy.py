@@ -1,0 +1,58 @@
+"""`dsla-serve deploy POLICY.yaml --address ADDRESS`: run a policy's app on an existing Ray cluster.
+
+The app keeps running after this command returns (`serve shutdown` or `serve delete NAME` stops it).
+Paths in the policy (artifact, trainer data) must exist on the cluster's nodes, and dsla-serve must be
+installed there. With `http.api_key_env`, the key is taken from this shell and carried in the app's
+runtime environment (or set it on the cluster and pass --no-forward-api-key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from .common import CommandError, add_http_overrides, add_policy_argument, check_runnable, fail, read_policy, url_of
+
+HELP = "deploy a policy's app onto an existing Ray cluster (--address) and return"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Deploy the policy's Serve application onto a running Ray cluster and return; it keeps "
+                          "serving until `serve shutdown` (or `serve delete NAME`).")
+    parser.epilog = "Example: dsla-serve deploy examples/policy-llama-7b.yaml --address ray://head:10001"
+    add_policy_argument(parser)
+    parser.add_argument("--address", required=True,
+                        help="the cluster: ray://HOST:10001 (Ray Client), HOST:6379, or auto (a cluster on this node)")
+    add_http_overrides(parser)
+    parser.add_argument("--no-forward-api-key", action="store_true",
+                        help="do not carry $<http.api_key_env> from this shell to the app (it is set on the cluster)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the routing draws")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = read_policy(args.policy, check_paths=False, host=args.host, port=args.port)
+        forward = policy.http.api_key_env is not None and not args.no_forward_api_key
+        check_runnable(policy, local=forward)
+    except CommandError as e:
+        return fail(str(e))
+    import ray
+
+    env = {}
+    if forward:
+        env[policy.http.api_key_env] = os.environ[policy.http.api_key_env]
+    try:
+        ray.init(address=args.address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001
+        return fail(f"cannot connect to the Ray cluster at {args.address}: {e}")
+    from .common import start_serve
+
+    began = time.monotonic()
+    try:
+        start_serve(policy, seed=args.seed)
+    except Exception as e:  # noqa: BLE001
+        return fail(f"deploying {policy.name!r} failed: {type(e).__name__}: {e}")
+    print(f"deployed {policy.name!r} in {time.monotonic() - began:.0f} s: {url_of(policy)}/v1 on the cluster's "
+          f"head node (status: `dsla-serve status --url {url_of(policy)}`)")
+    return 0

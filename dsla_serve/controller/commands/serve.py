@@ -1,0 +1,125 @@
+"""`dsla-serve serve POLICY.yaml`: serve a policy on this machine until Ctrl-C.
+
+Joins the Ray that `ray start --head` runs on this machine (or $RAY_ADDRESS), else starts a local
+one; runs the app, prints its URL and then one status line every few seconds. On Ctrl-C (or SIGTERM) the app is
+deleted and, if this command started Ray, Ray is shut down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+
+from .common import (CommandError, add_http_overrides, add_policy_argument, check_runnable, fail, local_runtime_env,
+                     quiet_ray_logs, read_policy, start_serve, url_of)
+
+RAY_START_FILE = "/tmp/ray/ray_current_cluster"
+
+HELP = "serve a policy on this machine (starts a local Ray if none is running) until Ctrl-C"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve the policy's model over OpenAI-compatible HTTP with Ray Serve on this machine: one deployment "
+        "per pool, the policy actor shifting traffic between depths under load, and (with a trainer section) "
+        "layers converted in the background. Uses a Ray already running here, else starts one.")
+    parser.epilog = ("Example: dsla-serve serve examples/tiny-policy.yaml   then   curl "
+                     "http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
+                     "-d '{\"model\": \"tiny-llama\", \"prompt\": \"Hello\", \"max_tokens\": 16}'")
+    add_policy_argument(parser)
+    add_http_overrides(parser)
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local Ray this command starts (default: all of this machine's)")
+    parser.add_argument("--num-gpus", type=int, default=None, help="GPUs of the local Ray (default: all)")
+    parser.add_argument("--status-every", type=float, default=10.0, metavar="S",
+                        help="seconds between status lines (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the routing draws")
+    parser.add_argument("--no-trainer", action="store_true",
+                        help="do not start the policy's background trainer (serve the artifact as it is)")
+
+
+def _existing_cluster() -> str | None:
+    """What a plain `ray.init()` would join: $RAY_ADDRESS, or the cluster `ray start` ran here (it leaves its
+    address in /tmp/ray/ray_current_cluster). Ray instances of other programs are not joined."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    return "the `ray start` cluster of this machine" if os.path.exists(RAY_START_FILE) else None
+
+
+def _connect_or_start(num_cpus, num_gpus) -> bool:
+    """Join the Ray of `ray start` / $RAY_ADDRESS, else start a local one; True if this process started it."""
+    import ray
+
+    existing = _existing_cluster()
+    if existing is not None:
+        ray.init(runtime_env=local_runtime_env(), log_to_driver=False)
+        print(f"using {existing}")
+        return False
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=local_runtime_env(),
+             log_to_driver=False)
+    resources = ray.cluster_resources()
+    print(f"started a local Ray ({int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs)")
+    return True
+
+
+def _status(app: str) -> dict | None:
+    from ray import serve
+
+    from ..app import POLICY_ACTOR_NAME
+
+    try:
+        return serve.get_deployment_handle(POLICY_ACTOR_NAME, app).status.remote().result(timeout_s=5)
+    except Exception:  # noqa: BLE001 - a status line is best effort
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = read_policy(args.policy, check_paths=True, host=args.host, port=args.port)
+        check_runnable(policy, local=True)
+    except CommandError as e:
+        return fail(str(e))
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    quiet_ray_logs()
+    import ray
+    from ray import serve
+
+    started = False
+    try:
+        started = _connect_or_start(args.num_cpus, args.num_gpus)
+        print(f"starting application {policy.name!r} ({len(policy.pools)} pools, model {policy.model.path}) ...",
+              flush=True)
+        began = time.monotonic()
+        start_serve(policy, seed=args.seed, start_trainer=not args.no_trainer)
+        url = url_of(policy)
+        print(f"serving {policy.http.model_name!r} at {url}/v1 (ready in {time.monotonic() - began:.0f} s); "
+              f"status: {url}/v1/dsla/status or `dsla-serve status --url {url}`; Ctrl-C to stop", flush=True)
+        from ..status_view import status_line
+
+        while True:
+            if args.status_every > 0:
+                time.sleep(args.status_every)
+                status = _status(policy.name)
+                print(status_line(status) if status else "status: policy actor not answering", flush=True)
+            else:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    except Exception as e:  # noqa: BLE001 - show the cause, not a Ray traceback
+        return fail(f"serving failed: {type(e).__name__}: {e}")
+    finally:
+        if ray.is_initialized():
+            try:
+                serve.delete(policy.name)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            if started:
+                serve.shutdown()
+                ray.shutdown()

@@ -1,0 +1,58 @@
+"""`dsla-serve status [--url URL]`: print a running app's /v1/dsla/status as tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+HELP = "show a running app's pools, depths, routing, SLO attainment, trainer and last decisions"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Fetch /v1/dsla/status from a running DSLA-Serve app and print it as tables."
+    parser.add_argument("--url", default=None, help="the app's base URL (default: from --policy, else "
+                                                    "http://127.0.0.1:8000)")
+    parser.add_argument("--policy", default=None, help="take the URL and the API key variable from this policy file")
+    parser.add_argument("--api-key", default=None, help="API key (default: $<http.api_key_env> of --policy, else "
+                                                        "$DSLA_SERVE_API_KEY, else $OPENAI_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON instead of tables")
+    parser.add_argument("--decisions", type=int, default=5, help="how many recent decisions to show")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+
+    from ..status_view import render
+    from .common import CommandError, fail, read_policy, url_of
+
+    url, key = args.url, args.api_key
+    if args.policy is not None:
+        try:
+            policy = read_policy(args.policy, check_paths=False)
+        except CommandError as e:
+            return fail(str(e))
+        url = url or url_of(policy)
+        if key is None and policy.http.api_key_env:
+            key = os.environ.get(policy.http.api_key_env)
+    url = (url or "http://127.0.0.1:8000").rstrip("/")
+    key = key or os.environ.get("DSLA_SERVE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{url}/v1/dsla/status", headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as e:
+        return fail(f"no answer from {url}: {e}")
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:  # noqa: BLE001 - not one of ours
+            message = response.text[:200]
+        return fail(f"{url}/v1/dsla/status answered {response.status_code}: {message}")
+    status = response.json()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        render(status, Console(), decisions=args.decisions)
+    return 0

@@ -1,0 +1,107 @@
+"""The policy actor: a one-replica Ray Serve deployment that runs the controller loop.
+
+Every `controller.interval_s` it re-reads the artifact (new layers and their measured quality),
+builds each pool's metrics over the window (ingress observations + replica reports), calls the pure
+`decide`, logs the decision with its reason, publishes routing weights and depth targets (the ingress
+and the replicas pull them), and asks Serve for the replica targets. With a `trainer` section it also
+runs the background trainer actor and shows its progress.
+
+Being a Serve deployment, it lives and dies with the application (`serve shutdown`, `serve deploy`
+of a new config) and Serve restarts it if it fails; the replicas and the ingress keep serving on the
+last routing they got meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..policies import Policy
+from .control import PolicyControl
+from .scaling import ServeScaler
+
+log = logging.getLogger("ray.serve")
+
+
+def pool_deployment_name(pool: str) -> str:
+    return f"pool-{pool}"
+
+
+class PolicyActor:
+    """Serve deployment class of the controller (`num_replicas=1`)."""
+
+    async def __init__(self, policy: dict, app_name: str, start_trainer: bool = True):
+        self.policy = Policy.model_validate(policy)
+        self.control = PolicyControl(self.policy, time.monotonic())
+        self.scaler = ServeScaler(app_name, {p.name: pool_deployment_name(p.name) for p in self.policy.pools},
+                                  {p.name: p.initial_replicas for p in self.policy.pools})
+        try:
+            from .metrics import ControllerMetrics
+
+            self.metrics = ControllerMetrics()
+        except Exception as e:  # noqa: BLE001 - metrics are optional outside a Serve replica
+            log.warning("controller metrics disabled: %s", e)
+            self.metrics = None
+        self.trainer = None
+        if self.policy.trainer is not None and start_trainer:
+            from .trainer_link import TrainerLink
+
+            self.trainer = TrainerLink(self.policy)
+            await self.trainer.start()
+        self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    # ------------------------------------------------------------------------------------------
+    # called by replicas and the ingress
+    # ------------------------------------------------------------------------------------------
+    async def report(self, pool: str, replica_id: str, stats: dict[str, Any]) -> dict[str, Any]:
+        return self.control.report(pool, replica_id, stats, time.monotonic())
+
+    async def record(self, events: list[dict[str, Any]]) -> None:
+        self.control.record(events)
+
+    async def routing(self) -> dict[str, Any]:
+        return self.control.routing()
+
+    async def status(self) -> dict[str, Any]:
+        return self.control.status(time.monotonic())
+
+    # ------------------------------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        interval = self.policy.controller.interval_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad interval must not stop the controller
+                log.exception("policy step failed; trying again next interval")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def step(self) -> None:
+        """One interval: trainer progress, decision, scaling, log line."""
+        if self.trainer is not None:
+            self.control.set_trainer_progress(await self.trainer.progress())
+        now = time.monotonic()
+        decision = self.control.tick(now)
+        scaled = await self.scaler.apply(decision.replica_targets)
+        line = decision.reason + (f"; scaled {', '.join(scaled)}" if scaled else "")
+        log.info("policy decision: %s", line)
+        if self.metrics is not None:
+            by_pool = {name: w.metrics(now) for name, w in self.control.windows.items()}
+            self.metrics.decided(decision, by_pool, self.control.artifact.quality.available_depth)
+
+    async def check_health(self) -> None:
+        if self._loop.done():
+            raise RuntimeError(f"the policy loop stopped: {self._loop.exception()!r}")
+
+    def __del__(self):
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.cancel()
+        if getattr(self, "trainer", None) is not None:
+            self.trainer.stop()

@@ -1,0 +1,173 @@
+"""A pool replica: one engine serving the policy's model at its pool's depth target.
+
+Each replica reports its engine stats to the policy actor about twice per controller interval and
+gets its targets back in the reply: the depth to serve at (never beyond the quality floor) and how
+many layers the artifact has published. It loads newly published layers with
+`Engine.refresh_artifact` and changes depth with `Engine.set_depth` (which drains: no request is
+dropped), so neither a new layer nor a depth change restarts anything. Pulling targets this way
+reaches every replica of a pool, however many Serve runs.
+
+The ingress calls `generate` with prompt token ids and SamplingParams keyword arguments; it streams
+deltas (see `formatting.py` for their shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from typing import Any
+
+from ray import serve
+
+from ..policies import Policy
+
+log = logging.getLogger("ray.serve")
+
+MANIFEST_NAME = "manifest.json"
+
+
+def delta_of(out, sent_tokens: int, first: bool) -> dict[str, Any]:
+    """The delta dict of one engine output (`RequestOutput`), given the tokens already sent."""
+    completion = out.outputs[0]
+    new_ids = list(completion.token_ids[sent_tokens:])
+    logprobs = None
+    if completion.logprobs is not None:
+        logprobs = [dict(entry) for entry in completion.logprobs[sent_tokens:sent_tokens + len(new_ids)]]
+    delta = {"token_ids": new_ids, "text": completion.new_text, "logprobs": logprobs,
+             "finish_reason": completion.finish_reason, "error": out.error,
+             "prompt_tokens": len(out.prompt_token_ids)}
+    if first and out.prompt_logprobs is not None:
+        delta["prompt_logprobs"] = [None if e is None else dict(e) for e in out.prompt_logprobs]
+    return delta
+
+
+class PoolReplica:
+    """The Serve deployment class of every pool (one deployment per pool, named `pool-<name>`)."""
+
+    async def __init__(self, policy: dict, pool: str, policy_actor):
+        self.policy = Policy.model_validate(policy)
+        self.pool = self.policy.pool(pool)
+        self.policy_actor = policy_actor
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (tests): any unique name will do
+            self.replica_id = uuid.uuid4().hex[:8]
+        ctl = self.policy.controller
+        self.report_every_s = min(max(ctl.interval_s / 2, 0.1), 2.0)
+        targets = await self._report({"depth": 0, "starting": True})
+        depth = targets["depth"] if targets is not None else 0
+        self.engine = await asyncio.to_thread(self._build_engine, depth)
+        self.engine.start()
+        self._control = asyncio.get_running_loop().create_task(self._control_loop())
+        log.info("pool %s replica %s serving at depth %d", pool, self.replica_id, self.engine.depth)
+
+    # ------------------------------------------------------------------------------------------
+    def _artifact_path(self) -> str | None:
+        path = self.policy.artifact_dir
+        return path if path is not None and os.path.exists(os.path.join(path, MANIFEST_NAME)) else None
+
+    def _build_engine(self, depth: int):
+        from ..replicas import Engine
+
+        model = self.policy.model
+        engine = Engine(model.path, tokenizer=None if model.tokenizer is None else _tokenizer(model.tokenizer),
+                        artifact=self._artifact_path(), dtype=None if model.dtype == "auto" else model.dtype,
+                        max_num_seqs=self.pool.max_concurrent_requests, max_model_len=model.max_model_len,
+                        max_queue=self.policy.http.queue_cap, seed=hash(self.replica_id) % (2**31))
+        engine.set_depth(min(depth, engine.max_depth), wait=True)
+        return engine
+
+    # ------------------------------------------------------------------------------------------
+    async def generate(self, prompt_ids: list[int], params: dict[str, Any], request_id: str):
+        """Stream the deltas of one request (see formatting.py). Raises QueueFullError at the cap."""
+        from ..replicas import SamplingParams
+
+        stream = self.engine.add_request(prompt_ids, SamplingParams(**params), request_id=request_id)
+        sent, first = 0, True
+        try:
+            async for out in stream:
+                delta = delta_of(out, sent, first)
+                delta["depth"] = self.engine.depth
+                sent += len(delta["token_ids"])
+                first = False
+                if delta["token_ids"] or delta["text"] or delta["finish_reason"] or "prompt_logprobs" in delta:
+                    yield delta
+        finally:
+            if not stream.finished:  # the client went away: free the slot
+                stream.abort()
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        stats.pop("plan", None)
+        return {**stats, "pool": self.pool.name, "replica": self.replica_id}
+
+    # ------------------------------------------------------------------------------------------
+    async def _report(self, stats: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return await self.policy_actor.report.remote(self.pool.name, self.replica_id, stats)
+        except Exception as e:  # noqa: BLE001 - the policy actor restarting must not take the replica down
+            log.warning("pool %s: report to the policy actor failed: %s", self.pool.name, e)
+            return None
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                targets = await self._report(self.stats())
+                if targets is not None:
+                    await self._apply(targets)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep serving; the next report retries
+                log.exception("pool %s: applying targets failed", self.pool.name)
+            await asyncio.sleep(self.report_every_s)
+
+    async def _apply(self, targets: dict[str, Any]) -> None:
+        """Load newly published layers, then move to the depth target (drains, drops nothing)."""
+        engine = self.engine
+        if targets["artifact_depth"] > engine.max_depth:
+            if engine.artifact is None:
+                if self._artifact_path() is None:
+                    return
+                await self._rebuild_with_artifact()
+                engine = self.engine
+            else:
+                new = await asyncio.to_thread(engine.refresh_artifact)
+                if new:
+                    log.info("pool %s: loaded published layers %s (depth %d available)", self.pool.name, new,
+                             engine.max_depth)
+        depth = min(targets["depth"], engine.max_depth)
+        if depth != engine.depth and not engine.draining:
+            log.info("pool %s: depth %d -> %d", self.pool.name, engine.depth, depth)
+            engine.set_depth(depth)
+
+    async def _rebuild_with_artifact(self) -> None:
+        """The artifact appeared after this replica started (a trainer created it): build an engine that
+        reads it, switch new requests to it, and let the old one finish its requests."""
+        old = self.engine
+        new = await asyncio.to_thread(self._build_engine, old.depth)
+        new.start()
+        self.engine = new
+        while old.has_unfinished():
+            await asyncio.sleep(0.05)
+        old.stop()
+        log.info("pool %s: now reading the artifact %s", self.pool.name, new.artifact)
+
+    def check_health(self) -> None:
+        if not self.engine.running_loop:
+            raise RuntimeError(f"pool {self.pool.name}: the engine loop is not running")
+
+    def __del__(self):
+        control = getattr(self, "_control", None)
+        if control is not None:
+            control.cancel()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop()
+
+
+def _tokenizer(path: str):
+    from .prompting import load_tokenizer
+
+    return load_tokenizer(path)

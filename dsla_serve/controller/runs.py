@@ -1,0 +1,148 @@
+"""One request on one pool, as the ingress sees it: admission, the replica's delta stream, timing.
+
+    run = await start_run(ingress, prompt_ids, params, endpoint)   # 429 / 503 raised here, before any byte
+    async for delta in run: ...                                    # then `run.choice` holds the whole output
+
+Every run ends in exactly one of: finished (whatever finish_reason), refused with 429/503 before it
+started, or failed with an error the client is told about. The ingress's in-flight count is released
+and the observation recorded in every case, so nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from ..replicas.outputs import PromptTooLongError, QueueFullError
+from .errors import APIError
+from .formatting import Choice
+
+if TYPE_CHECKING:
+    from .ingress_core import IngressCore
+
+log = logging.getLogger("ray.serve")
+
+
+class Run:
+    """A request started on a pool; iterate it for deltas (the first one already received)."""
+
+    def __init__(self, core: IngressCore, pool: str, stream, first: dict[str, Any], choice: Choice,
+                 arrived: float, endpoint: str):
+        self.core, self.pool, self.stream, self.choice = core, pool, stream, choice
+        self.endpoint = endpoint
+        self.arrived = arrived
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self._pending: dict[str, Any] | None = first
+        self._closed = False
+        self._note(first)
+
+    def _note(self, delta: dict[str, Any]) -> None:
+        if delta.get("token_ids"):
+            now = time.monotonic()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            self.last_token_at = now
+        self.choice.add(delta)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        ok = False
+        try:
+            if self._pending is not None:
+                first, self._pending = self._pending, None
+                yield first
+            if self.choice.finish_reason is None:
+                async for delta in self.stream:
+                    self._note(delta)
+                    yield delta
+                    if delta.get("finish_reason"):
+                        break
+            ok = self.choice.finish_reason not in (None, "error", "abort")
+        finally:
+            self.close(ok)
+
+    async def collect(self) -> Choice:
+        async for _ in self:
+            pass
+        return self.choice
+
+    def close(self, ok: bool) -> None:
+        """Release the in-flight slot and record the observation (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.choice.finish_reason is None:
+            self.stream.cancel()  # the client went away or an error cut the stream
+        now = time.monotonic()
+        n = len(self.choice.token_ids)
+        ttft = None if self.first_token_at is None else self.first_token_at - self.arrived
+        tpot = None
+        if n > 1 and self.first_token_at is not None and self.last_token_at is not None:
+            tpot = (self.last_token_at - self.first_token_at) / (n - 1)
+        self.core.finished(self.pool, self.choice.depth, self.endpoint, ok, ttft, tpot, now - self.arrived)
+
+
+async def start_run(core: IngressCore, index: int, prompt_ids: list[int], params: dict[str, Any],
+                    endpoint: str, arrived: float) -> Run:
+    """Pick a pool, admit the request and start it; raise APIError (429 / 503 / 400 / 500) if it cannot
+    start. The first delta is awaited here, so a replica refusing the request still yields a status code."""
+    table = core.table
+    pool = table.pick()
+    if pool is None:
+        core.refused("no_pool")
+        raise APIError(503, "no pool serves within the quality floor yet (replicas are starting or changing "
+                       "depth); retry shortly", code="no_pool_ready", headers=core.retry_after())
+    if table.full(pool):
+        core.refused("queue_full")
+        raise APIError(429, f"the server is at its queue cap ({table.queue_cap} requests waiting, "
+                       "http.queue_cap); retry later", code="queue_full", headers=core.retry_after())
+    table.admit(pool)
+    core.arrived(pool)
+    request_id = uuid.uuid4().hex
+    stream = None
+    try:
+        stream = core.pools[pool].options(stream=True).generate.remote(prompt_ids, params, request_id)
+        first = await stream.__anext__()
+    except asyncio.CancelledError:  # the client went away while waiting
+        table.release(pool)
+        if stream is not None:
+            stream.cancel()
+        raise
+    except Exception as e:  # noqa: BLE001 - mapped to a status code for the client
+        table.release(pool)
+        error = _api_error(core, e, pool)
+        core.start_failed(pool, endpoint, error.code or "error")
+        raise error from None
+    return Run(core, pool, stream, first, Choice(index=index, prompt_ids=prompt_ids), arrived, endpoint)
+
+
+def _api_error(core: IngressCore, e: Exception, pool: str) -> APIError:
+    if isinstance(e, QueueFullError):
+        return APIError(429, f"pool {pool} is at its queue cap; retry later", code="queue_full",
+                        headers=core.retry_after())
+    if isinstance(e, BackPressureError):
+        return APIError(503, f"pool {pool} is overloaded; retry later", code="overloaded", headers=core.retry_after())
+    if isinstance(e, PromptTooLongError):
+        return APIError(400, str(e), param="max_tokens", code="context_length_exceeded")
+    if isinstance(e, DeploymentUnavailableError):
+        return APIError(503, f"pool {pool} is unavailable: {e}", code="pool_unavailable", headers=core.retry_after())
+    if isinstance(e, (ValueError, TypeError)):
+        return APIError(400, str(e), code="invalid_value")
+    log.error("request on pool %s failed to start: %r", pool, e)
+    return APIError(503, f"pool {pool} failed to start the request ({type(e).__name__}); retry",
+                    code="pool_error", headers=core.retry_after())
+
+
+def retry_after_s(interval_s: float) -> int:
+    """Seconds a refused client should wait: one controller interval (when things can change), >= 1."""
+    return max(1, math.ceil(interval_s))

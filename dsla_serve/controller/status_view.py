@@ -1,0 +1,84 @@
+"""Human views of the /v1/dsla/status body: one status line (`serve`), or tables (`status`)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def trainer_words(trainer: dict[str, Any] | None) -> str:
+    if not trainer:
+        return "no trainer"
+    phase = trainer.get("phase", "?")
+    if phase == "training":
+        return (f"training layer {trainer.get('layer')} step {trainer.get('step')}/{trainer.get('steps')}"
+                + (f" loss {trainer['loss']:.3f}" if isinstance(trainer.get("loss"), (int, float)) else ""))
+    if trainer.get("error"):
+        return f"{phase}: {trainer['error']}"
+    published, target = trainer.get("published_depth"), trainer.get("target_depth")
+    return phase + (f" ({published}/{target} layers)" if target is not None else "")
+
+
+def status_line(status: dict[str, Any]) -> str:
+    """e.g. `routing accurate 75% @d0, fast 25% @d2 | floor 2 (2 layers published) | SLO 97% of 120 | ...`."""
+    pools = status["pools"]
+    routing = ", ".join(f"{p['name']} {p['weight']:.0%} @d{p['depth_target']}" for p in pools)
+    q, slo = status["quality"], status["slo"]
+    attainment = f"SLO {_pct(slo['attainment'])} of {slo['finished']}" if slo["finished"] else "SLO - (no requests)"
+    rate = sum(p["requests_per_s"] or 0 for p in pools)
+    waiting = sum(p["queue_len"] or 0 for p in pools)
+    return (f"routing {routing} | floor {q['floor']} ({q['floor_reason']}) | {attainment} in {slo['window_s']:g} s"
+            f" | {rate:.1f} req/s, {waiting} waiting | trainer: {trainer_words(status.get('trainer'))}")
+
+
+def render(status: dict[str, Any], console, decisions: int = 5) -> None:
+    """Print the status as rich tables on `console`."""
+    from rich.table import Table
+
+    slo, q = status["slo"], status["quality"]
+    console.print(f"[bold]{status['app']}[/bold] serving [bold]{status['model']}[/bold], up "
+                  f"{status['uptime_s']:.0f} s; SLO p95 TTFT {slo['ttft_p95_ms']:g} ms, TPOT {slo['tpot_p95_ms']:g} ms"
+                  + (f", e2e {slo['e2e_p95_ms']:g} ms" if slo.get("e2e_p95_ms") else "")
+                  + f"; attainment {_pct(slo['attainment'])} of {slo['finished']} requests in the last "
+                    f"{slo['window_s']:g} s")
+
+    pools = Table(title="pools", title_justify="left")
+    for column in ("pool", "depth (conf/target/serving)", "weight", "replicas (run/target)", "queue", "running",
+                   "TTFT p95 ms", "TPOT p95 ms", "req/s", "SLO met", "pressure"):
+        pools.add_column(column, justify="left" if column in ("pool", "pressure") else "right")
+    for p in status["pools"]:
+        serving = ",".join(str(d) for d in p["serving_depths"]) or "-"
+        pools.add_row(p["name"], f"{p['configured_depth']}/{p['depth_target']}/{serving}", f"{p['weight']:.0%}",
+                      f"{p['replicas']['running']}/{p['replicas']['target']}", str(p["queue_len"] or 0),
+                      str(p["running"] or 0), _ms(p["ttft_p95_ms"]), _ms(p["tpot_p95_ms"]),
+                      f"{p['requests_per_s']:.1f}", _pct(p["slo_attainment"]), p["pressure"])
+    console.print(pools)
+
+    limits = ", ".join(s for s in [f"ppl ratio <= {q['max_ppl_ratio']:g}" if q["max_ppl_ratio"] else "",
+                                   f"depth <= {q['max_depth']}" if q["max_depth"] is not None else ""] if s)
+    depths = Table(title=f"available depths: floor {q['floor']} ({q['floor_reason']}); limits: {limits or 'none'}",
+                   title_justify="left")
+    for column in ("depth", "layer", "ppl ratio", "allowed"):
+        depths.add_column(column, justify="right")
+    depths.add_row("0", "-", "1.000", "yes")
+    for row in q["depths"]:
+        ratio = row.get("ppl_ratio")
+        depths.add_row(str(row["depth"]), str(row["layer"]), "-" if ratio is None else f"{ratio:.3f}",
+                       "yes" if row["allowed"] else "no")
+    console.print(depths)
+    if q.get("artifact_error"):
+        console.print(f"[red]artifact unreadable:[/red] {q['artifact_error']}")
+    console.print(f"trainer: {trainer_words(status.get('trainer'))}")
+
+    console.print("last decisions:")
+    for d in status["decisions"][:decisions]:
+        when = datetime.datetime.fromtimestamp(d["time"]).strftime("%H:%M:%S")
+        console.print(f"  {when} [{d['pressure']}] {d['reason']}", highlight=False, soft_wrap=True)

@@ -1,0 +1,113 @@
+"""The background trainer of a policy with a `trainer` section.
+
+The policy actor starts a `TrainerActor` (dsla_serve/trainer/actor.py) on the policy's model and
+data, writing to the policy's artifact directory, and reads its progress every interval for the
+status endpoint. Published layers reach serving through the artifact itself: the policy actor
+re-reads the manifest every interval (new depths and their measured ppl ratio -> the quality floor),
+and replicas load the new layers when their reported artifact depth falls behind. So a layer
+published by a `dsla-serve convert` running elsewhere on the same directory is picked up the same way.
+
+The trainer actor is owned by the policy actor: it stops when the application is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..policies import Policy
+
+log = logging.getLogger("ray.serve")
+
+VALIDATION_SEQUENCES = 64  # bounds each layer's validation pass (the policy has no field for it)
+
+
+class TrainerSetupError(ValueError):
+    """The policy's trainer section cannot run as written; the message names the field."""
+
+
+def convert_config(policy: Policy) -> dict[str, Any]:
+    """The trainer's ConvertConfig (as a dict) for a policy's `trainer` section.
+
+    Field mapping: model.path -> base_model, the artifact directory -> output, trainer.depth/seed/order/
+    order_list/seq_len/batch_size/lr/steps_per_layer/w_*/train_qkvo/deepspeed -> their ConvertConfig
+    places, model.dtype -> dtype, trainer.resources.num_gpus -> device (cpu without a GPU).
+    """
+    t = policy.trainer
+    if t is None:
+        raise TrainerSetupError("the policy has no trainer section")
+    if t.serve_prompts_sample:
+        raise TrainerSetupError("trainer.serve_prompts_sample: training on served prompts is not implemented by "
+                                "this version; set it to false")
+    if policy.model.tiny_arch is not None and t.seed != 0:
+        # replicas build tiny:<arch> with seed 0; the trainer seeds the tiny model with trainer.seed
+        raise TrainerSetupError(f"trainer.seed: must be 0 with a tiny model ({policy.model.path}), whose weights "
+                                "come from the seed: replicas build it with seed 0")
+    order: dict[str, Any] = {"method": t.order}
+    if t.order == "list":
+        order["layers"] = list(t.order_list or [])
+    config: dict[str, Any] = {
+        "base_model": policy.model.path,
+        "output": policy.artifact_dir,
+        "depth": t.depth,
+        "seed": t.seed,
+        "device": "auto" if t.resources.num_gpus > 0 else "cpu",
+        "dtype": policy.model.dtype,
+        "data": {"paths": list(t.data), "seq_len": t.seq_len, "max_val_tokens": VALIDATION_SEQUENCES * t.seq_len},
+        "order": order,
+        "training": {"steps": t.steps_per_layer, "lr": t.lr, "micro_batch_size": t.batch_size,
+                     "train_qkvo": t.train_qkvo, "loss": {"mse": t.w_mse, "kl": t.w_kl, "ce": t.w_ce}},
+    }
+    if t.deepspeed is not None:
+        config["deepspeed"] = t.deepspeed
+    return config
+
+
+class TrainerLink:
+    """Starts, watches and stops the policy's background trainer actor."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.config = convert_config(policy)
+        self.actor = None
+        self.error: str | None = None
+
+    async def start(self) -> None:
+        from ..trainer.actor import TrainerActor
+
+        resources = self.policy.trainer.resources
+        options: dict[str, Any] = {"num_cpus": resources.num_cpus}
+        if resources.num_gpus:
+            options["num_gpus"] = resources.num_gpus
+        self.actor = TrainerActor.options(**options).remote(self.config, None, True)
+        log.info("background trainer started: %s -> %s, depth %d", self.config["base_model"], self.config["output"],
+                 self.config["depth"])
+
+    async def progress(self) -> dict[str, Any]:
+        """The trainer's progress dict, or {"phase": "unreachable", "error": ...}."""
+        if self.actor is None:
+            return {"phase": "not started", "error": self.error}
+        try:
+            progress = await asyncio.wait_for(self.actor.progress.remote(), timeout=5.0)
+        except Exception as e:  # noqa: BLE001 - a dead or busy trainer must not stall decisions
+            return {"phase": "unreachable", "error": f"{type(e).__name__}: {e}", "running": False}
+        return {**progress, "artifact": self.config["output"]}
+
+    def stop(self) -> None:
+        """Ask the trainer to stop at its next safe point (published layers stay intact)."""
+        if self.actor is not None:
+            try:
+                self.actor.stop.remote(0)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self.actor = None
+
+
+def check_trainer(policy: Policy) -> None:
+    """Raise TrainerSetupError (or the trainer's ConfigError) early, in the CLI, when the trainer section
+    cannot run as written."""
+    if policy.trainer is not None:
+        from ..trainer import parse_config
+
+        parse_config(convert_config(policy), label="trainer section")

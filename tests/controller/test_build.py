@@ -1,0 +1,118 @@
+"""Commands and builders that need no running Ray: `build` (a config Serve accepts), the app builder,
+the trainer section's mapping, the status tables, and the early checks of `serve`."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+import yaml
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
+from rich.console import Console
+
+from dsla_serve.controller.app import IMPORT_PATH, build_app
+from dsla_serve.controller.commands import build as build_cmd
+from dsla_serve.controller.commands import serve as serve_cmd
+from dsla_serve.controller.commands import status as status_cmd
+from dsla_serve.controller.control import PolicyControl
+from dsla_serve.controller.status_view import render, status_line
+from dsla_serve.controller.trainer_link import TrainerSetupError, convert_config
+from dsla_serve.policies import load_policy
+from dsla_serve.trainer import parse_config
+
+from .helpers import REPO, policy_dict, write_policy
+
+TINY_POLICY = REPO / "examples" / "tiny-policy.yaml"
+
+
+def _args(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_build_writes_a_config_serve_deploy_accepts(tmp_path, capsys):
+    out = tmp_path / "serve.yaml"
+    assert build_cmd.run(_args(build_cmd, [str(TINY_POLICY), "-o", str(out), "--host", "0.0.0.0"])) == 0
+    text = out.read_text()
+    assert text.startswith("# Ray Serve config written by `dsla-serve build")
+    config = yaml.safe_load(text)
+    schema = ServeDeploySchema.model_validate(config)  # Ray's own schema of `serve deploy` files
+    app = schema.applications[0]
+    assert app.import_path == IMPORT_PATH and app.name == "tiny" and app.route_prefix == "/"
+    assert app.external_scaler_enabled
+    assert schema.http_options.host == "0.0.0.0" and schema.http_options.port == 8000
+    # the policy travels whole, paths absolute, and builds the same application
+    policy = load_policy(TINY_POLICY)
+    assert app.args["policy"]["trainer"]["data"] == policy.trainer.data
+    built = build_app(app.args)
+    assert isinstance(built, Application)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_build_app_refuses_bad_args(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of"):
+        build_app({})
+    with pytest.raises(ValueError, match="unknown keys"):
+        build_app({"policy_path": "x", "colour": "red"})
+    with pytest.raises(ValueError, match="pools"):
+        build_app({"policy": {"model": {"path": "tiny:llama"}, "slo": {"ttft_p95_ms": 1, "tpot_p95_ms": 1}}})
+    path = write_policy(tmp_path / "p.yaml", policy_dict(8000))
+    assert isinstance(build_app({"policy_path": str(path), "seed": 3}), Application)
+
+
+def test_bad_policies_are_reported_without_tracebacks(tmp_path, capsys):
+    bad = policy_dict(8000)
+    bad["pools"][0]["max_replica"] = 2
+    path = write_policy(tmp_path / "bad.yaml", bad)
+    assert build_cmd.run(_args(build_cmd, [str(path), "-o", str(tmp_path / "x.yaml")])) == 2
+    err = capsys.readouterr().err
+    assert "pools.0.max_replica: unknown key" in err and "did you mean 'max_replicas'" in err
+    assert not (tmp_path / "x.yaml").exists()
+
+    keyed = policy_dict(8000)
+    keyed["http"]["api_key_env"] = "DSLA_TEST_NOT_SET"
+    path = write_policy(tmp_path / "keyed.yaml", keyed)
+    assert serve_cmd.run(_args(serve_cmd, [str(path)])) == 2  # refused before Ray starts
+    assert "$DSLA_TEST_NOT_SET is not set" in capsys.readouterr().err
+
+
+def test_trainer_section_maps_onto_the_trainer_config():
+    policy = load_policy(TINY_POLICY)
+    config = convert_config(policy)
+    parsed = parse_config(config)  # the trainer's own validation accepts it
+    t = policy.trainer
+    assert parsed.base_model == "tiny:llama" and str(parsed.output) == policy.artifact_dir
+    assert parsed.depth == t.depth and parsed.training.steps == t.steps_per_layer
+    assert parsed.training.micro_batch_size == t.batch_size and parsed.data.seq_len == t.seq_len
+    assert parsed.order.method == t.order and parsed.device == "cpu"
+    assert parsed.training.loss.kl == t.w_kl
+
+    data = policy.model_dump(mode="json")
+    data["trainer"]["serve_prompts_sample"] = True
+    with pytest.raises(TrainerSetupError, match="serve_prompts_sample"):
+        convert_config(type(policy).model_validate(data))
+    data["trainer"].update(serve_prompts_sample=False, seed=1)
+    with pytest.raises(TrainerSetupError, match="trainer.seed"):
+        convert_config(type(policy).model_validate(data))
+
+
+def test_status_views_render(tmp_path, capsys):
+    policy = load_policy(write_policy(tmp_path / "p.yaml", policy_dict(8000)))
+    control = PolicyControl(policy, 0.0)
+    control.report("accurate", "r1", {"depth": 0, "waiting": 1, "running": 2, "max_depth": 0}, 0.0)
+    control.tick(0.5)
+    control.set_trainer_progress({"phase": "training", "layer": 3, "step": 5, "steps": 60, "loss": 0.5})
+    status = control.status(1.0)
+    line = status_line(status)
+    assert line.startswith("routing accurate 100% @d0") and "training layer 3 step 5/60" in line
+    console = Console(file=io.StringIO(), width=200)
+    render(status, console)
+    text = console.file.getvalue()
+    assert "pools" in text and "accurate" in text and "last decisions" in text
+
+    # `dsla-serve status` against an unreachable URL fails cleanly
+    assert status_cmd.run(_args(status_cmd, ["--url", "http://127.0.0.1:9", "--timeout", "1"])) == 2
+    assert "no answer from http://127.0.0.1:9" in capsys.readouterr().err
