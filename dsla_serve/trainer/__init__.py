@@ -9,8 +9,19 @@ Modules: `config` (pydantic ConvertConfig), `data` (documents -> packed sequence
 DeepSpeed is imported only when a run starts; importing this package imports neither it nor Ray.
 """
 
-from .config import ConfigError, ConvertConfig, load_config, parse_config
-from .trainer import LayerResult, Progress, ResumeError, RunSummary, Trainer
+from importlib import import_module
 
-__all__ = ["ConfigError", "ConvertConfig", "load_config", "parse_config", "LayerResult", "Progress", "ResumeError",
-           "RunSummary", "Trainer"]
+# Re-exports resolve on first use (PEP 562), so that `dsla_serve.trainer.losses` and the other
+# torch-only modules import on machines without pydantic (the GPU image lacks it).
+_EXPORTS = {"ConfigError": "config", "ConvertConfig": "config", "load_config": "config", "parse_config": "config",
+            "LayerResult": "trainer", "Progress": "trainer", "ResumeError": "trainer", "RunSummary": "trainer",
+            "Trainer": "trainer"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -84,3 +84,22 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"experiments.e names unknown run\(s\) \['y'\]"):
         load_config(bad)
     load_config(quality.CONFIGS / "quality.json")  # the shipped config is valid
+
+
+def test_gpu_side_code_imports_without_pydantic_deepspeed_or_ray():
+    """The GPU image lacks them: the recipe, the eval CLI and the experiments must not need them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('pydantic', 'deepspeed', 'ray'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import experiments.quality, recipes.teacher.train, recipes.teacher.train_tokenizer\n"
+        "import dsla_serve.quality.cli, dsla_serve.model.baselines\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
