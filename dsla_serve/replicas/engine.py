@@ -411,9 +411,14 @@ class Engine:
             decode.append((req.slot, req.num_computed, req.output_ids[-1]))
         logit_rows += range(row, row + len(decode))
 
+        logits = None
         if not prefill and self.graphs is not None:
-            logits = self.graphs.run(decode)
-        else:
+            try:
+                logits = self.graphs.run(decode)
+            except Exception:  # noqa: BLE001 - a capture failure costs speed, not correctness
+                log.exception("CUDA graph capture failed; decoding without graphs from now on")
+                self.graphs = None
+        if logits is None:
             batch = ForwardBatch.build(prefill, decode, logit_rows, self.device)
             logits = self.runner.forward(batch)
 

@@ -73,13 +73,14 @@ def plan_memory(spec: CacheSpec, depth: int, budget_bytes: int, max_num_seqs: in
 
 
 def activation_reserve_bytes(config, prefill_chunk_tokens: int, max_num_seqs: int) -> int:
-    """A generous bound on the transient memory of one step (not cache): hidden states and MLP
-    activations of a prefill chunk, its fp32 gates and DSLA chunk states, logits of the chunk (prompt
-    log-probabilities) and of a full decode batch, plus a fixed margin."""
+    """A generous bound on the transient memory of one step (not cache), in bytes: per prefill token
+    its hidden states, projections, fp32 gates and MLP activations (~(8 hidden + 4 ffn) * 4) and a
+    bf16 logits row (prompt log-probabilities); per decode row (at most 1024 counted) the fp32
+    logits and the sampler's copies; plus a fixed margin."""
     hidden, ffn, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    tokens = prefill_chunk_tokens + max_num_seqs
-    per_token = (8 * hidden + 4 * ffn + 3 * vocab) * 4 + 16 * hidden
-    return tokens * per_token + GPU_MARGIN_BYTES
+    prefill = prefill_chunk_tokens * ((8 * hidden + 4 * ffn) * 4 + 2 * vocab)
+    decode = min(max_num_seqs, 1024) * (16 * vocab + (8 * hidden + 4 * ffn) * 4)
+    return prefill + decode + GPU_MARGIN_BYTES
 
 
 def default_budget(device: torch.device, gpu_memory_fraction: float, reserve_bytes: int) -> int:

@@ -14,6 +14,7 @@ import torch
 from .sampling import SamplingParams
 
 TokenLogprobs = dict[int, float]  # token id -> log-probability
+PROMPT_LOGPROBS_ROWS = 1024
 
 
 @torch.no_grad()
@@ -102,15 +103,17 @@ def prompt_logprobs(logits: torch.Tensor, targets: torch.Tensor, n: int) -> list
     Returns:
         T dicts {token: log-probability}, each holding the target and the top n.
     """
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    target_lp = lp.gather(1, targets[:, None].to(lp.device))[:, 0].tolist()
-    if n > 0:
-        top_v, top_i = (x.tolist() for x in lp.topk(n, dim=-1))
-    else:
-        top_v = top_i = [[] for _ in target_lp]
-    out = []
-    for t, tok in enumerate(targets.tolist()):
-        entry = {int(i): float(v) for i, v in zip(top_i[t], top_v[t])}
-        entry[int(tok)] = float(target_lp[t])
-        out.append(entry)
+    out: list[TokenLogprobs] = []
+    for lo in range(0, logits.shape[0], PROMPT_LOGPROBS_ROWS):  # bounded fp32 copies of [rows, V]
+        part, tgt = logits[lo:lo + PROMPT_LOGPROBS_ROWS], targets[lo:lo + PROMPT_LOGPROBS_ROWS]
+        lp = torch.log_softmax(part.float(), dim=-1)
+        target_lp = lp.gather(1, tgt[:, None].to(lp.device))[:, 0].tolist()
+        if n > 0:
+            top_v, top_i = (x.tolist() for x in lp.topk(n, dim=-1))
+        else:
+            top_v = top_i = [[] for _ in target_lp]
+        for t, tok in enumerate(tgt.tolist()):
+            entry = {int(i): float(v) for i, v in zip(top_i[t], top_v[t])}
+            entry[int(tok)] = float(target_lp[t])
+            out.append(entry)
     return out

@@ -1,0 +1,427 @@
+"""GPU benchmark of the replica engine on a Llama-2-7B-shaped model with random bf16 weights.
+
+    python benchmarks/engine.py [--out DIR] [--timeout SECONDS] [--tiny]
+
+The model is built directly on the GPU (LlamaConfig: hidden 4096, 32 layers, 32 heads, ffn 11008,
+vocab 32000), every layer converted to DSLA with order = range(32) (default DSLAConfig, random-init
+gates: speed does not depend on the weights' values), then served at several depths:
+
+(a) decode at batch 1, prompt 512: median ms per decode step (CUDA graph) against the weight-bandwidth
+    floor = bytes of the weights one step reads / measured device copy bandwidth (read + write bytes
+    over time of a 2 GiB device-to-device copy);
+(b) output tokens/s at prompts of 8k and 32k tokens, 256 new tokens, at the largest batch the memory
+    planner admits, at depths 0, 16, 24, 28: all requests submitted at once, end-to-end tokens/s
+    (prefill included) and the steady decode rate (median pure-decode step);
+(c) Hugging Face `generate` (SDPA, DynamicCache) on the same model at depth 0 and the same batch and
+    prompt (halved on out-of-memory), with fewer new tokens (--hf-new-tokens, default 32) to cap its
+    runtime: its per-step time is timed per token with a logits processor.
+
+Work is ordered by priority and skipped when the remaining --timeout cannot cover it; results are
+written to engine.json under --out (default $OUT, else benchmarks/results) after every measurement, and
+one table is printed last. --tiny runs the same code at a tiny shape (CPU or GPU) to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dsla_serve.model import convert, dsla_layers, set_depth  # noqa: E402
+from dsla_serve.replicas import Engine, SamplingParams  # noqa: E402
+
+LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32, vocab_size=32000)
+TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=512)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results", help="output directory")
+    p.add_argument("--timeout", type=float, default=560.0, help="seconds of work to plan for (default 560)")
+    p.add_argument("--tiny", action="store_true", help="tiny model, short prompts: check the script")
+    p.add_argument("--depths", default=None, help="comma-separated depths (default 0,16,24,28; tiny 0,2,3)")
+    p.add_argument("--prompts", default=None, help="comma-separated prompt lengths (default 8192,32768)")
+    p.add_argument("--new-tokens", type=int, default=None, help="new tokens in (b) (default 256)")
+    p.add_argument("--hf-new-tokens", type=int, default=32, help="new tokens of HF generate in (c) (default 32)")
+    p.add_argument("--prefill-chunk", type=int, default=8192, help="engine prefill_chunk_tokens (default 8192)")
+    p.add_argument("--budget-gib", type=float, default=None,
+                   help="cache memory budget (default: the planner's; --tiny: 0.01 GiB)")
+    p.add_argument("--skip-hf", action="store_true", help="skip (c)")
+    return p.parse_args(argv)
+
+
+class Bench:
+    """Results, the time budget and the JSON file."""
+
+    def __init__(self, args, device):
+        self.args = args
+        self.device = device
+        self.t0 = time.monotonic()
+        gib = args.budget_gib if args.budget_gib is not None else (0.01 if args.tiny else None)
+        self.budget = int(gib * 1024**3) if gib is not None else None
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results = {"env": environment(device), "args": vars(args), "decode_b1": [], "throughput": [],
+                        "hf": [], "errors": [], "skipped": []}
+
+    def left(self) -> float:
+        return self.args.timeout - (time.monotonic() - self.t0)
+
+    def save(self):
+        name = "engine_tiny.json" if self.args.tiny else "engine.json"
+        (self.out / name).write_text(json.dumps(self.results, indent=1, default=str))
+
+    def guard(self, what: str, estimate_s: float) -> bool:
+        if self.left() < estimate_s:
+            self.results["skipped"].append({"what": what, "estimate_s": estimate_s, "left_s": round(self.left(), 1)})
+            print(f"[skip] {what}: needs ~{estimate_s:.0f} s, {self.left():.0f} s left", flush=True)
+            self.save()
+            return False
+        print(f"[run] {what} (~{estimate_s:.0f} s est., {self.left():.0f} s left)", flush=True)
+        return True
+
+    def error(self, what: str, e: BaseException):
+        traceback.print_exc()
+        self.results["errors"].append({"what": what, "error": f"{type(e).__name__}: {e}"})
+        self.save()
+
+
+def environment(device) -> dict:
+    import transformers
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "device": str(device)}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 1024**3, 1), sms=props.multi_processor_count)
+    return env
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device) -> float | None:
+    """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
+    if device.type != "cuda":
+        return None
+    n = 1 << 30  # 1 Gi bf16 elements = 2 GiB
+    a = torch.randn(n, device=device, dtype=torch.bfloat16)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * 2 * n / statistics.median(times)
+
+
+def build_model(shape: dict, max_len: int, device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape, max_position_embeddings=max_len, tie_word_embeddings=False, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0)
+    config._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if device.type == "cuda" and shape is LLAMA2_7B else torch.float32
+    t = time.monotonic()
+    torch.manual_seed(0)
+    with torch.device(device):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
+    model.eval()
+    convert(model, range(config.num_hidden_layers))
+    sync(device)
+    print(f"model built and converted in {time.monotonic() - t:.1f} s", flush=True)
+    return model
+
+
+def weight_bytes_per_step(model, depth: int) -> int:
+    """Bytes of parameters one decode step reads: every unique parameter except the embedding table
+    (one row is read) and the DSLA twins' own parameters of layers not active at `depth`."""
+    set_depth(model, depth)
+    skip = {id(model.model.embed_tokens.weight)}
+    for twin in dsla_layers(model).values():
+        if not twin.active:
+            skip |= {id(p) for p in twin.own_parameters().values()}
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or id(p) in skip:
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+    return total
+
+
+def free():
+    """Return freed GPU memory to the device (callers drop their references first)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n, length), generator=g).tolist()
+
+
+def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int):
+    """(a): one request; median wall time of the pure decode steps (each step ends in a host sync)."""
+    engine = Engine(model, depth=depth, max_model_len=prompt_len + steps + 1, max_num_seqs=1,
+                    prefill_chunk_tokens=bench.args.prefill_chunk)
+    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
+    for warm in (True, False):
+        stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
+        engine.step()  # prefill + first token
+        times = []
+        while not stream.finished:
+            t = time.perf_counter()
+            engine.step()
+            times.append(time.perf_counter() - t)
+        stream.result()
+    ms = 1000 * statistics.median(times[2:])
+    wbytes = weight_bytes_per_step(model, depth)
+    floor_ms = 1000 * wbytes / bw if bw else None
+    row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
+           "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
+           "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
+    bench.results["decode_b1"].append(row)
+    bench.save()
+    print("  ", row, flush=True)
+    del engine
+
+
+def throughput(bench: Bench, model, depth: int, prompt_len: int, new_tokens: int, vocab: int):
+    """(b): the largest batch the planner admits, all submitted at once."""
+    engine = Engine(model, depth=depth, max_model_len=prompt_len + new_tokens, max_num_seqs=4096,
+                    max_queue=4096, prefill_chunk_tokens=bench.args.prefill_chunk,
+                    memory_budget_bytes=bench.budget)
+    plan = engine.plan
+    B = plan.max_seqs
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    prompts = random_prompts(B, prompt_len, vocab, seed=prompt_len + depth)
+    sync(bench.device)
+    t0 = time.perf_counter()
+    streams = [engine.add_request(p, params, keep_history=False) for p in prompts]
+    step_times, all_prefilled_at = [], None
+    while engine.has_unfinished():
+        t = time.perf_counter()
+        engine.step()
+        dt = time.perf_counter() - t
+        if all_prefilled_at is None and not any(r.prefilling for r in engine.scheduler.running) \
+                and not engine.scheduler.waiting:
+            all_prefilled_at = time.perf_counter()
+        elif all_prefilled_at is not None and engine.scheduler.running:
+            step_times.append((dt, len(engine.scheduler.running)))
+    total = time.perf_counter() - t0
+    outs = [s.result() for s in streams]
+    assert all(len(o.outputs[0].token_ids) == new_tokens for o in outs)
+    full = [dt for dt, n in step_times if n == B]
+    step_ms = 1000 * statistics.median(full) if full else None
+    row = {"depth": depth, "prompt": prompt_len, "new_tokens": new_tokens, "batch": B,
+           "bytes_per_seq_gb": round(plan.bytes_per_seq / 1e9, 3), "cache_gb": round(plan.cache_bytes / 1e9, 2),
+           "limited_by": plan.limited_by, "total_s": round(total, 2),
+           "prefill_s": round(all_prefilled_at - t0, 2) if all_prefilled_at else None,
+           "e2e_out_tok_s": round(B * new_tokens / total, 1),
+           "decode_step_ms": round(step_ms, 2) if step_ms else None,
+           "decode_tok_s": round(B / step_ms * 1000, 1) if step_ms else None,
+           "cuda_graphs": engine.graphs is not None}
+    bench.results["throughput"].append(row)
+    bench.save()
+    print("  ", row, flush=True)
+    del engine, streams, outs
+    return row
+
+
+def hf_generate(bench: Bench, model, prompt_len: int, batch: int, new_tokens: int, vocab: int):
+    """(c): HF generate at depth 0; per-step times from a logits processor (synchronises each step)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            sync(bench.device)
+            self.times.append(time.perf_counter())
+            return scores
+
+    set_depth(model, 0)
+    while batch >= 1:
+        ids = torch.tensor(random_prompts(batch, prompt_len, vocab, seed=7), device=bench.device)
+        clock = StepClock()
+        try:
+            sync(bench.device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                               logits_processor=LogitsProcessorList([clock]))
+            sync(bench.device)
+            total = time.perf_counter() - t0
+            break
+        except torch.OutOfMemoryError:
+            del ids
+            free()
+            print(f"   HF generate: out of memory at batch {batch}, halving", flush=True)
+            batch //= 2
+    else:
+        bench.results["hf"].append({"prompt": prompt_len, "batch": 0, "note": "out of memory at batch 1"})
+        return None
+    steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    step_ms = 1000 * statistics.median(steps)
+    row = {"depth": 0, "prompt": prompt_len, "new_tokens": new_tokens, "batch": batch, "total_s": round(total, 2),
+           "prefill_s": round(clock.times[0] - t0, 2), "e2e_out_tok_s": round(batch * new_tokens / total, 1),
+           "decode_step_ms": round(step_ms, 2), "decode_tok_s": round(batch / step_ms * 1000, 1)}
+    bench.results["hf"].append(row)
+    bench.save()
+    print("  ", row, flush=True)
+    del ids
+    return row
+
+
+def check_vs_hf(bench: Bench, model, depths: list[int], vocab: int):
+    """--tiny: greedy tokens of the engine (CUDA graphs, Triton kernels on a GPU) against HF generate."""
+    prompts = random_prompts(4, 24, vocab, seed=3)
+    for depth in depths:
+        engine = Engine(model, depth=depth, max_model_len=64, max_num_seqs=4)
+        outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+        del engine
+        set_depth(model, depth)
+        ids = torch.tensor(prompts, device=bench.device)
+        with torch.inference_mode():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                                 do_sample=False, pad_token_id=0)[:, 24:].tolist()
+        same = sum(o.outputs[0].token_ids == r for o, r in zip(outs, ref))
+        row = {"depth": depth, "prompts": len(prompts), "identical_to_hf": same}
+        bench.results.setdefault("check_vs_hf", []).append(row)
+        print("   check vs HF generate:", row, flush=True)
+    bench.save()
+
+
+def table(results: dict) -> str:
+    lines = ["", "== engine benchmark: " + ", ".join(f"{k} {v}" for k, v in results["env"].items()), ""]
+    bw = results.get("copy_bandwidth_tb_s")
+    lines.append(f"(a) decode, batch 1, prompt 512 (copy bandwidth {bw} TB/s)")
+    lines.append(f"{'depth':>5} {'ms/token':>9} {'weights GB':>10} {'floor ms':>9} {'x floor':>8}")
+    for r in results["decode_b1"]:
+        lines.append(f"{r['depth']:>5} {r['ms_per_token']:>9.2f} {r['weight_gb']:>10.2f} "
+                     f"{r['floor_ms'] if r['floor_ms'] is not None else '-':>9} {r['x_floor'] or '-':>8}")
+    lines.append("")
+    lines.append("(b) engine throughput (largest batch that fits) and (c) HF generate (depth 0)")
+    lines.append(f"{'who':>6} {'prompt':>6} {'depth':>5} {'batch':>5} {'new':>4} {'prefill s':>9} {'total s':>8} "
+                 f"{'e2e tok/s':>9} {'step ms':>8} {'decode tok/s':>12} {'e2e/d0':>6} {'dec/d0':>6}")
+    base = {r["prompt"]: r for r in results["throughput"] if r["depth"] == 0}
+    for r in results["throughput"] + [dict(r, who="HF") for r in results["hf"] if r.get("batch")]:
+        b0 = base.get(r["prompt"])
+        ratio = f"{r['e2e_out_tok_s'] / b0['e2e_out_tok_s']:.2f}" if b0 and "who" not in r else "-"
+        dec = (f"{r['decode_tok_s'] / b0['decode_tok_s']:.2f}"
+               if b0 and "who" not in r and r["decode_tok_s"] and b0["decode_tok_s"] else "-")
+        lines.append(f"{r.get('who', 'engine'):>6} {r['prompt']:>6} {r['depth']:>5} {r['batch']:>5} "
+                     f"{r['new_tokens']:>4} {r['prefill_s'] if r['prefill_s'] is not None else '-':>9} "
+                     f"{r['total_s']:>8} {r['e2e_out_tok_s']:>9} {r['decode_step_ms'] or '-':>8} "
+                     f"{r['decode_tok_s'] or '-':>12} {ratio:>6} {dec:>6}")
+    for r in results["hf"]:
+        b0 = base.get(r["prompt"])
+        if r.get("batch") and b0:
+            lines.append(f"engine d0 / HF at prompt {r['prompt']}: e2e {b0['e2e_out_tok_s'] / r['e2e_out_tok_s']:.1f}x, "
+                         f"decode {b0['decode_tok_s'] / r['decode_tok_s']:.1f}x (HF batch {r['batch']}, "
+                         f"{r['new_tokens']} new tokens)" if b0.get("decode_tok_s") else "")
+    for r in results.get("check_vs_hf", []):
+        lines.append(f"check: depth {r['depth']}: {r['identical_to_hf']}/{r['prompts']} greedy outputs identical to HF generate")
+    for s in results["skipped"]:
+        lines.append(f"skipped: {s['what']} (needed ~{s['estimate_s']:.0f} s, {s['left_s']} s left)")
+    for e in results["errors"]:
+        lines.append(f"error: {e['what']}: {e['error']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = args.tiny
+    depths = [int(x) for x in (args.depths or ("0,2,3" if tiny else "0,16,24,28")).split(",")]
+    prompts = [int(x) for x in (args.prompts or ("64,128" if tiny else "8192,32768")).split(",")]
+    new_tokens = args.new_tokens or (8 if tiny else 256)
+    shape = TINY if tiny else LLAMA2_7B
+    vocab = shape["vocab_size"]
+    b1_prompt, b1_steps = (32, 8) if tiny else (512, 128)
+    bench = Bench(args, device)
+    bw = copy_bandwidth(device)
+    bench.results["copy_bandwidth_tb_s"] = round(bw / 1e12, 3) if bw else None
+    model = build_model(shape, max(prompts) + new_tokens + 64, device)
+
+    if tiny:
+        check_vs_hf(bench, model, depths, vocab)
+
+    # a rough cost model (seconds) to skip what cannot finish: prefill ~ tokens / rate, decode ~ steps * step
+    prefill_rate = 1e9 if tiny else 9000.0
+
+    for d in [0] + [d for d in depths if d != 0]:  # (a)
+        if bench.guard(f"(a) decode b1 depth {d}", 3 if tiny else 12):
+            try:
+                decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab)
+            except Exception as e:  # noqa: BLE001
+                bench.error(f"(a) depth {d}", e)
+            free()
+
+    order = [(p, d) for p in prompts for d in (0, max(depths) if len(depths) > 1 else 0)]
+    order += [(p, d) for p in prompts for d in depths if (p, d) not in order]
+    rows = {}
+    hf_done = set()
+    for p, d in order:
+        est_batch = rows.get((p, 0), {}).get("batch", 8) * (1 + d / 4) if not tiny else 1
+        estimate = est_batch * p / prefill_rate + new_tokens * 0.04 + 15
+        if bench.guard(f"(b) engine prompt {p} depth {d}", 5 if tiny else min(estimate, 240)):
+            try:
+                rows[(p, d)] = throughput(bench, model, d, p, new_tokens, vocab)
+            except Exception as e:  # noqa: BLE001
+                bench.error(f"(b) prompt {p} depth {d}", e)
+            free()
+        if d == 0 and not args.skip_hf and (p, 0) in rows and p not in hf_done:
+            hf_done.add(p)
+            b = rows[(p, 0)]["batch"]
+            if bench.guard(f"(c) HF generate prompt {p}", 5 if tiny else b * p / 6000 + args.hf_new_tokens * 0.15 + 10):
+                try:
+                    hf_generate(bench, model, p, b, args.hf_new_tokens, vocab)
+                except Exception as e:  # noqa: BLE001
+                    bench.error(f"(c) prompt {p}", e)
+                free()
+    bench.results["elapsed_s"] = round(time.monotonic() - bench.t0, 1)
+    bench.save()
+    print(table(bench.results), flush=True)
+    return 0 if not bench.results["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
