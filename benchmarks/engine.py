@@ -280,6 +280,7 @@ def hf_generate(bench: Bench, model, prompt_len: int, batch: int, new_tokens: in
     while batch >= 1:
         ids = torch.tensor(random_prompts(batch, prompt_len, vocab, seed=7), device=bench.device)
         clock = StepClock()
+        oom = False
         try:
             sync(bench.device)
             t0 = time.perf_counter()
@@ -289,14 +290,17 @@ def hf_generate(bench: Bench, model, prompt_len: int, batch: int, new_tokens: in
                                logits_processor=LogitsProcessorList([clock]))
             sync(bench.device)
             total = time.perf_counter() - t0
-            break
         except torch.OutOfMemoryError:
-            del ids
-            free()
-            print(f"   HF generate: out of memory at batch {batch}, halving", flush=True)
-            batch //= 2
+            oom = True
+        if not oom:
+            break
+        del ids  # outside the except clause, so the traceback no longer pins the cache
+        free()
+        print(f"   HF generate: out of memory at batch {batch}, halving", flush=True)
+        batch //= 2
     else:
         bench.results["hf"].append({"prompt": prompt_len, "batch": 0, "note": "out of memory at batch 1"})
+        bench.save()
         return None
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
     step_ms = 1000 * statistics.median(steps)
@@ -384,9 +388,6 @@ def main(argv=None) -> int:
     if tiny:
         check_vs_hf(bench, model, depths, vocab)
 
-    # a rough cost model (seconds) to skip what cannot finish: prefill ~ tokens / rate, decode ~ steps * step
-    prefill_rate = 1e9 if tiny else 9000.0
-
     for d in [0] + [d for d in depths if d != 0]:  # (a)
         if bench.guard(f"(a) decode b1 depth {d}", 3 if tiny else 12):
             try:
@@ -395,21 +396,23 @@ def main(argv=None) -> int:
                 bench.error(f"(a) depth {d}", e)
             free()
 
-    order = [(p, d) for p in prompts for d in (0, max(depths) if len(depths) > 1 else 0)]
-    order += [(p, d) for p in prompts for d in depths if (p, d) not in order]
+    # priority: depth 0 and its HF baseline, then the deepest-but-one depth (24 by default), per prompt;
+    # then the remaining depths
+    key = sorted(depths)[-2] if len(depths) > 2 else max(depths)
+    order = [(p, d) for p in prompts for d in dict.fromkeys((0, key))]
+    order += [(p, d) for d in sorted(depths, reverse=True) for p in prompts if (p, d) not in order]
+    prefill_rate = 1e9 if tiny else 15000.0  # tokens/s, a rough guess to skip what cannot finish
     rows = {}
-    hf_done = set()
     for p, d in order:
-        est_batch = rows.get((p, 0), {}).get("batch", 8) * (1 + d / 4) if not tiny else 1
-        estimate = est_batch * p / prefill_rate + new_tokens * 0.04 + 15
-        if bench.guard(f"(b) engine prompt {p} depth {d}", 5 if tiny else min(estimate, 240)):
+        est_batch = rows.get((p, 0), {}).get("batch", 8) * (1 + d / 4)
+        estimate = 5 if tiny else min(240, est_batch * p / prefill_rate + new_tokens * 0.04 + 15)
+        if bench.guard(f"(b) engine prompt {p} depth {d}", estimate):
             try:
                 rows[(p, d)] = throughput(bench, model, d, p, new_tokens, vocab)
             except Exception as e:  # noqa: BLE001
                 bench.error(f"(b) prompt {p} depth {d}", e)
             free()
-        if d == 0 and not args.skip_hf and (p, 0) in rows and p not in hf_done:
-            hf_done.add(p)
+        if d == 0 and not args.skip_hf and (p, 0) in rows:
             b = rows[(p, 0)]["batch"]
             if bench.guard(f"(c) HF generate prompt {p}", 5 if tiny else b * p / 6000 + args.hf_new_tokens * 0.15 + 10):
                 try:
