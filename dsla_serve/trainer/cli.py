@@ -13,6 +13,7 @@ Multi-process, one process per GPU (rank 0 writes the artifact):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -34,15 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _LayerBars:
-    """One tqdm bar per layer, on rank 0 only."""
+    """One tqdm bar per layer, on rank 0 only (`is_main()` is asked lazily: ranks exist once a run starts)."""
 
-    def __init__(self, enabled: bool, steps: int):
-        self.enabled, self.steps = enabled, steps
+    def __init__(self, enabled: bool, steps: int, is_main):
+        self.enabled, self.steps, self.is_main = enabled, steps, is_main
         self.bar = None
         self.layer = None
 
     def step(self, layer: int, step: int, loss: float) -> None:
-        if not self.enabled:
+        if not self.enabled or not self.is_main():
             return
         from tqdm import tqdm
 
@@ -64,6 +65,23 @@ class _LayerBars:
             self.bar.close()
             self.bar = None
             self.layer = None
+
+
+@contextlib.contextmanager
+def _trainer_log(is_main):
+    """The trainer's INFO lines (order chosen, resuming at depth d) on stderr, from rank 0 only."""
+    log = logging.getLogger("dsla_serve.trainer")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: is_main())
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
 
 
 def print_summary(artifact_path, console=None) -> None:
@@ -91,32 +109,30 @@ def run(args: argparse.Namespace) -> int:
     from .engine import DeepSpeedConfigError
     from .trainer import ResumeError, Trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         config = load_config(args.config).with_overrides(depth=args.depth, output=args.output, device=args.device)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     trainer = Trainer(config)
-    bars = _LayerBars(enabled=not args.quiet, steps=config.training.steps)
-    try:
-        summary = trainer.run(on_step=lambda layer, step, loss: bars.step(layer, step, loss) if _main(trainer) else None,
-                              on_layer=bars.published)
-    except (DataError, DeepSpeedConfigError, ResumeError, ArtifactError) as e:
-        bars.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        bars.close()
-        depth = trainer.progress()["published_depth"]
-        print(f"interrupted: {config.output} keeps depth {depth}; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    bars.close()
-    if _main(trainer):
+
+    def is_main() -> bool:
+        return trainer.dist is None or trainer.dist.is_main
+
+    bars = _LayerBars(enabled=not args.quiet, steps=config.training.steps, is_main=is_main)
+    with _trainer_log(is_main):
+        try:
+            summary = trainer.run(on_step=bars.step, on_layer=bars.published)
+        except (DataError, DeepSpeedConfigError, ResumeError, ArtifactError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            depth = trainer.progress()["published_depth"]
+            print(f"interrupted: {config.output} keeps depth {depth}; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
+        finally:
+            bars.close()
+    if is_main():
         print_summary(summary.artifact)
     return 0
-
-
-def _main(trainer) -> bool:
-    return trainer.dist is None or trainer.dist.is_main

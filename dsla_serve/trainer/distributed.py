@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +36,8 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def _quiet_deepspeed_cpu_setup(device: torch.device) -> None:
-    """Prepare DeepSpeed's import for `device`: accelerator choice, log level, no unused JIT build.
+def _prepare_deepspeed(device: torch.device) -> None:
+    """Prepare DeepSpeed for `device`: accelerator choice, log level, no unused JIT build, no noise.
 
     On the CPU accelerator DeepSpeed's communication backend compiles a shared-memory all-reduce
     extension (`deepspeed_shm_comm`, ~30 s with a C++ compiler, then cached) the moment the process
@@ -50,6 +51,8 @@ def _quiet_deepspeed_cpu_setup(device: torch.device) -> None:
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)
+    # DeepSpeed 0.19.8's ZeRO all-gather calls a collective that torch 2.13 deprecates (still correct).
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor. is deprecated", category=FutureWarning)
     if device.type == "cpu":
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
@@ -104,7 +107,7 @@ def init_distributed(device_spec: str = "auto") -> DistContext:
     device = resolve_device(device_spec)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    _quiet_deepspeed_cpu_setup(device)
+    _prepare_deepspeed(device)
     import deepspeed
 
     # A group made by the caller (a test, user code under torchrun) is adopted as it is.

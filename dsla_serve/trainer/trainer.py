@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import Artifact, convert, set_depth
+from ..model import Artifact, conversion_order, convert, set_depth
 from ..model.artifact import MANIFEST_NAME
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
@@ -151,7 +151,9 @@ class Trainer:
         """The existing artifact of this config (resume), or a new one with a freshly computed order."""
         cfg, dist = self.config, self.dist
         out = Path(cfg.output)
-        if (out / MANIFEST_NAME).exists():
+        # rank 0 decides for everyone: a rank that looked after rank 0 created the manifest would
+        # otherwise skip the (collective) order computation and deadlock the others
+        if dist.broadcast_object((out / MANIFEST_NAME).exists()):
             artifact = Artifact.open(out)
             self._check_resumable(artifact)
             return artifact
@@ -211,6 +213,10 @@ class Trainer:
         if target > len(order):
             raise ValueError(f"depth {target} exceeds the artifact's conversion order {order} "
                              f"({len(order)} layers)")
+        unpublished = conversion_order(model)[artifact.depth:]
+        if unpublished:
+            raise RuntimeError(f"the model already holds converted layers {unpublished} that the artifact does not "
+                               "(a stopped or failed run's); give this Trainer a fresh model")
         artifact.apply(model)
         resumed = artifact.depth
         if resumed:

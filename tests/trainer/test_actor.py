@@ -1,0 +1,85 @@
+"""The Ray trainer actor: publishes layers in the background, reports progress, stops safely."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from dsla_serve.model import Artifact
+from dsla_serve.model.loading import load_model_and_tokenizer
+
+from .helpers import config_dict
+
+ray = pytest.importorskip("ray")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+@ray.remote
+class Collector:
+    """A subscriber actor: records every publication."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_layer_published(self, layer_idx, depth, metrics):
+        self.events.append((layer_idx, depth, metrics["val_loss"]))
+
+    def get(self):
+        return self.events
+
+
+def _wait_for(predicate, timeout=120.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, tmp_path):
+    from dsla_serve.trainer.actor import TrainerActor
+
+    out = tmp_path / "artifact"
+    cfg = config_dict(corpus, out, depth=4, training={"steps": 60})
+    collector = Collector.remote()
+    actor = TrainerActor.remote(cfg, subscriber=collector)
+    assert ray.get(actor.progress.remote())["phase"] == "idle"
+    assert ray.get(actor.start.remote()) is True
+    assert ray.get(actor.start.remote()) is False  # already running
+
+    # progress answers while training runs; wait for the first published layer and a few steps more
+    _wait_for(lambda: ray.get(actor.progress.remote())["published_depth"] >= 1)
+    _wait_for(lambda: (p := ray.get(actor.progress.remote()))["phase"] == "training" and p["step"] >= 3)
+    progress = ray.get(actor.stop.remote(60.0))
+    assert progress["phase"] == "stopped" and not progress["running"] and progress["error"] is None
+    depth = progress["published_depth"]
+    assert 1 <= depth < 4 and progress["layer"] == [0, 1, 2, 3][depth]  # stopped inside the next layer
+
+    published = ray.get(actor.published.remote())
+    assert [p["depth"] for p in published] == list(range(1, depth + 1))
+    events = _wait_for(lambda: ray.get(collector.get.remote()) if len(ray.get(collector.get.remote())) == depth
+                       else None, timeout=10)
+    assert [(layer, d) for layer, d, _ in events] == [(p["layer"], p["depth"]) for p in published]
+
+    # the artifact holds exactly the published layers, whole: it loads and verifies
+    artifact = Artifact.open(out)
+    assert artifact.depth == depth and artifact.order == [0, 1, 2, 3]
+    artifact.verify()
+    model, _ = load_model_and_tokenizer("tiny:llama")
+    artifact.apply(model)
+    files = {p.name for p in out.iterdir()}  # no temporary files left behind
+    assert files == {"manifest.json"} | {f"layer_{e.layer}.safetensors" for e in artifact.entries}
+    assert ray.get(actor.summary.remote())["stopped"] is True
+    ray.kill(actor)
