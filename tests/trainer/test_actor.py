@@ -83,3 +83,18 @@ def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, 
     assert files == {"manifest.json"} | {f"layer_{e.layer}.safetensors" for e in artifact.entries}
     assert ray.get(actor.summary.remote())["stopped"] is True
     ray.kill(actor)
+
+
+def test_a_callable_subscriber_is_called_and_its_failure_is_contained(caplog):
+    from dsla_serve.trainer.actor import _Subscriber
+
+    seen = []
+    _Subscriber(lambda layer, depth, metrics: seen.append((layer, depth, metrics)))(3, 1, {"val_loss": 1.0})
+    assert seen == [(3, 1, {"val_loss": 1.0})]
+
+    def broken(layer, depth, metrics):
+        raise ValueError("subscriber bug")
+
+    _Subscriber(broken)(3, 1, {})  # logged, not raised: the layer is already published
+    assert "subscriber failed on layer 3" in caplog.text
+    _Subscriber(None)(3, 1, {})
