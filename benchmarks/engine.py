@@ -37,7 +37,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# run as a script, this folder comes first on sys.path, where benchmarks/kernels.py would shadow the
+# `kernels` package that transformers probes for: replace it by the repository root
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 from dsla_serve.model import convert, dsla_layers, set_depth  # noqa: E402
 from dsla_serve.replicas import Engine, SamplingParams  # noqa: E402
