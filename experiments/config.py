@@ -135,7 +135,8 @@ def load_config(path: str | Path) -> QualityConfig:
             r.dsla_config()
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: run {r.name!r}: dsla: {e}") from None
-    experiments = {k: _build(ExperimentSpec, v, f"{path}: experiments.{k}") for k, v in raw.get("experiments", {}).items()}
+    experiments = {k: _build(ExperimentSpec, v, f"{path}: experiments.{k}")
+                   for k, v in raw.get("experiments", {}).items()}
     for k, e in experiments.items():
         missing = [n for n in e.runs if n not in names]
         if missing:

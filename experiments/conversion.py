@@ -131,7 +131,8 @@ def simple_order(method: str, num_layers: int, seed: int = 0) -> list[int]:
     raise ValueError(f"unknown order method {method!r}")
 
 
-def entropy_order(model, calibration: torch.Tensor, device: torch.device, batch_size: int = 2) -> tuple[list[int], dict]:
+def entropy_order(model, calibration: torch.Tensor, device: torch.device,
+                  batch_size: int = 2) -> tuple[list[int], dict]:
     """Highest mean attention entropy first (the trainer's `entropy` method) on `calibration` [N, L]."""
     with autocast(device):
         scores = attention_entropy(model, calibration, batch_size=batch_size, dist=single_process(device))
@@ -151,5 +152,6 @@ def loss_delta_order(model, batches: Batches, val: torch.Tensor, settings: FitSe
         v = validation(probe, 1, layer, val, settings.loss, device)
         scores[layer] = v["objective"] - settings.loss.ce * v["teacher_ce"]
         del probe
-        print(f"  loss_delta probe of layer {layer}: {scores[layer]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"  loss_delta probe of layer {layer}: {scores[layer]:.4f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
     return sorted(scores, key=lambda i: (scores[i], i)), scores

@@ -81,7 +81,8 @@ class Campaign:
         d = cfg.distill
         self.mixture = BatchMixture(self.tokenizer, corpus.stream("train"), [x for _, x in corpus.docs("train")],
                                     MixtureConfig(seq_len=d.seq_len, batch_size=d.batch_size,
-                                                  passkey_fraction=d.passkey_fraction, passkey_min_len=d.passkey_min_len,
+                                                  passkey_fraction=d.passkey_fraction,
+                                                  passkey_min_len=d.passkey_min_len,
                                                   recall_fraction=d.recall_fraction, recall_pairs=d.recall_pairs,
                                                   seed=d.seed))
         wins = windows_of(self.val_docs, d.seq_len, d.validation_windows)
@@ -146,19 +147,23 @@ class Campaign:
         config, settings = spec.dsla_config(), self.fit_settings(spec)
         model = copy.deepcopy(self.teacher)
         result = {"spec": {**spec.__dict__, "eval_depths": list(spec.eval_depths)}, "kind": spec.kind,
-                  "order": order[:chain], "dsla_config": config.to_dict(), "fit": dataclasses.asdict(settings), "layers": [], "evals": {}, "meta": self.meta}
+                  "order": order[:chain], "dsla_config": config.to_dict(), "fit": dataclasses.asdict(settings),
+                  "layers": [], "evals": {}, "meta": self.meta}
         t_run = time.perf_counter()
         for rank in range(chain):
             layer, depth, t0 = order[rank], rank + 1, time.perf_counter()
             convert_layer(model, layer, spec.kind, config, seed=self.cfg.distill.seed * 1000 + rank)
-            bar = tqdm(total=settings.steps, desc=f"{spec.name} depth {depth} (layer {layer})", unit="step", mininterval=10)
+            bar = tqdm(total=settings.steps, desc=f"{spec.name} depth {depth} (layer {layer})", unit="step",
+                       mininterval=10)
             losses = fit_layer(model, layer, depth, self.batches, rank * settings.steps, settings, self.device,
-                               progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
+                               progress=lambda s, loss: (bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
+                                                         bar.update(1)))
             bar.close()
             val = validation(model, depth, layer, self.val_seqs, settings.loss, self.device)
             result["layers"].append({"rank": rank, "layer": layer, "first_loss": losses[0] if losses else None,
-                                     "last_loss": losses[-1] if losses else None, "losses": losses[::max(1, len(losses) // 50)],
-                                     "validation": val, "seconds": round(time.perf_counter() - t0, 1)})
+                                     "last_loss": losses[-1] if losses else None,
+                                     "losses": losses[::max(1, len(losses) // 50)], "validation": val,
+                                     "seconds": round(time.perf_counter() - t0, 1)})
             print(f"{spec.name}: depth {depth} layer {layer}: val ppl ratio {val['ppl_ratio']:.4f}, "
                   f"kl {val['kl']:.4f}", flush=True)
             if depth in eval_depths:

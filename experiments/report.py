@@ -53,7 +53,7 @@ def _series(runs: dict, names, labels: dict, value) -> dict:
 def _table(teacher_m: dict | None, runs: dict, names, labels: dict) -> list[str]:
     ref = teacher_m or {}
     sample = ref or next((metrics(ev) for n in names if n in runs for ev in runs[n]["evals"].values()), {})
-    buckets, lengths, pairs = list(sample.get("bucket_ppl", {})), list(sample.get("passkey", {})), list(sample.get("mqar", {}))
+    buckets, lengths, pairs = (list(sample.get(k, {})) for k in ("bucket_ppl", "passkey", "mqar"))
     head = ["run", "depth", "ppl", "vs teacher"] + [f"ppl {b}" for b in buckets] + \
         [f"passkey {x}" for x in lengths] + [f"MQAR {x}" for x in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -75,6 +75,28 @@ def _table(teacher_m: dict | None, runs: dict, names, labels: dict) -> list[str]
         for d in sorted(int(x) for x in runs[n]["evals"]):
             row(labels.get(n) or n, d, metrics(runs[n]["evals"][str(d)]))
     return lines
+
+
+def _experiment_plots(key: str, exp, runs: dict, done: list[str], labels: dict, ref: dict, out: Path) -> list[Path]:
+    """Overall ppl, last-bucket ppl, passkey at the longest length and MQAR at the most pairs, vs depth.
+    `ref` holds the teacher's metrics (drawn as a line) or is empty."""
+    sample = ref or metrics(next(iter(runs[done[0]]["evals"].values())))
+    last_bucket = list(sample["bucket_ppl"])[-1]
+    plots = [
+        plot_by_depth(_series(runs, exp.runs, labels, lambda m: m["ppl"]), out / f"{key}_ppl.png",
+                      "validation perplexity", exp.title, ref.get("ppl")),
+        plot_by_depth(_series(runs, exp.runs, labels, lambda m: m["bucket_ppl"][last_bucket]),
+                      out / f"{key}_long_ppl.png", f"perplexity, positions {last_bucket}", exp.title,
+                      ref.get("bucket_ppl", {}).get(last_bucket)),
+    ]
+    for task, unit, name in (("passkey", "tokens", "passkey accuracy at {} tokens (%)"),
+                             ("mqar", "pairs", "MQAR accuracy with {} pairs (%)")):
+        if task in sample:
+            x = max(sample[task], key=int)
+            plots.append(plot_by_depth(_series(runs, exp.runs, labels, lambda m: 100 * m[task][x]),
+                                       out / f"{key}_{task}.png", name.format(x), exp.title,
+                                       100 * ref[task][x] if task in ref else None))
+    return plots
 
 
 def check_targets(teacher_m: dict | None, runs: dict, num_layers: int | None) -> list[dict]:
@@ -144,26 +166,7 @@ def write_report(cfg: QualityConfig, out: Path) -> Path:
         summary["experiments"][key].update({n: "not yet run" for n in exp.runs if n not in runs})
         if not done:
             continue
-        ref = teacher_m or {}
-        last_bucket = next(iter(reversed(list(ref.get("bucket_ppl", {}) or metrics(
-            next(iter(runs[done[0]]["evals"].values())))["bucket_ppl"]))))
-        plots = [
-            plot_by_depth(_series(runs, exp.runs, labels, lambda m: m["ppl"]), out / f"{key}_ppl.png",
-                          "validation perplexity", exp.title, ref.get("ppl")),
-            plot_by_depth(_series(runs, exp.runs, labels, lambda m: m["bucket_ppl"][last_bucket]),
-                          out / f"{key}_long_ppl.png", f"perplexity, positions {last_bucket}", exp.title,
-                          ref.get("bucket_ppl", {}).get(last_bucket)),
-        ]
-        if "passkey" in ref or "passkey" in metrics(next(iter(runs[done[0]]["evals"].values()))):
-            longest = max(ref.get("passkey") or metrics(next(iter(runs[done[0]]["evals"].values())))["passkey"], key=int)
-            plots.append(plot_by_depth(_series(runs, exp.runs, labels, lambda m: 100 * m["passkey"][longest]),
-                                       out / f"{key}_passkey.png", f"passkey accuracy at {longest} (%)", exp.title,
-                                       100 * ref["passkey"][longest] if ref.get("passkey") else None))
-        if "mqar" in ref:
-            most = max(ref["mqar"], key=int)
-            plots.append(plot_by_depth(_series(runs, exp.runs, labels, lambda m: 100 * m["mqar"][most]),
-                                       out / f"{key}_mqar.png", f"MQAR accuracy, {most} pairs (%)", exp.title,
-                                       100 * ref["mqar"][most]))
+        plots = _experiment_plots(key, exp, runs, done, labels, teacher_m or {}, out)
         md += [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if "dsla" in runs and teacher:
         curves = {"teacher": teacher["eval"]["perplexity"]["curve"]} if "perplexity" in teacher["eval"] else {}

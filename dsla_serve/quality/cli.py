@@ -76,7 +76,8 @@ def summary_lines(runs: list[dict]) -> list[str]:
             parts.append(f"ppl {p['overall']['ppl']:8.2f}")
             parts += [f"[{b['lo']},{b['hi']}) {b['ppl']:8.2f}" for b in p["buckets"]]
         if "passkey" in r:
-            parts.append("passkey " + " ".join(f"{x['length']}:{100 * x['accuracy']:.0f}%" for x in r["passkey"]["rows"]))
+            rows = r["passkey"]["rows"]
+            parts.append("passkey " + " ".join(f"{x['length']}:{100 * x['accuracy']:.0f}%" for x in rows))
         if "mqar" in r:
             parts.append("mqar " + " ".join(f"{x['pairs']}:{100 * x['accuracy']:.0f}%" for x in r["mqar"]["rows"]))
         lines.append("  ".join(parts))

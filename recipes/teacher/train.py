@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     tokens_per_step = args.batch_size * args.seq_len
     print(f"teacher: {n_params / 1e6:.1f} M parameters, {corpus.num_tokens('train') / 1e6:.2f} M training tokens, "
-          f"{args.steps} steps x {tokens_per_step} tokens on {device}" + (f", resuming at step {start}" if start else ""))
+          f"{args.steps} steps x {tokens_per_step} tokens on {device}"
+          + (f", resuming at step {start}" if start else ""))
 
     t0 = time.perf_counter()
     budget_s = args.time_budget_min * 60
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     if stopped or not done:
         save_checkpoint(args.out, model, optimizer, {"step": start + steps_run, "log": log,
                                                      "elapsed_s": state["elapsed_s"] + run_s})
-        print(f"stopped (time budget {args.time_budget_min} min / --stop-after) at step {start + steps_run}/{args.steps}; "
+        print(f"stopped (time budget {args.time_budget_min} min / --stop-after) at step "
+              f"{start + steps_run}/{args.steps}; "
               f"checkpoint in {args.out / 'checkpoint'}: rerun the same command to continue")
         return EXIT_INCOMPLETE
 

@@ -29,7 +29,8 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.teacher.train_tokenizer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--books", type=Path, default=paths.BOOKS, help="folder of Gutenberg .txt books (default: %(default)s)")
+    p.add_argument("--books", type=Path, default=paths.BOOKS,
+                   help="folder of Gutenberg .txt books (default: %(default)s)")
     p.add_argument("--split", type=Path, default=paths.SPLIT,
                    help="book split JSON; created (seeded) if missing (default: %(default)s)")
     p.add_argument("--num-validation", type=int, default=5, help="books held out when creating the split")

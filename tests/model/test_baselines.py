@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dsla_serve.kernels import naive_dsla
 from dsla_serve.model import DSLAAttention, set_depth
-from dsla_serve.model.baselines import (GatedLinearAttention, LinearAttention, SlidingWindowAttention, layer_class)
+from dsla_serve.model.baselines import GatedLinearAttention, SlidingWindowAttention, layer_class
 from dsla_serve.model.surgery import attach_twin
 
 from .helpers import tiny

@@ -40,7 +40,8 @@ def test_passkey_episode_layout(tok, length):
         assert tok.decode(question) == QUESTION
         n_fill = length - len(statement) - len(QUESTION) - e.answer_length
         assert 0 <= e.statement_start <= 0.5 * n_fill  # stated early: in the first half of the filler
-        filler = np.concatenate([ids[:e.statement_start], ids[e.statement_start + len(statement):e.answer_start - len(QUESTION)]])
+        after = ids[e.statement_start + len(statement):e.answer_start - len(QUESTION)]
+        filler = np.concatenate([ids[:e.statement_start], after])
         assert len(filler) == n_fill and any(_contains(d, filler) for d in _docs())
     assert len({e.passkey for e in eps}) > 1
 
