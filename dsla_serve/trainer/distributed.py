@@ -2,7 +2,7 @@
 
 Launched by `torchrun` or the `deepspeed` launcher, RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT come from the environment. Run as a plain process (CLI, tests, the Ray actor), a world of
-one is set up here (a free local port), since DeepSpeed always wants a process group. CPU runs use
+one is set up here (a free local TCP port), since DeepSpeed always wants a process group. CPU runs use
 gloo with DeepSpeed's CPU accelerator; GPU runs use NCCL.
 
 DeepSpeed is imported here lazily, never at package import.
@@ -97,13 +97,13 @@ class DistContext:
 def init_distributed(device_spec: str = "auto") -> DistContext:
     """Create (or join) the process group and return this process's DistContext.
 
-    Missing launcher variables are filled for a world of one. Idempotent within a process.
+    Under a launcher (RANK and WORLD_SIZE set) the group is joined through the environment. Otherwise
+    a world of one is made on a free local port, passed explicitly rather than through MASTER_* /
+    RANK variables, so that processes this one starts (a torchrun, a test) do not inherit a launcher
+    environment. Idempotent within a process.
     """
     launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
-    if not launched and not torch.distributed.is_initialized():
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it even in a world of one
     device = resolve_device(device_spec)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -113,6 +113,10 @@ def init_distributed(device_spec: str = "auto") -> DistContext:
     # A group made by the caller (a test, user code under torchrun) is adopted as it is.
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else \
         ("nccl" if device.type == "cuda" else "gloo")
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    if launched or torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    else:
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                                   init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     return DistContext(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)
+                       local_rank=int(os.environ["LOCAL_RANK"]), device=device)

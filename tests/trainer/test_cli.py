@@ -1,11 +1,20 @@
-"""`dsla-serve convert`: a run with its summary table, a resume that has nothing left, clear errors."""
+"""`dsla-serve convert`: a run with its summary table, resuming (also after SIGKILL), clear errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import yaml
 
 from dsla_serve.cli import main
 from dsla_serve.model import Artifact
 
-from .helpers import config_dict
+from .helpers import config_dict, layer_hashes
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path, data) -> str:
@@ -40,3 +49,32 @@ def test_convert_reports_bad_fields_and_data_paths(corpus, tmp_path, capsys):
     data = config_dict(tmp_path / "no-such-folder", "artifact")
     assert main(["convert", _write(tmp_path, data)]) == 2
     assert f"data path {tmp_path / 'no-such-folder'} does not exist" in capsys.readouterr().err
+
+
+def test_a_run_killed_inside_layer_two_resumes_to_the_same_bytes(corpus, tmp_path):
+    """SIGKILL (no cleanup at all) while layer 2 trains; the rerun equals an uninterrupted run."""
+    data = config_dict(corpus, "killed", depth=2, training={"steps": 60})
+    path = _write(tmp_path, data)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dsla_serve.cli", "convert", path, "--quiet"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = tmp_path / "killed" / "manifest.json"
+    try:
+        deadline = time.monotonic() + 180
+        while not (manifest.exists() and '"layer": 0' in manifest.read_text()):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "layer 1 was never published"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert Artifact.open(tmp_path / "killed").depth == 1  # killed inside layer 2
+
+    assert main(["convert", path, "--quiet"]) == 0  # resumes in this process
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(yaml.safe_dump({**data, "output": "uninterrupted"}))
+    assert main(["convert", str(reference), "--quiet"]) == 0
+    assert layer_hashes(tmp_path / "killed") == layer_hashes(tmp_path / "uninterrupted")
