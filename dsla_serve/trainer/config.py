@@ -25,9 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..model.config import DSLAConfig
 
-ORDER_METHODS = ("entropy", "loss_delta", "forward", "reverse", "list")
-
-
 class ConfigError(ValueError):
     """A convert config that cannot be used; `problems` holds one line per problem."""
 

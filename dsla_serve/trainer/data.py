@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .config import DataConfig
+
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
 DEFAULT_SEGMENT_CHARS = 20_000
@@ -176,7 +178,7 @@ def pack_documents(docs: list[Document], tokenizer, seq_len: int, max_tokens: in
     return torch.tensor(stream[: n * seq_len], dtype=torch.int64).view(n, seq_len)
 
 
-def build_dataset(cfg, tokenizer, seed: int) -> PackedData:
+def build_dataset(cfg: DataConfig, tokenizer, seed: int) -> PackedData:
     """Read, clean, split by document and pack the data of a `DataConfig`.
 
     A corpus of one document (e.g. tinyshakespeare) is first cut into contiguous segments (see

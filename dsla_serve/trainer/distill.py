@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import dsla_layers
+from .config import TrainingConfig
 from .distributed import DistContext
 from .engine import build_engine, complete_config, release_engine
 from .losses import LayerOutputCapture, distillation_loss, teacher_logits
@@ -82,9 +83,9 @@ def trainable_parameters(model: torch.nn.Module, layer_idx: int, train_qkvo: boo
     return params
 
 
-def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.Tensor, training, ds_user: dict,
-              dist: DistContext, seed: int, *, steps: int | None = None, stop_event: threading.Event | None = None,
-              on_step: StepCallback | None = None) -> FitResult:
+def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.Tensor, training: TrainingConfig,
+              ds_user: dict, dist: DistContext, seed: int, *, steps: int | None = None,
+              stop_event: threading.Event | None = None, on_step: StepCallback | None = None) -> FitResult:
     """Train the DSLA twin of `layer_idx` (the model at `depth`) for `steps` (default training.steps).
 
     `train` [N, L] int64 sequences (the same tensor on every process). Stops early, between

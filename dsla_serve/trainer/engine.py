@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .config import TrainingConfig
 from .schedule import lr_multiplier
 
 _PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -52,7 +53,7 @@ def read_user_config(source: dict | str | Path | None) -> dict:
     return data
 
 
-def complete_config(user: dict, training, model_dtype: torch.dtype, world_size: int) -> dict:
+def complete_config(user: dict, training: TrainingConfig, model_dtype: torch.dtype, world_size: int) -> dict:
     """The DeepSpeed config dict for one layer's engine (see the module docstring for the rules)."""
     cfg = copy.deepcopy(user)
 
@@ -87,7 +88,8 @@ def complete_config(user: dict, training, model_dtype: torch.dtype, world_size: 
     return cfg
 
 
-def build_engine(model: torch.nn.Module, params: list[torch.nn.Parameter], ds_config: dict, training):
+def build_engine(model: torch.nn.Module, params: list[torch.nn.Parameter], ds_config: dict,
+                 training: TrainingConfig):
     """`deepspeed.initialize` for training `params` (the new layer's only) inside `model`.
 
     Returns the engine; `engine(input_ids=...)` runs the whole model, `engine.backward(loss)` and

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model import set_depth
+from .config import LossWeights
 from .distributed import DistContext
 from .losses import LayerOutputCapture, kl_teacher_student, next_token_ce, relative_mse
 
@@ -47,7 +48,7 @@ class Validation:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, depth: int, sequences: torch.Tensor, *, batch_size: int, dist: DistContext,
-             weights, layer_idx: int | None = None) -> Validation:
+             weights: LossWeights, layer_idx: int | None = None) -> Validation:
     """Score `model` at `depth` on `sequences` [N, L] (all processes pass the same tensor).
 
     `layer_idx`: the newest converted layer, whose output enters the MSE term.

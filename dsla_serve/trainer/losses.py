@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import decoder_layers, set_depth
+from .config import LossWeights
 
 
 class LayerOutputCapture:
@@ -100,7 +101,7 @@ def teacher_logits(model: torch.nn.Module, input_ids: torch.Tensor, depth: int) 
         set_depth(model, depth)
 
 
-def distillation_loss(student_logits: torch.Tensor, input_ids: torch.Tensor, weights,
+def distillation_loss(student_logits: torch.Tensor, input_ids: torch.Tensor, weights: LossWeights,
                       capture: LayerOutputCapture | None, teacher: torch.Tensor | None) -> LossTerms:
     """Combine the three terms with `weights` (mse, kl, ce). A term with weight 0 may lack its input
     (capture / teacher logits None) and then counts as 0."""

@@ -16,7 +16,6 @@ Scores are saved in the artifact manifest (`metadata.order`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +23,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import convert, decoder_layers
+from .config import ConvertConfig
 from .distill import fit_layer
 from .distributed import DistContext
 from .engine import read_user_config
 from .evaluate import validate
+from .seeds import layer_seed
 
 
 @dataclass
@@ -42,15 +43,6 @@ class OrderResult:
     def to_metadata(self) -> dict:
         return {"method": self.method, "order": list(self.order),
                 "scores": {str(k): v for k, v in sorted(self.scores.items())}}
-
-
-def layer_seed(base_seed: int, layer_idx: int, purpose: str = "train") -> int:
-    """A seed for one layer's work that depends only on the base seed, the layer and the purpose.
-
-    Never on how many layers this process already ran, so a resumed run repeats a layer exactly.
-    """
-    digest = hashlib.sha256(f"dsla-serve/{purpose}/{base_seed}/{layer_idx}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**62)
 
 
 def calibration_sequences(sequences: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -96,7 +88,7 @@ def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_
     return {i: total[i] / total[-1] for i in range(len(layers))}
 
 
-def loss_delta_scores(model: torch.nn.Module, cfg, train: torch.Tensor, val: torch.Tensor, dist: DistContext, *,
+def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor, dist: DistContext, *,
                       stop_event: threading.Event | None = None,
                       on_layer: Callable[[int, float], None] | None = None) -> dict[int, float] | None:
     """{layer: rise of the validation objective with only that layer converted and briefly fitted}.
@@ -126,7 +118,7 @@ def loss_delta_scores(model: torch.nn.Module, cfg, train: torch.Tensor, val: tor
     return scores
 
 
-def compute_order(model: torch.nn.Module, cfg, train: torch.Tensor, val: torch.Tensor, dist: DistContext, *,
+def compute_order(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor, dist: DistContext, *,
                   stop_event: threading.Event | None = None,
                   on_layer: Callable[[int, float], None] | None = None) -> OrderResult:
     """The conversion order of `cfg.order` for the (unconverted) `model`. Every process computes it;

@@ -33,7 +33,8 @@ from .distill import fit_layer
 from .distributed import DistContext, init_distributed
 from .engine import read_user_config
 from .evaluate import validate
-from .sensitivity import OrderResult, compute_order, layer_seed
+from .seeds import layer_seed
+from .sensitivity import OrderResult, compute_order
 
 log = logging.getLogger("dsla_serve.trainer")
 
@@ -225,38 +226,46 @@ class Trainer:
         self._set(published_depth=resumed, target_depth=target)
         ds_user = read_user_config(cfg.deepspeed)
         for rank in range(resumed, target):
-            layer, depth = order[rank], rank + 1
-            seed = layer_seed(cfg.seed, layer)
-            self._set(phase="training", layer=layer, step=0, steps=cfg.training.steps, loss=None)
-            torch.manual_seed(seed)  # the new layer's initialisation
-            convert(model, [layer], cfg.dsla_config())
-            set_depth(model, depth)
-
-            def step_done(step: int, loss: float, layer=layer) -> None:
-                self._set(step=step + 1, loss=loss)
-                if on_step is not None:
-                    on_step(layer, step, loss)
-
-            fit = fit_layer(model, layer, depth, self.data.train, cfg.training, ds_user, dist, seed,
-                            stop_event=stop_event, on_step=step_done)
-            if fit.stopped:
+            result = self._train_layer(artifact, rank, ds_user, stop_event, on_step)
+            if result is None:
                 summary.stopped = True
                 break
-            self._set(phase="validating")
-            start = time.perf_counter()
-            v = validate(model, depth, self.data.val, batch_size=cfg.training.eval_batch_size, dist=dist,
-                         weights=cfg.training.loss, layer_idx=layer)
-            metrics = {"val_loss": v.ce, "ppl": v.ppl, "teacher_ppl": v.teacher_ppl, "ppl_ratio": v.ppl_ratio,
-                       "val_kl": v.kl, "val_mse": v.mse, "val_objective": v.objective,
-                       "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
-                       "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
-                       "world_size": dist.world_size}
-            if dist.is_main:
-                artifact.append_layer(model, layer, metrics)
-            dist.barrier()
-            summary.layers.append(LayerResult(layer, rank, metrics))
-            summary.published_depth = depth
-            self._set(published_depth=depth)
+            summary.layers.append(result)
+            summary.published_depth = rank + 1
+            self._set(published_depth=rank + 1)
             if on_layer is not None:
-                on_layer(layer, depth, metrics)
+                on_layer(result.layer, rank + 1, result.metrics)
         return summary
+
+    def _train_layer(self, artifact: Artifact, rank: int, ds_user: dict, stop_event, on_step) -> LayerResult | None:
+        """Convert, fit, validate and publish layer order[rank]; None if stopped before the end."""
+        cfg, dist, model = self.config, self.dist, self.model
+        layer, depth = artifact.order[rank], rank + 1
+        seed = layer_seed(cfg.seed, layer)
+        self._set(phase="training", layer=layer, step=0, steps=cfg.training.steps, loss=None)
+        torch.manual_seed(seed)  # the new layer's initialisation (all devices)
+        convert(model, [layer], cfg.dsla_config())
+        set_depth(model, depth)
+
+        def step_done(step: int, loss: float) -> None:
+            self._set(step=step + 1, loss=loss)
+            if on_step is not None:
+                on_step(layer, step, loss)
+
+        fit = fit_layer(model, layer, depth, self.data.train, cfg.training, ds_user, dist, seed,
+                        stop_event=stop_event, on_step=step_done)
+        if fit.stopped:
+            return None
+        self._set(phase="validating")
+        start = time.perf_counter()
+        v = validate(model, depth, self.data.val, batch_size=cfg.training.eval_batch_size, dist=dist,
+                     weights=cfg.training.loss, layer_idx=layer)
+        metrics = {"val_loss": v.ce, "ppl": v.ppl, "teacher_ppl": v.teacher_ppl, "ppl_ratio": v.ppl_ratio,
+                   "val_kl": v.kl, "val_mse": v.mse, "val_objective": v.objective,
+                   "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
+                   "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
+                   "world_size": dist.world_size}
+        if dist.is_main:
+            artifact.append_layer(model, layer, metrics)
+        dist.barrier()  # the others wait until the layer is on disk
+        return LayerResult(layer, rank, metrics)

@@ -9,7 +9,7 @@ from dsla_serve.model import Artifact, convert, decoder_layers, set_depth
 from dsla_serve.trainer import ResumeError, Trainer
 from dsla_serve.trainer.evaluate import validate
 from dsla_serve.trainer.losses import LayerOutputCapture
-from dsla_serve.trainer.sensitivity import layer_seed
+from dsla_serve.trainer.seeds import layer_seed
 
 from .helpers import layer_hashes, tiny_config, tiny_model
 
@@ -35,8 +35,11 @@ def reference(corpus, tmp_path_factory):
             depth1["logits"] = _logits(model, ids, 1)
             set_depth(model, 1)
 
+    def on_step(layer, step, loss):
+        losses.setdefault(layer, []).append(loss)
+
     trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
-    summary = trainer.run(on_layer=on_layer, on_step=lambda layer, step, loss: losses.setdefault(layer, []).append(loss))
+    summary = trainer.run(on_layer=on_layer, on_step=on_step)
     return SimpleNamespace(cfg=cfg, trainer=trainer, summary=summary, losses=losses, ids=ids, depth1=depth1["logits"])
 
 

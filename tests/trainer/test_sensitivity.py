@@ -9,7 +9,8 @@ from dsla_serve.model import Artifact, conversion_order, decoder_layers
 from dsla_serve.trainer import Trainer
 from dsla_serve.trainer.data import build_dataset
 from dsla_serve.trainer.distributed import init_distributed
-from dsla_serve.trainer.sensitivity import attention_entropy, compute_order, layer_seed
+from dsla_serve.trainer.seeds import layer_seed
+from dsla_serve.trainer.sensitivity import attention_entropy, compute_order
 
 from .helpers import tiny_config, tiny_model
 
