@@ -77,6 +77,11 @@ class PolicyControl:
         return {"depth": self.state.depth_targets[pool], "artifact_depth": self.artifact.quality.available_depth,
                 "artifact": self.artifact.path, "version": self.version}
 
+    def pools_serving(self, now: float) -> bool:
+        """Every pool that starts with replicas has one serving (reporting engine stats)."""
+        return all(any(not stats.get("starting") for stats in self.windows[p.name].live_replicas(now).values())
+                   for p in self.policy.pools if p.initial_replicas > 0)
+
     def set_trainer_progress(self, progress: dict[str, Any] | None) -> None:
         self.trainer = progress
 
@@ -144,6 +149,8 @@ class PolicyControl:
                 "serving_depths": sorted({int(s.get("depth", 0)) for s in live.values()}),
                 # the deepest depth every live replica has loaded (new layers are loaded without restarts)
                 "loaded_depth": min((int(s["max_depth"]) for s in live.values() if "max_depth" in s), default=None),
+                "started_depth": min((int(s["started_max_depth"]) for s in live.values() if "started_max_depth" in s),
+                                     default=None),
                 "weight": routing["weights"][pool.name],
                 "replicas": {"running": len(live), "target": routing["replicas"][pool.name],
                              "min": pool.min_replicas, "max": pool.max_replicas, "ids": sorted(live)},

@@ -4,7 +4,9 @@ Every `controller.interval_s` it re-reads the artifact (new layers and their mea
 builds each pool's metrics over the window (ingress observations + replica reports), calls the pure
 `decide`, logs the decision with its reason, publishes routing weights and depth targets (the ingress
 and the replicas pull them), and asks Serve for the replica targets. With a `trainer` section it also
-runs the background trainer actor and shows its progress.
+runs the background trainer actor and shows its progress. The trainer starts once every pool has a
+replica serving (or after TRAINER_START_TIMEOUT_S): serving comes up first, not fighting the trainer
+for the machine while it loads.
 
 Being a Serve deployment, it lives and dies with the application (`serve shutdown`, `serve deploy`
 of a new config) and Serve restarts it if it fails; the replicas and the ingress keep serving on the
@@ -23,6 +25,8 @@ from .control import PolicyControl
 from .scaling import ServeScaler
 
 log = logging.getLogger("ray.serve")
+
+TRAINER_START_TIMEOUT_S = 300.0
 
 
 def pool_deployment_name(pool: str) -> str:
@@ -48,8 +52,8 @@ class PolicyActor:
         if self.policy.trainer is not None and start_trainer:
             from .trainer_link import TrainerLink
 
-            self.trainer = TrainerLink(self.policy)
-            await self.trainer.start()
+            self.trainer = TrainerLink(self.policy)  # started by `step` once the pools serve
+        self._started = time.monotonic()
         self._loop = asyncio.get_running_loop().create_task(self._run())
 
     # ------------------------------------------------------------------------------------------
@@ -83,10 +87,13 @@ class PolicyActor:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def step(self) -> None:
-        """One interval: trainer progress, decision, scaling, log line."""
-        if self.trainer is not None:
-            self.control.set_trainer_progress(await self.trainer.progress())
+        """One interval: trainer start and progress, decision, scaling, log line."""
         now = time.monotonic()
+        if self.trainer is not None:
+            if not self.trainer.started and (self.control.pools_serving(now)
+                                             or now - self._started > TRAINER_START_TIMEOUT_S):
+                await self.trainer.start()
+            self.control.set_trainer_progress(await self.trainer.progress())
         decision = self.control.tick(now)
         scaled = await self.scaler.apply(decision.replica_targets)
         line = decision.reason + (f"; scaled {', '.join(scaled)}" if scaled else "")

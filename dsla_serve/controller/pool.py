@@ -59,6 +59,7 @@ class PoolReplica:
         targets = await self._report({"depth": 0, "starting": True})
         depth = targets["depth"] if targets is not None else 0
         self.engine = await asyncio.to_thread(self._build_engine, depth)
+        self.started_max_depth = self.engine.max_depth  # layers loaded at start (later ones come by refresh)
         self.engine.start()
         self._control = asyncio.get_running_loop().create_task(self._control_loop())
         log.info("pool %s replica %s serving at depth %d", pool, self.replica_id, self.engine.depth)
@@ -101,7 +102,7 @@ class PoolReplica:
     def stats(self) -> dict[str, Any]:
         stats = self.engine.stats()
         stats.pop("plan", None)
-        return {**stats, "pool": self.pool.name, "replica": self.replica_id}
+        return {**stats, "pool": self.pool.name, "replica": self.replica_id, "started_max_depth": self.started_max_depth}
 
     # ------------------------------------------------------------------------------------------
     async def _report(self, stats: dict[str, Any]) -> dict[str, Any] | None:

@@ -50,10 +50,11 @@ def render(status: dict[str, Any], console, decisions: int = 5) -> None:
                   + f"; attainment {_pct(slo['attainment'])} of {slo['finished']} requests in the last "
                     f"{slo['window_s']:g} s")
 
-    pools = Table(title="pools", title_justify="left")
-    for column in ("pool", "depth (conf/target/serving)", "weight", "replicas (run/target)", "queue", "running",
-                   "TTFT p95 ms", "TPOT p95 ms", "req/s", "SLO met", "pressure"):
-        pools.add_column(column, justify="left" if column in ("pool", "pressure") else "right")
+    pools = Table(title="pools", title_justify="left",
+                  caption="depth: configured/target/serving; replicas: running/target; TTFT, TPOT: p95 in ms",
+                  caption_justify="left")
+    for column in ("pool", "depth", "weight", "replicas", "queue", "run", "TTFT", "TPOT", "req/s", "SLO", "pressure"):
+        pools.add_column(column, justify="left" if column in ("pool", "pressure") else "right", no_wrap=True)
     for p in status["pools"]:
         serving = ",".join(str(d) for d in p["serving_depths"]) or "-"
         pools.add_row(p["name"], f"{p['configured_depth']}/{p['depth_target']}/{serving}", f"{p['weight']:.0%}",
@@ -64,8 +65,8 @@ def render(status: dict[str, Any], console, decisions: int = 5) -> None:
 
     limits = ", ".join(s for s in [f"ppl ratio <= {q['max_ppl_ratio']:g}" if q["max_ppl_ratio"] else "",
                                    f"depth <= {q['max_depth']}" if q["max_depth"] is not None else ""] if s)
-    depths = Table(title=f"available depths: floor {q['floor']} ({q['floor_reason']}); limits: {limits or 'none'}",
-                   title_justify="left")
+    console.print(f"quality floor {q['floor']} ({q['floor_reason']}); limits: {limits or 'none'}")
+    depths = Table(title="available depths", title_justify="left")
     for column in ("depth", "layer", "ppl ratio", "allowed"):
         depths.add_column(column, justify="right")
     depths.add_row("0", "-", "1.000", "yes")

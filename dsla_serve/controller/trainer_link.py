@@ -84,10 +84,14 @@ class TrainerLink:
         log.info("background trainer started: %s -> %s, depth %d", self.config["base_model"], self.config["output"],
                  self.config["depth"])
 
+    @property
+    def started(self) -> bool:
+        return self.actor is not None
+
     async def progress(self) -> dict[str, Any]:
         """The trainer's progress dict, or {"phase": "unreachable", "error": ...}."""
         if self.actor is None:
-            return {"phase": "not started", "error": self.error}
+            return {"phase": "waiting for the pools to serve", "error": self.error, "running": False}
         try:
             progress = await asyncio.wait_for(self.actor.progress.remote(), timeout=5.0)
         except Exception as e:  # noqa: BLE001 - a dead or busy trainer must not stall decisions
@@ -101,7 +105,6 @@ class TrainerLink:
                 self.actor.stop.remote(0)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-            self.actor = None
 
 
 def check_trainer(policy: Policy) -> None:

@@ -75,6 +75,10 @@ def _status(app: str) -> dict | None:
         return None
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         policy = read_policy(args.policy, check_paths=True, host=args.host, port=args.port)
@@ -82,10 +86,6 @@ def run(args: argparse.Namespace) -> int:
     except CommandError as e:
         return fail(str(e))
 
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
     quiet_ray_logs()
     import ray
     from ray import serve
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     started = False
     try:
         started = _connect_or_start(args.num_cpus, args.num_gpus)
+        signal.signal(signal.SIGTERM, _terminate)  # after ray.init, which installs its own handler
         print(f"starting application {policy.name!r} ({len(policy.pools)} pools, model {policy.model.path}) ...",
               flush=True)
         began = time.monotonic()

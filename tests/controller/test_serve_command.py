@@ -1,0 +1,73 @@
+"""`dsla-serve serve POLICY.yaml` as a user runs it: a subprocess that starts its own Ray, prints the
+URL and status lines, answers HTTP, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from .helpers import REPO, free_port, policy_dict, write_policy
+
+RUN_SERVE = ("import sys, argparse; from dsla_serve.controller.commands import serve; "
+             "p = argparse.ArgumentParser(); serve.add_arguments(p); sys.exit(serve.run(p.parse_args(sys.argv[1:])))")
+
+
+def _lines(stream, out: queue.Queue):
+    for line in iter(stream.readline, ""):
+        out.put(line)
+    out.put(None)
+
+
+def test_serve_command_serves_until_ctrl_c(tmp_path):
+    port = free_port()
+    path = write_policy(tmp_path / "policy.yaml", policy_dict(port, name="cmdtest"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE, str(path), "--num-cpus", "2", "--status-every", "1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+
+    def wait_for_line(words: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            seen.append(line)
+            if words in line:
+                return line
+        raise AssertionError(f"no line with {words!r}; output so far:\n{''.join(seen)[-3000:]}")
+
+    try:
+        wait_for_line("started a local Ray", timeout=60)
+        ready = wait_for_line(f"at http://127.0.0.1:{port}/v1", timeout=120)
+        assert "'tiny-llama'" in ready
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=30,
+                       json={"model": "tiny-llama", "prompt": "Hi", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        wait_for_line("routing accurate 100% @d0", timeout=30)  # the periodic status line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0
+    while (line := lines.get(timeout=5)) is not None:
+        seen.append(line)
+    assert "stopping" in "".join(seen)
