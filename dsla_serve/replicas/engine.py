@@ -32,7 +32,7 @@ from .cache import CachePool
 from .metrics import EngineMetrics
 from .model_source import (active_dsla_layers, cache_spec, context_limit, eos_token_ids, load_model,
                            max_converted_depth, open_artifact)
-from .outputs import CompletionOutput, PromptTooLongError, QueueFullError, RequestOutput
+from .outputs import PromptTooLongError, QueueFullError, RequestOutput, failed_output
 from .planner import MemoryPlan, activation_reserve_bytes, default_budget, plan_memory
 from .request import Request, Status
 from .runner import ModelRunner
@@ -324,7 +324,7 @@ class Engine:
                     except QueueFullError:
                         break
                     except (ValueError, TypeError) as e:
-                        results[i] = _error_output(prompts[i], e)
+                        results[i] = failed_output(prompts[i], e)
                         bar.update(1)
                     pending.popleft()
                 if not self._drive():
@@ -554,11 +554,3 @@ def _prompt_list(prompts) -> list[Prompt]:
                                                           for t in prompts):
         return [prompts]
     return list(prompts)
-
-
-def _error_output(prompt: Prompt, error: Exception) -> RequestOutput:
-    return RequestOutput(
-        request_id=uuid.uuid4().hex, prompt=prompt if isinstance(prompt, str) else None,
-        prompt_token_ids=[] if isinstance(prompt, str) else list(prompt),
-        outputs=[CompletionOutput(index=0, text="", token_ids=[], finish_reason="error")],
-        finished=True, error=str(error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 TokenLogprobs = dict[int, float]  # token id -> log-probability
@@ -73,3 +74,12 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     metrics: RequestMetrics | None = None
     error: str | None = None
+
+
+def failed_output(prompt, error: Exception) -> RequestOutput:
+    """The output of a prompt refused before it ran (finish_reason "error", `error` = the message)."""
+    return RequestOutput(
+        request_id=uuid.uuid4().hex, prompt=prompt if isinstance(prompt, str) else None,
+        prompt_token_ids=[] if isinstance(prompt, str) else list(prompt),
+        outputs=[CompletionOutput(index=0, text="", token_ids=[], finish_reason="error")],
+        finished=True, error=str(error))
