@@ -138,7 +138,8 @@ class ConvertConfig(_Strict):
     base_model: str = Field(description="local model directory, hub id, or tiny:<arch>")
     output: Path = Field(description="artifact directory; an existing artifact of this config is resumed")
     depth: int | None = Field(None, ge=1, description="layers to convert (default: every layer)")
-    seed: int = Field(0, ge=0, description="base seed; each layer's seed derives from it and the layer index")
+    seed: int = Field(0, ge=0, description="base seed of the data split and of each layer's initialisation and "
+                      "batches (derived from it and the layer index); tiny:<arch> models are always built with seed 0")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (multi-process: the local rank's GPU)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model dtype; auto = bfloat16 on GPU, float32 on CPU")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import Artifact, conversion_order, convert, set_depth
+from ..model import Artifact, conversion_order, convert, decoder_layers, set_depth
 from ..model.artifact import MANIFEST_NAME
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
@@ -139,8 +139,10 @@ class Trainer:
         self.dist = init_distributed(cfg.device)
         if self.model is None:
             dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.dist.device.type == "cuda" else "float32")
+            # seed 0: `tiny:<arch>` names one model everywhere (replicas build it the same way); the
+            # run's `seed` drives the training only
             self.model, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, device=self.dist.device,
-                                                             seed=cfg.seed)
+                                                             seed=0)
             self.tokenizer = self.tokenizer or tokenizer
         self.model.eval().requires_grad_(False)
         if self.data is None:
@@ -159,8 +161,15 @@ class Trainer:
             self._check_resumable(artifact)
             return artifact
         self._set(phase="ordering")
+        if cfg.order.method in ("entropy", "loss_delta"):
+            log.info("scoring the %d layers (%s)...", len(decoder_layers(self.model)), cfg.order.method)
+
+        def scored(layer: int, score: float) -> None:
+            self._set(layer=layer)
+            log.info("  layer %d: %s %.5f", layer, cfg.order.method, score)
+
         result: OrderResult = compute_order(self.model, cfg, self.data.train, self.data.val, dist,
-                                            stop_event=stop_event)
+                                            stop_event=stop_event, on_layer=scored)
         if result.stopped:
             return None
         log.info("conversion order (%s): %s", result.method, result.order)
