@@ -57,11 +57,21 @@ class BatchSchedule:
 
 @dataclass
 class FitResult:
-    """Mean loss of each optimiser step (averaged over micro-batches and processes)."""
+    """Mean loss of each optimiser step (averaged over micro-batches and processes) and timings.
+
+    `seconds` covers the whole fit (engine set-up included); `loop_seconds` the optimiser steps only;
+    `tokens` counts the training tokens of all processes (the student's, once per token).
+    """
 
     losses: list[float] = field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0
+    loop_seconds: float = 0.0
+    tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.loop_seconds if self.loop_seconds > 0 else 0.0
 
     @property
     def steps(self) -> int:
@@ -103,13 +113,14 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
     result = FitResult()
     engine = build_engine(model, params, ds_config, training)
     model.eval()  # no dropout: the teacher and the student see the same deterministic network
+    loop_start = time.perf_counter()
     try:
         with LayerOutputCapture(model, layer_idx) as capture:
             for step in range(steps):
                 if stop_event is not None and stop_event.is_set():
                     result.stopped = True
                     break
-                total = 0.0
+                total = torch.zeros((), device=dist.device)
                 for micro in range(training.grad_accumulation):
                     ids = train[schedule.micro_batch(step, micro)].to(dist.device)
                     teacher = teacher_logits(model, ids, depth) if weights.kl > 0 else None
@@ -118,13 +129,17 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
                     engine.backward(terms.total)
                     engine.step()
                     capture.clear()
-                    total += float(terms.total.detach())
-                loss = dist.all_reduce_sum([total / training.grad_accumulation])[0] / dist.world_size
+                    total += terms.total.detach()
+                # one host sync per step (not per micro-batch), then the mean over processes
+                loss = dist.all_reduce_sum([float(total) / training.grad_accumulation])[0] / dist.world_size
                 result.losses.append(loss)
                 if on_step is not None:
                     on_step(step, loss)
     finally:
         release_engine(engine)
         model.requires_grad_(False)
-    result.seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    result.seconds, result.loop_seconds = end - start, end - loop_start
+    result.tokens = result.steps * training.micro_batch_size * training.grad_accumulation * dist.world_size * \
+        train.shape[1]
     return result

@@ -273,6 +273,7 @@ class Trainer:
                    "val_kl": v.kl, "val_mse": v.mse, "val_objective": v.objective,
                    "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
                    "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
+                   "train_tokens": fit.tokens, "train_tokens_per_s": fit.tokens_per_second,
                    "world_size": dist.world_size}
         if dist.is_main:
             artifact.append_layer(model, layer, metrics)

@@ -26,7 +26,7 @@ def _config(corpus, output, accumulation):
 
 
 def test_two_processes_equal_one_process_with_double_accumulation(corpus, tmp_path):
-    two = _config(corpus, tmp_path / "two", accumulation=1)
+    two = _config(corpus, tmp_path / "two", accumulation=2)
     (tmp_path / "two.json").write_text(json.dumps(two))
     reports = tmp_path / "reports"
     reports.mkdir()
@@ -42,7 +42,8 @@ def test_two_processes_equal_one_process_with_double_accumulation(corpus, tmp_pa
     ranks = [json.loads((reports / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     for r in ranks:
-        del r["metrics"][0]["seconds"]  # wall time is each process's own
+        for timing in ("seconds", "train_tokens_per_s"):
+            del r["metrics"][0][timing]  # wall time is each process's own
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # all-reduced: identical on both ranks
     assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == STEPS
 
@@ -50,11 +51,12 @@ def test_two_processes_equal_one_process_with_double_accumulation(corpus, tmp_pa
     assert [e.layer for e in artifact.entries] == [1] and artifact.entries[0].metrics["world_size"] == 2
     assert {p.name for p in (tmp_path / "two").iterdir()} == {"manifest.json", "layer_1.safetensors"}
 
-    one_cfg = parse_config(_config(corpus, tmp_path / "one", accumulation=2))
+    one_cfg = parse_config(_config(corpus, tmp_path / "one", accumulation=4))
     model, tokenizer = tiny_model()
     losses = []
     one = Trainer(one_cfg, model=model, tokenizer=tokenizer).run(on_step=lambda layer, step, loss: losses.append(loss))
     assert one.layers[0].metrics["world_size"] == 1
+    assert one.layers[0].metrics["train_tokens"] == ranks[0]["metrics"][0]["train_tokens"] == STEPS * 8 * 32
     assert losses == pytest.approx(ranks[0]["losses"], rel=1e-4)
     for key in ("val_loss", "val_kl", "val_mse", "ppl_ratio"):
         assert one.layers[0].metrics[key] == pytest.approx(ranks[0]["metrics"][0][key], rel=1e-4), key
