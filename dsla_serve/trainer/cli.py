@@ -22,11 +22,18 @@ HELP = "distil a model into a nested DSLA artifact, layer by layer (sensitivity 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Convert a Hugging Face Llama/Mistral/Qwen2 model to DSLA one layer at a time: rank the layers "
-        "(order.method), then for each layer of the order train its DSLA replacement against the original "
-        "model with the earlier layers already converted, validate it and append it to the artifact. "
+        "Convert a Hugging Face Llama/Mistral/Qwen2 model to DSLA one layer at a time: rank the layers\n"
+        "(order.method), then for each layer of the order train its DSLA replacement against the original\n"
+        "model with the earlier layers already converted, validate it and append it to the artifact.\n"
         "Rerunning the same config resumes at the first unpublished layer.")
-    parser.epilog = "Example: dsla-serve convert examples/convert-tiny.yaml   (tiny random model, CPU, < 3 min)"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "examples:\n"
+        "  dsla-serve convert examples/convert-tiny.yaml           tiny random model, CPU, < 3 min\n"
+        "  dsla-serve convert examples/convert-tiny.yaml --depth 4 continue to every layer\n"
+        "  torchrun --nproc_per_node 2 -m dsla_serve.cli convert CONFIG.yaml\n"
+        "                                                          data parallel, one process per GPU\n"
+        "Reference: docs/trainer.md")
     parser.add_argument("config", help="convert config YAML (see examples/convert-tiny.yaml and docs/trainer.md)")
     parser.add_argument("--depth", type=int, default=None, help="override `depth`: layers to reach in total")
     parser.add_argument("--output", default=None, help="override `output`: the artifact directory")

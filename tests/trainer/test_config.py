@@ -92,3 +92,11 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] == pytest.approx(0.1)
     assert lr_multiplier(7, total_steps=10, warmup_steps=0, schedule="constant") == 1.0
+
+
+def test_the_tiny_example_config_is_valid_and_its_paths_resolve():
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "examples" / "convert-tiny.yaml")
+    assert cfg.base_model == "tiny:llama" and cfg.depth == 2 and cfg.device == "cpu"
+    assert cfg.output.resolve() == repo / "runs" / "convert-tiny"
+    assert [p.resolve() for p in cfg.data.paths] == [repo.parent / "shared" / "data" / "tinyshakespeare.txt"]
