@@ -88,8 +88,8 @@ def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_
     return {i: total[i] / total[-1] for i in range(len(layers))}
 
 
-def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor, dist: DistContext, *,
-                      stop_event: threading.Event | None = None,
+def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor,
+                      dist: DistContext, *, stop_event: threading.Event | None = None,
                       on_layer: Callable[[int, float], None] | None = None) -> dict[int, float] | None:
     """{layer: rise of the validation objective with only that layer converted and briefly fitted}.
 
@@ -118,8 +118,8 @@ def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.T
     return scores
 
 
-def compute_order(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor, dist: DistContext, *,
-                  stop_event: threading.Event | None = None,
+def compute_order(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor,
+                  dist: DistContext, *, stop_event: threading.Event | None = None,
                   on_layer: Callable[[int, float], None] | None = None) -> OrderResult:
     """The conversion order of `cfg.order` for the (unconverted) `model`. Every process computes it;
     rank 0's result is broadcast so all agree. `on_layer(layer, score)` reports measured scores."""

@@ -181,10 +181,9 @@ class Trainer:
         return Artifact.open(out)
 
     def _check_resumable(self, artifact: Artifact) -> None:
+        # The base model itself is checked by fingerprint when the artifact is applied (a moved model
+        # directory is still the same model).
         cfg = self.config
-        if artifact.base_model_id != cfg.base_model:
-            raise ResumeError(f"{artifact.manifest_path}: made from base model {artifact.base_model_id!r}, the config "
-                              f"names {cfg.base_model!r}; use another output directory")
         if artifact.config != cfg.dsla_config():
             raise ResumeError(f"{artifact.manifest_path}: DSLA config {artifact.config} differs from the config's "
                               f"{cfg.dsla_config()}; use another output directory")

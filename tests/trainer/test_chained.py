@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dsla_serve.model import Artifact, convert, decoder_layers, set_depth
+from dsla_serve.model import Artifact, ArtifactError, convert, decoder_layers, set_depth
 from dsla_serve.trainer import ResumeError, Trainer
 from dsla_serve.trainer.evaluate import validate
 from dsla_serve.trainer.losses import LayerOutputCapture
@@ -110,6 +110,13 @@ def test_resuming_with_other_training_settings_is_refused(reference):
     model, tokenizer = tiny_model()
     with pytest.raises(ResumeError, match=r"training\.lr \(artifact 0\.003, config 0\.5\)"):
         Trainer(cfg, model=model, tokenizer=tokenizer).run()
+
+
+def test_resuming_onto_another_base_model_is_refused(reference):
+    model, tokenizer = tiny_model(seed=1)  # same architecture, other weights
+    with pytest.raises(ArtifactError, match="base model mismatch"):
+        Trainer(reference.cfg, model=model, tokenizer=tokenizer).run()
+    assert Artifact.open(reference.summary.artifact).depth == 2  # untouched
 
 
 def test_mse_target_is_the_original_layer_output_on_the_same_input():
