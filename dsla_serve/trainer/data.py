@@ -163,19 +163,23 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
 def pack_documents(docs: list[Document], tokenizer, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
     """Tokenize `docs`, join them with the EOS token, and cut into [N, seq_len] int64 (remainder dropped).
 
-    Stops tokenizing once `max_tokens` tokens are gathered, so a cap also bounds the work.
+    Stops tokenizing once `max_tokens` tokens are gathered, so a cap also bounds the work. Each
+    document's ids become a tensor at once (a Python list of a whole corpus would take ~40 bytes
+    per token).
     """
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    pieces: list[torch.Tensor] = []
+    count = 0
     for doc in docs:
-        stream.extend(tokenizer(doc.text, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            stream.append(eos)
-        if max_tokens is not None and len(stream) >= max_tokens:
-            del stream[max_tokens:]
+        ids = torch.tensor(tokenizer(doc.text, add_special_tokens=False)["input_ids"] + eos, dtype=torch.int64)
+        if max_tokens is not None and count + ids.numel() >= max_tokens:
+            pieces.append(ids[: max_tokens - count])
             break
-    n = len(stream) // seq_len
-    return torch.tensor(stream[: n * seq_len], dtype=torch.int64).view(n, seq_len)
+        pieces.append(ids)
+        count += ids.numel()
+    stream = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.int64)
+    n = stream.numel() // seq_len
+    return stream[: n * seq_len].reshape(n, seq_len)
 
 
 def build_dataset(cfg: DataConfig, tokenizer, seed: int) -> PackedData:
