@@ -13,7 +13,8 @@
    forward+backward against SDPA causal (flash) and flash-linear-attention's `chunk_gla` called
    twice; decode steps against `fused_recurrent_gla` called twice, with state bandwidth as a fraction
    of the measured copy bandwidth; a B=1 decode step replayed in a CUDA graph.
-3. With --sweep: launch-setting variants of each kernel (benchmarks/results keeps what they gave).
+3. With --sweep (before the timings): launch-setting variants of the forward and backward kernels;
+   the fastest correct ones are used for the table and recorded as "tuning_used".
 
 Writes kernels.json (environment, checks, timings) under --out (default: $OUT or benchmarks/results).
 """
@@ -54,8 +55,7 @@ PREFILL_SHAPES = [(1, 2048), (1, 8192), (1, 32768), (4, 8192)]
 DECODE_BATCHES = [1, 16, 64, 256]
 SMALL_SHAPE = (2, 200, 4, 2, 64, 64)  # B, T, H, HK, K, V of the checks against naive_dsla
 BREAKDOWN_SHAPES = [(1, 32768), (4, 8192)]
-SWEEP_SHAPES = [(1, 8192), (1, 32768)]
-SWEEP_DECODE_BATCHES = [64, 256]
+SWEEP_SHAPES = [(1, 8192), (1, 32768)]  # backward variants at the first, forward at the last
 GRAPH_LAYERS = 32
 TOL = {torch.float32: 2e-3, torch.bfloat16: 1e-2, torch.float16: 5e-3}
 
@@ -416,84 +416,83 @@ def import_fla():
 # 3. launch-setting sweep
 
 
+TABLES = {"states.FORWARD_TUNING": states.FORWARD_TUNING, "chunk_fwd.TUNING": chunk_fwd.TUNING,
+          "states.BACKWARD_TUNING": states.BACKWARD_TUNING, "chunk_bwd.TUNING": chunk_bwd.TUNING}
+FORWARD_VARIANTS = [
+    ("default", {}),
+    ("out w4", {"chunk_fwd.TUNING": dict(num_warps=4)}),
+    ("out bk16 bv128", {"chunk_fwd.TUNING": dict(bk=16, bv=128)}),
+    ("states bk32 bv32", {"states.FORWARD_TUNING": dict(bv=32)}),
+]
+BACKWARD_VARIANTS = [
+    ("default", {}),
+    ("dqdk bk32 w8", {"chunk_bwd.TUNING": dict(dqdk_bk=32, dqdk_warps=8)}),
+    ("dv bk16 w4", {"chunk_bwd.TUNING": dict(dv_bk=16, dv_warps=4)}),
+    ("bwd-states bv32", {"states.BACKWARD_TUNING": dict(bv=32)}),
+]
+
+
 @contextmanager
-def tuned(table: dict, **values):
-    old = dict(table)
-    table.update(values)
+def settings(changes: dict):
+    """Temporarily update the kernels' launch-setting tables, e.g. {"chunk_fwd.TUNING": {"bv": 128}}."""
+    saved = {name: dict(TABLES[name]) for name in changes}
+    for name, values in changes.items():
+        TABLES[name].update(values)
     try:
         yield
     finally:
-        table.clear()
-        table.update(old)
+        for name, old in saved.items():
+            TABLES[name].clear()
+            TABLES[name].update(old)
 
 
 def sweep() -> list[dict]:
+    """Time launch-setting variants of the forward (at the longest sweep shape) and the backward."""
     rows = []
-    shapes = SWEEP_SHAPES
-    inputs = {s: make_inputs(*s, H, H, D, D, torch.bfloat16, seed=31) for s in shapes}
-    base = {s: chunk_dsla_triton(*inputs[s].values())[0] for s in shapes}
-    fwd_variants = [
-        ("default", {}, {}, None),
-        ("chunk128", {}, {}, 128),
-        ("states bk32 bv32 w4", dict(bk=32, bv=32), {}, None),
-        ("states bk64 bv64 w8", dict(bk=64, bv=64, num_warps=8), {}, None),
-        ("out bv32 w8", {}, dict(bv=32, num_warps=8), None),
-        ("out bv64 w8", {}, dict(bv=64, num_warps=8), None),
-        ("out bv16 w4", {}, dict(bv=16, num_warps=4), None),
-        ("out stages1", {}, dict(num_stages=1), None),
-        ("out stages3", {}, dict(num_stages=3), None),
-    ]
-    for name, st, out, chunk in fwd_variants:
-        with tuned(states.FORWARD_TUNING, **st), tuned(chunk_fwd.TUNING, **out):
-            for s in shapes:
-                try:
-                    o = chunk_dsla_triton(*inputs[s].values(), chunk_size=chunk)[0]
-                    err = rel(o, base[s])
-                    t = bench(lambda: chunk_dsla_triton(*inputs[s].values(), output_final_state=True,
-                                                        chunk_size=chunk))
-                    rows.append(dict(part="forward", variant=name, B=s[0], T=s[1], ms=t, rel_vs_default=err))
-                except Exception as e:  # noqa: BLE001
-                    rows.append(dict(part="forward", variant=name, B=s[0], T=s[1], error=repr(e)[:300]))
-                log(f"  sweep {rows[-1]}")
-    s = SWEEP_SHAPES[0]
-    leaves = {n: t.detach().requires_grad_() for n, t in inputs[s].items()}
-    dout = torch.randn(*s, H, D, device=DEVICE, dtype=torch.bfloat16)
+    B, T = SWEEP_SHAPES[-1]
+    x = make_inputs(B, T, H, H, D, D, torch.bfloat16, seed=31)
+    base = chunk_dsla_triton(*x.values())[0]
+    for name, changes in FORWARD_VARIANTS:
+        with settings(changes):
+            try:
+                err = rel(chunk_dsla_triton(*x.values())[0], base)
+                t = bench(lambda: chunk_dsla_triton(*x.values(), output_final_state=True))
+                rows.append(dict(part="forward", variant=name, settings=changes, B=B, T=T, ms=t, rel_vs_default=err))
+            except Exception as e:  # noqa: BLE001
+                rows.append(dict(part="forward", variant=name, settings=changes, B=B, T=T, error=repr(e)[:300]))
+        log(f"  sweep {rows[-1]}")
+    B, T = SWEEP_SHAPES[0]
+    x = make_inputs(B, T, H, H, D, D, torch.bfloat16, seed=32)
+    leaves = {n: t.detach().requires_grad_() for n, t in x.items()}
+    dout = torch.randn(B, T, H, D, device=DEVICE, dtype=torch.bfloat16)
 
     def fwd_bwd():
         o, _ = chunk_dsla_triton(*leaves.values(), output_final_state=True)
         return torch.autograd.grad(o, list(leaves.values()), dout)
 
     base_grads = fwd_bwd()
-    bwd_variants = [
-        ("default", {}, {}),
-        ("bwd w4 bk16 bv32", dict(num_warps=4, bk=16), {}),
-        ("bwd w8 bk16 bv16", dict(bk=16, bv=16), {}),
-        ("bwd w4 stages1", dict(num_warps=4, num_stages=1), {}),
-        ("bwd-states bk32 bv64 w8", {}, dict(bk=32, bv=64, num_warps=8)),
-        ("bwd-states bk64 bv64 w8", {}, dict(bk=64, bv=64, num_warps=8)),
-    ]
-    for name, bw, bst in bwd_variants:
-        with tuned(chunk_bwd.TUNING, **bw), tuned(states.BACKWARD_TUNING, **bst):
+    for name, changes in BACKWARD_VARIANTS:
+        with settings(changes):
             try:
-                grads = fwd_bwd()
-                err = max(rel(a, b) for a, b in zip(grads, base_grads))
+                err = max(rel(a, b) for a, b in zip(fwd_bwd(), base_grads))
                 t = bench(fwd_bwd, rep_ms=400)
-                rows.append(dict(part="fwd+bwd", variant=name, B=s[0], T=s[1], ms=t, rel_vs_default=err))
+                rows.append(dict(part="fwd+bwd", variant=name, settings=changes, B=B, T=T, ms=t, rel_vs_default=err))
             except Exception as e:  # noqa: BLE001
-                rows.append(dict(part="fwd+bwd", variant=name, B=s[0], T=s[1], error=repr(e)[:300]))
-            log(f"  sweep {rows[-1]}")
-    for name, rv in [("default", {}), ("bv16 w4", dict(bv=16)), ("bv32 w8", dict(num_warps=8)),
-                     ("bv64 w4", dict(bv=64)), ("bv16 w2", dict(bv=16, num_warps=2))]:
-        with tuned(recurrent.TUNING, **rv):
-            for B in SWEEP_DECODE_BATCHES:
-                x = make_inputs(B, 1, H, H, D, D, torch.bfloat16, seed=B)
-                pool = tuple(torch.randn(B, H, D, D, device=DEVICE) * 0.1 for _ in range(2))
-                slots = torch.arange(B, device=DEVICE)
-                with torch.no_grad():
-                    t = bench(lambda: recurrent_dsla_pool_triton(*x.values(), pool, slots))
-                rows.append(dict(part="decode", variant=name, B=B, us=t * 1e3))
-                log(f"  sweep {rows[-1]}")
+                rows.append(dict(part="fwd+bwd", variant=name, settings=changes, B=B, T=T, error=repr(e)[:300]))
+        log(f"  sweep {rows[-1]}")
     return rows
+
+
+def adopt_fastest(rows: list[dict]) -> dict:
+    """Apply the fastest correct forward and backward variants; returns the tables now in force."""
+    for part in ("forward", "fwd+bwd"):
+        ok = [r for r in rows if r["part"] == part and "ms" in r and r["rel_vs_default"] < 1e-2]
+        if ok:
+            best = min(ok, key=lambda r: r["ms"])
+            for name, values in best["settings"].items():
+                TABLES[name].update(values)
+            log(f"  adopted {part} variant '{best['variant']}' ({best['ms']:.3f} ms)")
+    return {name: dict(table) for name, table in TABLES.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -559,12 +558,11 @@ def print_table(res: dict) -> None:
     sw = res.get("sweep", [])
     if sw:
         lines.append("")
-        lines.append("launch-setting sweep (ms for prefill, us for decode; rel = difference from the default's output):")
+        lines.append("launch-setting sweep (ms; rel = difference from the default settings' result):")
         for r in sw:
-            val = r.get("ms", r.get("us"))
-            shown = f"{val:.3f}" if val is not None else r.get("error", "?")[:80]
-            lines.append(f"  {r['part']:<8} {r['variant']:<26} B={r['B']:<4} {('T=' + str(r['T'])) if 'T' in r else '':<8} "
-                         f"{shown}  {('rel=%.1e' % r['rel_vs_default']) if 'rel_vs_default' in r else ''}")
+            shown = f"{r['ms']:.3f}" if "ms" in r else r.get("error", "?")[:80]
+            lines.append(f"  {r['part']:<8} {r['variant']:<18} B={r['B']} T={r['T']:<6} {shown}  "
+                         f"{('rel=%.1e' % r['rel_vs_default']) if 'rel_vs_default' in r else ''}")
     print("\n".join(lines), flush=True)
 
 
@@ -572,7 +570,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"),
                     help="folder for kernels.json (default: $OUT, else benchmarks/results)")
-    ap.add_argument("--sweep", action="store_true", help="also time launch-setting variants")
+    ap.add_argument("--sweep", action="store_true",
+                    help="time launch-setting variants first and use the fastest correct ones for the table")
+    ap.add_argument("--sweep-deadline", type=float, default=150.0,
+                    help="skip the sweep if the correctness checks took longer than this many seconds")
     ap.add_argument("--skip-fla", action="store_true", help="do not compare with flash-linear-attention")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -580,6 +581,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     res: dict = dict(env=environment(), errors={})
     log(f"environment: {res['env']}")
 
@@ -600,6 +602,14 @@ def main(argv=None) -> int:
     section("ceilings", measure_ceilings)
     section("correctness_small", check_small_shapes)
     section("correctness_benchmark", check_benchmark_shapes)
+    if args.sweep:
+        if time.time() - started < args.sweep_deadline:
+            section("sweep", sweep)
+            if "sweep" in res:
+                res["tuning_used"] = adopt_fastest(res["sweep"])
+        else:
+            log(f"sweep skipped: {time.time() - started:.0f}s already spent (--sweep-deadline {args.sweep_deadline:.0f})")
+    res.setdefault("tuning_used", {name: dict(table) for name, table in TABLES.items()})
     section("prefill", lambda: time_prefill(args.skip_fla))
     if "prefill" in res and "ceilings" in res:
         for r in res["prefill"]:
@@ -607,9 +617,6 @@ def main(argv=None) -> int:
     section("decode", lambda: time_decode(args.skip_fla, res["ceilings"]))
     section("decode_graph", time_decode_graph)
     section("kernel_breakdown", kernel_breakdown)
-    if args.sweep:  # last: the table above is already saved if the sweep runs out of time
-        print_table(res)
-        section("sweep", sweep)
     save()
     print_table(res)
     checks = res.get("correctness_small", []) + res.get("correctness_benchmark", [])

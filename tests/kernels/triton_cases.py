@@ -115,6 +115,32 @@ def test_chunk_matches_naive_forward_states_and_gradients(ops, T, H, HK, chunk, 
         assert rel(got[name], want[name]) < TOL32, name
 
 
+def test_chunk_with_several_key_and_value_tiles(ops):
+    """Small launch tiles (16) against K=32, V=48: key-tile loops, several value tiles, ragged V."""
+    from dsla_serve.kernels.fused import chunk_bwd, chunk_fwd, states
+
+    tiles = [(chunk_fwd.TUNING, dict(bk=16, bv=16)), (chunk_bwd.TUNING, dict(dqdk_bk=16, dv_bk=16, dv_bv=16)),
+             (states.FORWARD_TUNING, dict(bk=16, bv=16)), (states.BACKWARD_TUNING, dict(bk=16, bv=16))]
+    saved = [dict(table) for table, _ in tiles]
+    B, T, H, HK, K, V = 1, 45, 2, 1, 32, 48
+    x = make_inputs(B, T, H, HK, K, V, seed=9)
+    g = torch.Generator().manual_seed(10)
+    init = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, V, generator=g))
+    dout = torch.randn(B, T, H, V, generator=g)
+    dfinal = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, V, generator=g))
+    try:
+        for table, small in tiles:
+            table.update(small)
+        got = run_with_grads(ops.chunk_dsla_triton, x, init, dout, dfinal, chunk_size=32)
+    finally:
+        for (table, _), old in zip(tiles, saved):
+            table.clear()
+            table.update(old)
+    want = run_with_grads(naive_dsla, f64(x), f64(init), f64(dout), f64(dfinal))
+    for name in want:
+        assert rel(got[name], want[name]) < TOL32, name
+
+
 def test_chunk_handles_strong_decays_and_mix_of_shape_2(ops):
     """Per-token log-decays down to about -8 (decay 3e-4) stay finite and exact (the kernels' limit is
     about -11: exponents span up to 8 tokens of decay); mix [2] gets a [2] gradient."""

@@ -1,8 +1,9 @@
 """Chunk-level state passes: both DSLA states at every chunk boundary, forward and backward.
 
 Forward: S_i <- diag(2^B_i) S_i + (k * 2^(B_i - b_i))^T v over each chunk (b_i the in-chunk cumulative
-log2-decay, B_i its last value; every exponent <= 0). One program owns a [BK, BV] tile of both
-states of one (sequence, query head), so k, v and the two gates are read once for both states.
+log2-decay, B_i its last value; every exponent <= 0; B_i - b_i is one masked matmul, `row_sums`).
+One program owns a [BK, BV] tile of both states of one (sequence, query head), so k, v and the two
+gates are read once for both states.
 
 Backward: the gradient with respect to the state at each boundary, walking chunks in reverse:
 dS_i <- diag(2^B_i) dS_i + (scale * m_i * q * 2^b_i)^T do. Boundary j holds dL/d(state at boundary j);
@@ -15,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, pow2, seq_coords
+from .common import LOG2E, pow2, row_sums, seq_coords
 from .layout import ChunkLayout
 
 
@@ -25,7 +26,7 @@ def _forward_states_kernel(
     cu_seqlens, boundary_offsets, T,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr,
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, hq = i_nh // H, i_nh % H
@@ -45,6 +46,7 @@ def _forward_states_kernel(
         s2 = tl.zeros([BK, BV], dtype=tl.float32)
 
     rows = tl.arange(0, BT)
+    after = rows[None, :] > rows[:, None]  # [s, r]: r after s, for the decay from s to the chunk end
     for c in range(0, nt):
         h_off = ((boff + c) * H + hq) * K * V
         tl.store(h1 + h_off + state_off, s1.to(dt), mask=m_kv)
@@ -58,16 +60,12 @@ def _forward_states_kernel(
         b_v = tl.load(v + (tok * HK + hk)[:, None] * V + o_v[None, :],
                       mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
         gq = (tok * H + hq)[:, None] * K + o_k[None, :]
-        b_g1 = tl.load(g1 + gq, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
-        b_g2 = tl.load(g2 + gq, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
-        cum1 = tl.cumsum(b_g1, axis=0)
-        cum2 = tl.cumsum(b_g2, axis=0)
-        tot1 = tl.sum(b_g1, axis=0)
-        tot2 = tl.sum(b_g2, axis=0)
-        k1 = (b_k * tl.exp2(tot1[None, :] - cum1)).to(dt)
-        k2 = (b_k * tl.exp2(tot2[None, :] - cum2)).to(dt)
-        s1 = s1 * tl.exp2(tot1)[:, None] + tl.dot(tl.trans(k1), b_v)
-        s2 = s2 * tl.exp2(tot2)[:, None] + tl.dot(tl.trans(k2), b_v)
+        b_g1 = tl.load(g1 + gq, mask=m_tk, other=0.0)
+        b_g2 = tl.load(g2 + gq, mask=m_tk, other=0.0)
+        k1 = (b_k * tl.exp2(row_sums(after, b_g1, dt, G_FP32) * LOG2E)).to(dt)
+        k2 = (b_k * tl.exp2(row_sums(after, b_g2, dt, G_FP32) * LOG2E)).to(dt)
+        s1 = s1 * tl.exp2(tl.sum(b_g1.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k1), b_v)
+        s2 = s2 * tl.exp2(tl.sum(b_g2.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k2), b_v)
 
     h_off = ((boff + nt) * H + hq) * K * V
     tl.store(h1 + h_off + state_off, s1.to(dt), mask=m_kv)
@@ -84,7 +82,7 @@ def _backward_states_kernel(
     cu_seqlens, boundary_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr,
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, hq = i_nh // H, i_nh % H
@@ -105,6 +103,7 @@ def _backward_states_kernel(
         ds2 = tl.zeros([BK, BV], dtype=tl.float32)
 
     rows = tl.arange(0, BT)
+    tril = rows[:, None] >= rows[None, :]
     for cc in range(0, nt):
         c = nt - 1 - cc
         h_off = ((boff + c + 1) * H + hq) * K * V
@@ -119,14 +118,12 @@ def _backward_states_kernel(
         b_q = tl.load(q + qo, mask=m_tk, other=0.0).to(tl.float32)
         b_do = tl.load(do + (tok * H + hq)[:, None] * V + o_v[None, :],
                        mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
-        b_g1 = tl.load(g1 + qo, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
-        b_g2 = tl.load(g2 + qo, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
-        cum1 = tl.cumsum(b_g1, axis=0)
-        cum2 = tl.cumsum(b_g2, axis=0)
-        q1 = (b_q * tl.exp2(cum1) * w1).to(dt)
-        q2 = (b_q * tl.exp2(cum2) * w2).to(dt)
-        ds1 = ds1 * tl.exp2(tl.sum(b_g1, axis=0))[:, None] + tl.dot(tl.trans(q1), b_do)
-        ds2 = ds2 * tl.exp2(tl.sum(b_g2, axis=0))[:, None] + tl.dot(tl.trans(q2), b_do)
+        b_g1 = tl.load(g1 + qo, mask=m_tk, other=0.0)
+        b_g2 = tl.load(g2 + qo, mask=m_tk, other=0.0)
+        q1 = (b_q * tl.exp2(row_sums(tril, b_g1, dt, G_FP32) * LOG2E) * w1).to(dt)
+        q2 = (b_q * tl.exp2(row_sums(tril, b_g2, dt, G_FP32) * LOG2E) * w2).to(dt)
+        ds1 = ds1 * tl.exp2(tl.sum(b_g1.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q1), b_do)
+        ds2 = ds2 * tl.exp2(tl.sum(b_g2.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q2), b_do)
 
     h_off = (boff * H + hq) * K * V
     tl.store(dh1 + h_off + state_off, ds1.to(dt), mask=m_kv)
@@ -138,10 +135,11 @@ def _backward_states_kernel(
 
 
 # Launch settings of the two state passes: each program's [BK, BV] tile of both states (capped by the
-# padded K and V), warps and pipelining depth. Chosen from the sm_90 compile report (registers, no
-# spills, two programs per SM); benchmarks/kernels.py sweeps them on the GPU.
+# padded K and V), warps and pipelining depth. Chosen from the sm_90 compile report (two programs per
+# SM, at most a few spilled registers), so that B=1, H=32, K=V=128 fits one wave of 256 programs;
+# benchmarks/kernels.py sweeps them on the GPU.
 FORWARD_TUNING = {"bk": 32, "bv": 64, "num_warps": 4, "num_stages": 2}
-BACKWARD_TUNING = {"bk": 32, "bv": 32, "num_warps": 4, "num_stages": 2}
+BACKWARD_TUNING = {"bk": 32, "bv": 64, "num_warps": 4, "num_stages": 2}
 
 
 def _state_tiles(K: int, V: int, tuning: dict) -> tuple[int, int]:
@@ -175,6 +173,7 @@ def forward_states(k, v, g1, g2, layout: ChunkLayout, H: int, initial_state, sto
         k, v, g1, g2, h1, h2, init[0], init[1], fin[0], fin[1], cu, boffs, T,
         H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_INIT=initial_state is not None, STORE_FINAL=store_final, IS_VARLEN=layout.is_varlen,
+        G_FP32=g1.dtype == torch.float32,
         num_warps=FORWARD_TUNING["num_warps"], num_stages=FORWARD_TUNING["num_stages"],
     )
     return h1, h2, final
@@ -206,6 +205,7 @@ def backward_states(q, g1, g2, do, mix, scale: float, layout: ChunkLayout, dfina
         q, g1, g2, do, mix, dh1, dh2, dfin[0], dfin[1], dini[0], dini[1], cu, boffs, T, scale,
         H=H, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_DFINAL=dfinal is not None, STORE_DINIT=want_dinit, IS_VARLEN=layout.is_varlen,
+        G_FP32=g1.dtype == torch.float32,
         num_warps=BACKWARD_TUNING["num_warps"], num_stages=BACKWARD_TUNING["num_stages"],
     )
     return dh1, dh2, dinit
