@@ -17,10 +17,12 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import DataConfig
+if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
+    from .config import DataConfig
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)

@@ -15,14 +15,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..model import dsla_layers
-from .config import TrainingConfig
 from .distributed import DistContext
 from .engine import build_engine, complete_config, release_engine
 from .losses import LayerOutputCapture, distillation_loss, teacher_logits
+
+if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
+    from .config import TrainingConfig
 
 
 class BatchSchedule:

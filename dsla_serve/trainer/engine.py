@@ -22,11 +22,14 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import TrainingConfig
 from .schedule import lr_multiplier
+
+if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
+    from .config import TrainingConfig
 
 _PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 

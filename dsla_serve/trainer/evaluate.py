@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..model import set_depth
-from .config import LossWeights
 from .distributed import DistContext
 from .losses import LayerOutputCapture, kl_teacher_student, next_token_ce, relative_mse
+
+if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
+    from .config import LossWeights
 
 
 @dataclass(frozen=True)

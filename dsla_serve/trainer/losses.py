@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..model import decoder_layers, set_depth
-from .config import LossWeights
+
+if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
+    from .config import LossWeights
 
 
 class LayerOutputCapture:

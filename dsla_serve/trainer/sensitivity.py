@@ -19,16 +19,19 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..model import convert, decoder_layers
-from .config import ConvertConfig
 from .distill import fit_layer
 from .distributed import DistContext
 from .engine import read_user_config
 from .evaluate import validate
 from .seeds import layer_seed
+
+if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
+    from .config import ConvertConfig
 
 
 @dataclass
