@@ -108,7 +108,7 @@ def environment(device) -> dict:
     import transformers
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "device": str(device)}
+           "device": str(device), "commit": os.environ.get("BENCH_COMMIT")}
     try:
         import triton
         env["triton"] = triton.__version__

@@ -5,6 +5,9 @@ post_attention_layernorm / mlp, norm, lm_head, rotary_emb) over a flat batch of 
 tokens (`ForwardBatch`), so one pass serves chunked prefill and batched decode together and reads
 the weights once. Per layer kind at the current depth:
 
+On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, and the
+rotary embedding is fused with the cache write (`triton_fused.py`); elsewhere the HF modules run.
+
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
   through SDPA over their slot's prefix (lower-right causal mask), decode rows through
   `decode_attention` (split-K Triton kernel on CUDA);
@@ -14,6 +17,8 @@ the weights once. Per layer kind at the current depth:
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
@@ -22,6 +27,7 @@ from ..kernels import chunk_dsla
 from ..kernels.dispatch import recurrent_dsla_pool
 from .batch import ForwardBatch
 from .cache import CachePool
+from .decode_attention import decode_attention
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -29,6 +35,23 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+def _fused_kernels_usable(model, device: torch.device) -> bool:
+    """Triton fused kernels on CUDA, for the standard Llama-family blocks (RMSNorm, gated SiLU MLP)."""
+    if device.type != "cuda" or os.environ.get("DSLA_BACKEND", "auto") == "torch":
+        return False
+    try:
+        from . import triton_fused  # noqa: F401
+    except ImportError:
+        return False
+    config = model.config
+    norms = [model.model.norm] + [n for layer in model.model.layers
+                                  for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    mlps = [layer.mlp for layer in model.model.layers]
+    return (getattr(config, "hidden_act", None) in ("silu", "swish")
+            and all(type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms)
+            and all(all(hasattr(m, f) for f in ("gate_proj", "up_proj", "down_proj")) for m in mlps))
 
 
 class ModelRunner:
@@ -44,32 +67,63 @@ class ModelRunner:
         self.lm_head = model.lm_head
         self.pool = pool
         self.dsla = dict(dsla_layers)
+        self.fused = _fused_kernels_usable(model, pool.device)
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """-> logits [M, V] of `batch.logit_rows` (all N rows when None), in the model dtype."""
-        h = self.embed(batch.input_ids)[None]  # [1, N, hidden]
-        cos, sin = self.rotary(h, batch.positions[None])
-        cos, sin = cos[0], sin[0]  # [N, D]
+        if self.fused:
+            return self._forward_fused(batch)
+        h = self.embed(batch.input_ids)  # [N, hidden]
+        cos, sin = self._rotary(h, batch)
         for i, layer in enumerate(self.layers):
-            x = layer.input_layernorm(h)
-            if i in self.dsla:
-                h = h + self._dsla(i, self.dsla[i], x, batch)
-            else:
-                h = h + self._attention(i, layer.self_attn, x, cos, sin, batch)
+            h = h + self._mixer(i, layer, layer.input_layernorm(h), cos, sin, batch)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        h = h[0] if batch.logit_rows is None else h[0].index_select(0, batch.logit_rows)
+        h = h if batch.logit_rows is None else h.index_select(0, batch.logit_rows)
         return self.lm_head(self.norm(h))
 
+    def _forward_fused(self, batch: ForwardBatch) -> torch.Tensor:
+        """The same function with residual adds fused into the RMSNorms and the MLP activation fused."""
+        from .triton_fused import add_rmsnorm, silu_mul
+
+        h = self.embed(batch.input_ids)
+        cos, sin = self._rotary(h, batch)
+        first = self.layers[0].input_layernorm
+        h, x = add_rmsnorm(h, None, first.weight, first.variance_epsilon)
+        for i, layer in enumerate(self.layers):
+            post = layer.post_attention_layernorm
+            h, x = add_rmsnorm(h, self._mixer(i, layer, x, cos, sin, batch), post.weight, post.variance_epsilon)
+            mlp = layer.mlp
+            m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
+            h, x = add_rmsnorm(h, m, nxt.weight, nxt.variance_epsilon)
+        x = x if batch.logit_rows is None else x.index_select(0, batch.logit_rows)
+        return self.lm_head(x)
+
+    def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
+        cos, sin = self.rotary(h[None], batch.positions[None])
+        return cos[0], sin[0]  # [N, D]
+
+    def _mixer(self, i: int, layer, x: torch.Tensor, cos, sin, batch: ForwardBatch) -> torch.Tensor:
+        """Token mixing of layer i (DSLA or softmax attention). x [N, hidden] -> [N, hidden]."""
+        if i in self.dsla:
+            return self._dsla(i, self.dsla[i], x, batch)
+        return self._attention(i, layer.self_attn, x, cos, sin, batch)
+
     def _attention(self, i: int, attn, x: torch.Tensor, cos, sin, batch: ForwardBatch) -> torch.Tensor:
-        """Softmax attention of layer i. x [1, N, hidden] -> [1, N, hidden]."""
-        N, D = x.shape[1], attn.head_dim
-        q = _rotate(attn.q_proj(x).view(N, -1, D), cos, sin)  # [N, H, D]
-        k = _rotate(attn.k_proj(x).view(N, -1, D), cos, sin)  # [N, Hk, D]
+        """Softmax attention of layer i. x [N, hidden] -> [N, hidden]."""
+        N, D = x.shape[0], attn.head_dim
+        q = attn.q_proj(x).view(N, -1, D)  # [N, H, D]
+        k = attn.k_proj(x).view(N, -1, D)  # [N, Hk, D]
         v = attn.v_proj(x).view(N, -1, D)
         kc, vc = self.pool.k[i], self.pool.v[i]
-        kc[batch.kv_slots, :, batch.kv_pos] = k.to(kc.dtype)
-        vc[batch.kv_slots, :, batch.kv_pos] = v.to(vc.dtype)
+        if self.fused:
+            from .triton_fused import rope_kv_write
+            rope_kv_write(q, k, v, cos, sin, kc, vc, batch.kv_slots, batch.kv_pos)
+        else:
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            kc[batch.kv_slots, :, batch.kv_pos] = k.to(kc.dtype)
+            vc[batch.kv_slots, :, batch.kv_pos] = v.to(vc.dtype)
         gqa = k.shape[1] != q.shape[1]
         parts = []
         for seg in batch.segments:
@@ -82,19 +136,18 @@ class ModelRunner:
                                                    scale=attn.scaling, enable_gqa=gqa)
             parts.append(o[0].transpose(0, 1))  # [len, H, D]
         if batch.num_decode:
-            from .decode_attention import decode_attention
             P = batch.num_prefill_tokens
             parts.append(decode_attention(q[P:], kc, vc, batch.dec_slots, batch.dec_lengths, attn.scaling,
                                           batch.max_len))
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return attn.o_proj(o.reshape(1, N, -1).to(x.dtype))
+        return attn.o_proj(o.reshape(N, -1).to(x.dtype))
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """DSLA layer i. x [1, N, hidden] -> [1, N, hidden]."""
-        q, k, v, g1, g2 = twin.project(x)  # [1, N, heads, D]
+        """DSLA layer i. x [N, hidden] -> [N, hidden]."""
+        q, k, v, g1, g2 = twin.project(x[None])  # [1, N, heads, D]
         mix = twin.mix()
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
-        P, N = batch.num_prefill_tokens, x.shape[1]
+        P, N = batch.num_prefill_tokens, x.shape[0]
         parts = []
         if P:
             rows = batch.prefill_state_slots
@@ -109,4 +162,4 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return twin.o_proj(o.reshape(1, N, -1).to(x.dtype))
+        return twin.o_proj(o.reshape(N, -1).to(x.dtype))

@@ -46,15 +46,17 @@ def test_triton_kernel_matches_torch_form_in_interpreter():
         from dsla_serve.replicas.decode_attention import decode_attention_torch
         ta._num_sms = lambda device: 4  # CPU tensors: pretend a 4-SM GPU (forces several splits)
         g = torch.Generator().manual_seed(0)
-        for B, H, Hk, D, P, L in [(3, 4, 2, 16, 5, 70), (2, 4, 4, 32, 3, 33), (1, 8, 1, 16, 2, 40)]:
-            q = torch.randn(B, H, D, generator=g)
-            k, v = torch.randn(2, P, Hk, L + 1, D, generator=g)
+        cases = [(3, 4, 2, 16, 5, 70, torch.float32), (2, 4, 4, 32, 3, 33, torch.float32),
+                 (1, 8, 1, 16, 2, 40, torch.float32), (2, 4, 2, 16, 3, 90, torch.float16)]
+        for B, H, Hk, D, P, L, dtype in cases:  # (the interpreter's bf16 tl.dot is broken; fp16 stands in)
+            q = torch.randn(B, H, D, generator=g).to(dtype)
+            k, v = torch.randn(2, P, Hk, L + 1, D, generator=g).to(dtype)
             slots = torch.randperm(P, generator=g)[:B]
             lengths = torch.randint(1, L + 1, (B,), generator=g)
             ref = decode_attention_torch(q.double(), k.double(), v.double(), slots, lengths, D ** -0.5, L)
             out = ta.decode_attention_triton(q, k, v, slots, lengths, D ** -0.5, L)
             err = ((out.double() - ref).norm() / ref.norm()).item()
-            assert err < 1e-5, (B, H, Hk, D, err)
+            assert err < (1e-5 if dtype == torch.float32 else 2e-3), (B, H, Hk, D, dtype, err)
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
