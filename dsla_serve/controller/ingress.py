@@ -88,6 +88,17 @@ def _served_headers(runs: list[Run]) -> dict[str, str]:
             "X-DSLA-Depth": ",".join(str(d) for d in depths)}
 
 
+async def collect_all(runs: list[Run]) -> None:
+    """Run every request to its end; if one fails (or the client goes away), cancel the others."""
+    tasks = [asyncio.ensure_future(run.collect()) for run in runs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
 def _raise_choice_error(runs: list[Run]) -> None:
     for run in runs:
         if run.choice.finish_reason == "error":
@@ -163,7 +174,7 @@ class Ingress:
         runs = await self._start_all(ids, params, "completions")
         request_id, created = new_id("cmpl"), now()
         if not body.stream:
-            await asyncio.gather(*(run.collect() for run in runs))
+            await collect_all(runs)
             _raise_choice_error(runs)
             response = completion_response(request_id, created, model, [r.choice for r in runs], self.tokens,
                                            echo=body.echo, logprobs=body.logprobs, prompt_texts=texts)
@@ -199,7 +210,7 @@ class Ingress:
         run = runs[0]
         request_id, created, top = new_id("chatcmpl"), now(), body.top_logprobs or 0
         if not body.stream:
-            await run.collect()
+            await collect_all(runs)
             _raise_choice_error(runs)
             response = chat_response(request_id, created, model, run.choice, self.tokens, logprobs=body.logprobs,
                                      top_logprobs=top)

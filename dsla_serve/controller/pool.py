@@ -61,6 +61,7 @@ class PoolReplica:
         self.engine = await asyncio.to_thread(self._build_engine, depth)
         self.started_max_depth = self.engine.max_depth  # layers loaded at start (later ones come by refresh)
         self.engine.start()
+        self._applying = asyncio.Lock()  # one change of engine, artifact or depth at a time
         self._control = asyncio.get_running_loop().create_task(self._control_loop())
         log.info("pool %s replica %s serving at depth %d", pool, self.replica_id, self.engine.depth)
 
@@ -126,6 +127,10 @@ class PoolReplica:
 
     async def _apply(self, targets: dict[str, Any]) -> None:
         """Load newly published layers, then move to the depth target (drains, drops nothing)."""
+        async with self._applying:
+            await self._apply_now(targets)
+
+    async def _apply_now(self, targets: dict[str, Any]) -> None:
         engine = self.engine
         if targets["artifact_depth"] > engine.max_depth:
             if engine.artifact is None:

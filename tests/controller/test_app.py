@@ -74,8 +74,7 @@ def app(tmp_path_factory):
         START.update(httpx.get(f"{url}/v1/dsla/status", headers=AUTH).json())
         yield url
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # this process started the cluster: its Serve instance goes with it
 
 
 @pytest.fixture(scope="module")

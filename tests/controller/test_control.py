@@ -169,3 +169,37 @@ def test_reading_a_real_artifact(tmp_path):
     (path / "manifest.json").write_text("{broken")
     broken = read_artifact(str(path), view)
     assert broken.error and broken.quality == view.quality  # keep what was known
+
+
+class _FakeServeController:
+    """Records `update_deployment_replicas` calls; refuses like Serve when external scaling is off."""
+
+    def __init__(self, enabled=True):
+        self.calls, self.enabled = [], enabled
+        outer = self
+
+        class Method:
+            async def remote(self, deployment_id, n):
+                if not outer.enabled:
+                    raise RuntimeError("... when 'external_scaler_enabled' is set to true ...")
+                outer.calls.append((deployment_id.app_name, deployment_id.name, n))
+
+        self.update_deployment_replicas = Method()
+
+
+def test_scaler_asks_serve_once_per_change():
+    import asyncio
+
+    from dsla_serve.controller.scaling import ServeScaler
+
+    scaler = ServeScaler("app", {"a": "pool-a", "b": "pool-b"}, {"a": 1, "b": 1})
+    fake = _FakeServeController()
+    scaler._controller = lambda: fake
+    assert asyncio.run(scaler.apply({"a": 1, "b": 1})) == []  # as deployed: nothing to do
+    assert asyncio.run(scaler.apply({"a": 2, "b": 1})) == ["a 1->2"]
+    assert asyncio.run(scaler.apply({"a": 2, "b": 1})) == []
+    assert fake.calls == [("app", "pool-a", 2)]
+
+    off = ServeScaler("app", {"a": "pool-a"}, {"a": 1})
+    off._controller = lambda: _FakeServeController(enabled=False)
+    assert asyncio.run(off.apply({"a": 3})) == [] and "external_scaler_enabled" in off.disabled_reason

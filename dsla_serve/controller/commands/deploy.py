@@ -2,7 +2,7 @@
 
 The app keeps running after this command returns (`serve shutdown` or `serve delete NAME` stops it).
 Paths in the policy (artifact, trainer data) must exist on the cluster's nodes, and dsla-serve must be
-installed there. With `http.api_key_env`, the key is taken from this shell and carried in the app's
+installed there (or shipped with --ship-code). With `http.api_key_env`, the key is taken from this shell and carried in the app's
 runtime environment (or set it on the cluster and pass --no-forward-api-key).
 """
 
@@ -13,6 +13,8 @@ import os
 import time
 
 from .common import CommandError, add_http_overrides, add_policy_argument, check_runnable, fail, read_policy, url_of
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # .../dsla_serve
 
 HELP = "deploy a policy's app onto an existing Ray cluster (--address) and return"
 
@@ -25,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", required=True,
                         help="the cluster: ray://HOST:10001 (Ray Client), HOST:6379, or auto (a cluster on this node)")
     add_http_overrides(parser)
+    parser.add_argument("--ship-code", action="store_true",
+                        help="upload this dsla_serve package to the cluster with the app (for a cluster that has "
+                             "the dependencies but not dsla-serve, or an older one)")
     parser.add_argument("--no-forward-api-key", action="store_true",
                         help="do not carry $<http.api_key_env> from this shell to the app (it is set on the cluster)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the routing draws")
@@ -39,11 +44,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     import ray
 
-    env = {}
+    runtime_env: dict = {}
     if forward:
-        env[policy.http.api_key_env] = os.environ[policy.http.api_key_env]
+        runtime_env["env_vars"] = {policy.http.api_key_env: os.environ[policy.http.api_key_env]}
+    if args.ship_code:
+        runtime_env["py_modules"] = [PACKAGE_DIR]
     try:
-        ray.init(address=args.address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
+        ray.init(address=args.address, runtime_env=runtime_env or None, log_to_driver=False)
     except Exception as e:  # noqa: BLE001
         return fail(f"cannot connect to the Ray cluster at {args.address}: {e}")
     from .common import start_serve
