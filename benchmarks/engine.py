@@ -214,9 +214,22 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
             times.append(time.perf_counter() - t)
         stream.result()
     ms = 1000 * statistics.median(times[2:])
+    graph_ms = None
+    if engine.graphs is not None and engine.graphs._graphs:  # the captured step alone, without engine overhead
+        g = next(iter(engine.graphs._graphs.values()))
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(3):
+            g.graph.replay()
+        start.record()
+        for _ in range(50):
+            g.graph.replay()
+        end.record()
+        end.synchronize()
+        graph_ms = start.elapsed_time(end) / 50
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
     row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
+           "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
            "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
     bench.results["decode_b1"].append(row)
@@ -341,9 +354,10 @@ def table(results: dict) -> str:
     lines = ["", "== engine benchmark: " + ", ".join(f"{k} {v}" for k, v in results["env"].items()), ""]
     bw = results.get("copy_bandwidth_tb_s")
     lines.append(f"(a) decode, batch 1, prompt 512 (copy bandwidth {bw} TB/s)")
-    lines.append(f"{'depth':>5} {'ms/token':>9} {'weights GB':>10} {'floor ms':>9} {'x floor':>8}")
+    lines.append(f"{'depth':>5} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} {'floor ms':>9} {'x floor':>8}")
     for r in results["decode_b1"]:
-        lines.append(f"{r['depth']:>5} {r['ms_per_token']:>9.2f} {r['weight_gb']:>10.2f} "
+        lines.append(f"{r['depth']:>5} {r['ms_per_token']:>9.2f} {r.get('graph_replay_ms') or '-':>9} "
+                     f"{r['weight_gb']:>10.2f} "
                      f"{r['floor_ms'] if r['floor_ms'] is not None else '-':>9} {r['x_floor'] or '-':>8}")
     lines.append("")
     lines.append("(b) engine throughput (largest batch that fits) and (c) HF generate (depth 0)")
