@@ -19,7 +19,7 @@ from ray.serve import Application
 from ..policies import Policy, load_policy
 from .ingress import Ingress
 from .policy_actor import PolicyActor, pool_deployment_name
-from .pool import PoolReplica
+from .pool import PoolReplica, replica_queue
 
 INGRESS_NAME = "ingress"
 POLICY_ACTOR_NAME = "policy"
@@ -34,15 +34,16 @@ def policy_args(policy: Policy) -> dict[str, Any]:
 def pool_options(policy: Policy, pool_name: str) -> dict[str, Any]:
     """Serve options of a pool's deployment: resources, replicas and how many requests reach a replica.
 
-    A replica accepts its concurrency plus the queue cap, so that waiting requests wait in its engine
-    (where the policy actor sees them) rather than unseen in Serve's router.
+    A replica accepts its concurrency plus its engine's queue, so that waiting requests wait in its
+    engine (where the policy actor sees them) rather than unseen in Serve's router.
     """
     pool = policy.pool(pool_name)
     actor = {"num_cpus": pool.resources.num_cpus}
     if pool.resources.num_gpus:
         actor["num_gpus"] = pool.resources.num_gpus
     return {"name": pool_deployment_name(pool.name), "num_replicas": pool.initial_replicas,
-            "ray_actor_options": actor, "max_ongoing_requests": pool.max_concurrent_requests + policy.http.queue_cap,
+            "ray_actor_options": actor,
+            "max_ongoing_requests": pool.max_concurrent_requests + replica_queue(policy, pool.name),
             "health_check_period_s": 5, "graceful_shutdown_timeout_s": 30}
 
 

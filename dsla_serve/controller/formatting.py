@@ -187,7 +187,10 @@ class ChatStream:
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None, depth: int | None = None) -> str:
         body = ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=choices,
                                    usage=usage, system_fingerprint=None if depth is None else f"dsla-depth-{depth}")
-        return sse(body.model_dump())
+        data = body.model_dump()
+        for choice in data["choices"]:  # OpenAI sends only the delta fields that are set
+            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        return sse(data)
 
     def role(self) -> str:
         return self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""))])

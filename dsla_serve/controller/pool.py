@@ -26,6 +26,18 @@ from ..policies import Policy
 log = logging.getLogger("ray.serve")
 
 MANIFEST_NAME = "manifest.json"
+GPU_MEMORY_FRACTION = 0.9
+
+
+def replica_queue(policy: Policy, pool_name: str) -> int:
+    """Requests one replica's engine lets wait: the queue cap, plus one batch of slack.
+
+    The ingress enforces `http.queue_cap` across pools (it knows every request in flight); the engine's
+    own cap is a backstop. The slack covers the moment after a batch finishes, when the ingress has
+    already released those requests and sends new ones while the engine has not yet admitted its
+    waiting ones into the freed slots.
+    """
+    return policy.http.queue_cap + policy.pool(pool_name).max_concurrent_requests
 
 
 def delta_of(out, sent_tokens: int, first: bool) -> dict[str, Any]:
@@ -74,10 +86,13 @@ class PoolReplica:
         from ..replicas import Engine
 
         model = self.policy.model
+        gpus = self.pool.resources.num_gpus
         engine = Engine(model.path, tokenizer=None if model.tokenizer is None else _tokenizer(model.tokenizer),
                         artifact=self._artifact_path(), dtype=None if model.dtype == "auto" else model.dtype,
                         max_num_seqs=self.pool.max_concurrent_requests, max_model_len=model.max_model_len,
-                        max_queue=self.policy.http.queue_cap, seed=hash(self.replica_id) % (2**31))
+                        max_queue=replica_queue(self.policy, self.pool.name), seed=hash(self.replica_id) % (2**31),
+                        # a replica on a fraction of a GPU plans its cache in its share of the memory
+                        gpu_memory_fraction=GPU_MEMORY_FRACTION * (gpus if 0 < gpus < 1 else 1.0))
         engine.set_depth(min(depth, engine.max_depth), wait=True)
         return engine
 

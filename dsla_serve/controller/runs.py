@@ -1,7 +1,7 @@
 """One request on one pool, as the ingress sees it: admission, the replica's delta stream, timing.
 
-    run = await start_run(ingress, prompt_ids, params, endpoint)   # 429 / 503 raised here, before any byte
-    async for delta in run: ...                                    # then `run.choice` holds the whole output
+    run = await start_run(core, index, prompt_ids, params, endpoint, arrived)  # 429/503 raised here
+    async for delta in run: ...                   # then `run.choice` holds the whole output
 
 Every run ends in exactly one of: finished (whatever finish_reason), refused with 429/503 before it
 started, or failed with an error the client is told about. The ingress's in-flight count is released
@@ -102,12 +102,12 @@ async def start_run(core: IngressCore, index: int, prompt_ids: list[int], params
         core.refused("no_pool")
         raise APIError(503, "no pool serves within the quality floor yet (replicas are starting or changing "
                        "depth); retry shortly", code="no_pool_ready", headers=core.retry_after())
+    core.arrived(pool)  # offered load, refused or not: the request rate the controller remembers
     if table.full(pool):
         core.refused("queue_full")
         raise APIError(429, f"the server is at its queue cap ({table.queue_cap} requests waiting, "
                        "http.queue_cap); retry later", code="queue_full", headers=core.retry_after())
     table.admit(pool)
-    core.arrived(pool)
     request_id = uuid.uuid4().hex
     stream = None
     try:

@@ -82,13 +82,13 @@ def test_pool_replica_follows_targets_and_attaches_a_late_artifact(tmp_path):
             stats = replica.stats()
             assert stats["pool"] == "fast" and stats["max_depth"] == 1 and stats["started_max_depth"] == 0
 
-            # past the engine's queue cap the request is refused (the ingress answers 429)
+            # past the engine's queue (queue_cap 1 + one batch of slack) the request is refused: 429 at the ingress
             streams = [replica.engine.add_request([5] * 3, _params(200))]
             for _ in range(200):  # wait until it runs (max_concurrent_requests 1)
                 if replica.stats()["running"] == 1:
                     break
                 await asyncio.sleep(0.01)
-            streams.append(replica.engine.add_request([6] * 3, _params(200)))  # waits: the queue is full
+            streams += [replica.engine.add_request([6] * 3, _params(200)) for _ in range(2)]  # wait: queue full
             with pytest.raises(QueueFullError):
                 await _run(replica, [7, 8, 9])
             for stream in streams:

@@ -19,9 +19,10 @@ HELP = "write a Ray Serve config file (serve deploy / KubeRay) that runs a polic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Write a Serve config that `serve deploy serve.yaml` (or a KubeRay RayService) accepts: "
-                          "the app builder's import path and the policy as its args.")
-    parser.epilog = "Example: dsla-serve build examples/tiny-policy.yaml -o serve.yaml && serve deploy serve.yaml"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = ("Write a Serve config that `serve deploy` (or a KubeRay RayService) accepts: the import\n"
+                          "path of the app builder and the whole policy (paths absolute) as its args.")
+    parser.epilog = "example:\n  dsla-serve build examples/tiny-policy.yaml -o serve.yaml && serve deploy serve.yaml"
     add_policy_argument(parser)
     parser.add_argument("-o", "--output", required=True, help="the config file to write (- for stdout)")
     add_http_overrides(parser)

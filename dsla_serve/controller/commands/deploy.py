@@ -20,9 +20,11 @@ HELP = "deploy a policy's app onto an existing Ray cluster (--address) and retur
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Deploy the policy's Serve application onto a running Ray cluster and return; it keeps "
-                          "serving until `serve shutdown` (or `serve delete NAME`).")
-    parser.epilog = "Example: dsla-serve deploy examples/policy-llama-7b.yaml --address ray://head:10001"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = ("Deploy the policy's Serve application onto a running Ray cluster and return; it keeps\n"
+                          "serving until `serve shutdown` (or `serve delete NAME`). Paths in the policy must exist\n"
+                          "on the cluster.")
+    parser.epilog = "example:\n  dsla-serve deploy examples/policy-llama-7b.yaml --address ray://head:10001"
     add_policy_argument(parser)
     parser.add_argument("--address", required=True,
                         help="the cluster: ray://HOST:10001 (Ray Client), HOST:6379, or auto (a cluster on this node)")

@@ -21,13 +21,17 @@ HELP = "serve a policy on this machine (starts a local Ray if none is running) u
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
-        "Serve the policy's model over OpenAI-compatible HTTP with Ray Serve on this machine: one deployment "
-        "per pool, the policy actor shifting traffic between depths under load, and (with a trainer section) "
-        "layers converted in the background. Uses a Ray already running here, else starts one.")
-    parser.epilog = ("Example: dsla-serve serve examples/tiny-policy.yaml   then   curl "
-                     "http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
-                     "-d '{\"model\": \"tiny-llama\", \"prompt\": \"Hello\", \"max_tokens\": 16}'")
+        "Serve the policy's model over OpenAI-compatible HTTP with Ray Serve on this machine: one\n"
+        "deployment per pool, the policy actor shifting traffic between depths under load, and (with a\n"
+        "trainer section) layers converted in the background. Joins the Ray of `ray start` (or\n"
+        "$RAY_ADDRESS), else starts a local one. Ctrl-C stops the app (and the Ray it started).")
+    parser.epilog = ("example:\n"
+                     "  dsla-serve serve examples/tiny-policy.yaml\n"
+                     "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+                     "       -d '{\"model\": \"tiny-llama\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
+                     "  dsla-serve status")
     add_policy_argument(parser)
     add_http_overrides(parser)
     parser.add_argument("--num-cpus", type=int, default=None,
