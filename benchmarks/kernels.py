@@ -429,6 +429,7 @@ BACKWARD_VARIANTS = [
     ("dqdk bk32 w8", {"chunk_bwd.TUNING": dict(dqdk_bk=32, dqdk_warps=8)}),
     ("dv bk16 w4", {"chunk_bwd.TUNING": dict(dv_bk=16, dv_warps=4)}),
     ("bwd-states bv32", {"states.BACKWARD_TUNING": dict(bv=32)}),
+    ("pipelined (2 stages)", {"chunk_bwd.TUNING": dict(num_stages=2)}),
 ]
 
 

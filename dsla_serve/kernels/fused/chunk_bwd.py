@@ -167,10 +167,11 @@ def _dv_kernel(
     tl.store(dv + (tok * H + hq)[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
-# Launch settings, from the sm_90 compile report (fewest spilled registers); benchmarks/kernels.py sweeps
-# them on the GPU. dqdk_bk: K-tile of a dq/dk program; dv_bk / dv_bv: inner K-tile and V-tile of a dv
-# program.
-TUNING = {"dqdk_bk": 16, "dqdk_warps": 4, "dv_bk": 32, "dv_bv": 64, "dv_warps": 8, "num_stages": 2}
+# Launch settings, from the sm_90 compile report (fewest spilled registers); benchmarks/kernels.py can
+# sweep them on the GPU. dqdk_bk: K-tile of a dq/dk program; dv_bk / dv_bv: inner K-tile and V-tile of
+# a dv program. num_stages=1: with triton 3.6 the pipelined (2-stage) dv kernel hit an illegal memory
+# access for bf16, K=64 with GQA (2026-11-26, H100), the unpipelined one did not.
+TUNING = {"dqdk_bk": 16, "dqdk_warps": 4, "dv_bk": 32, "dv_bv": 64, "dv_warps": 8, "num_stages": 1}
 
 
 def chunk_backward(q, k, v, g1, g2, do, mix, h1, h2, dh1, dh2, scale: float, layout: ChunkLayout):

@@ -65,9 +65,10 @@ def _chunk_output_kernel(
     tl.store(o + (tok * H + hq)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
-# Launch settings, from the sm_90 compile report (254 registers, no spills); benchmarks/kernels.py sweeps
-# them on the GPU: key-tile height of the inner loop, value-tile width of a program, warps, pipelining.
-TUNING = {"bk": 32, "bv": 64, "num_warps": 8, "num_stages": 2}
+# Launch settings, from the sm_90 compile report (254 registers, no spills); benchmarks/kernels.py can
+# sweep them on the GPU: key-tile height of the inner loop, value-tile width of a program, warps, and
+# pipelining depth (1, as for the dv kernel of the same shape, see chunk_bwd.TUNING).
+TUNING = {"bk": 32, "bv": 64, "num_warps": 8, "num_stages": 1}
 
 
 def output_tile(K: int, V: int) -> int:
