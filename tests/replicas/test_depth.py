@@ -14,8 +14,13 @@ GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 
 def _alone(model, depth, prompt, params=GREEDY):
+    return _alone_many(model, depth, [prompt], [params])[0]
+
+
+def _alone_many(model, depth, prompts, params):
+    """Each prompt run by itself (one at a time) on a fresh engine at `depth`."""
     engine = Engine(model, depth=depth, max_model_len=64, max_num_seqs=1)
-    return engine.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+    return [engine.generate([p], q, use_tqdm=False)[0].outputs[0].token_ids for p, q in zip(prompts, params)]
 
 
 def test_set_depth_drains_running_requests_then_switches():
@@ -56,12 +61,13 @@ def test_set_depth_under_load_loses_no_request():
     finally:
         engine.stop()
     assert engine.depth == 4
-    for p, q, o in zip(prompts, params, outs):
+    alone = {d: _alone_many(model, d, prompts, params) for d in (0, 2, 4)}
+    for i, (q, o) in enumerate(zip(params, outs)):
         tokens = o.outputs[0].token_ids
         assert o.outputs[0].finish_reason == "length" and len(tokens) == q.max_tokens
-        assert tokens in [_alone(model, d, p, q) for d in (0, 2, 4)]  # whole, at one depth
-    for p, q, o in zip(prompts[9:], params[9:], outs[9:]):
-        assert o.outputs[0].token_ids == _alone(model, 4, p, q)
+        assert tokens in [alone[d][i] for d in (0, 2, 4)]  # whole, at one depth
+    for i in range(9, 12):
+        assert outs[i].outputs[0].token_ids == alone[4][i]
     stats = engine.stats()
     assert stats["completed"] == 12 and stats["failed"] == 0 and stats["aborted"] == 0
 

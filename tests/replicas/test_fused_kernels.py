@@ -63,11 +63,11 @@ def test_engine_with_fused_kernels_equals_hf_generate():
         from dsla_serve.replicas import Engine, SamplingParams
         from tests.replicas.helpers import hf_greedy, random_prompts, tiny_converted
         model = tiny_converted("llama", seed=3)
-        engine = Engine(model, depth=2, max_model_len=48, max_num_seqs=3, prefill_chunk_tokens=8)
+        engine = Engine(model, depth=2, max_model_len=32, max_num_seqs=2, prefill_chunk_tokens=8)
         engine.runner.fused = True  # what CUDA gets; the interpreter runs the kernels here
-        prompts = random_prompts(3, seed=1, low=5, high=20)
-        outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+        prompts = random_prompts(2, seed=1, low=5, high=14)
+        outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
         for p, o in zip(prompts, outs):
-            assert o.outputs[0].token_ids == hf_greedy(model, 2, p, 6), (p, o.outputs[0].token_ids)
+            assert o.outputs[0].token_ids == hf_greedy(model, 2, p, 4), (p, o.outputs[0].token_ids)
         print("ok")
     """)
