@@ -160,6 +160,8 @@ class Engine:
         once unless `wait` (then it blocks until the switch, driving the engine if no loop runs).
         """
         self._check_depth(depth)
+        plan_memory(cache_spec(self.model, depth, self.max_model_len), depth, self._budget,
+                    self.max_num_seqs)  # raises now, not later on the loop thread, if depth cannot fit
         with self._inbox_lock:
             self._pending_depth = depth
         self._wakeup.set()
@@ -501,7 +503,11 @@ class Engine:
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self.has_unfinished():
-                self.step()
+                try:
+                    self.step()
+                except Exception:  # noqa: BLE001 - step() fails requests itself; this is a last resort
+                    log.exception("engine loop: step failed")
+                    time.sleep(0.1)
             else:
                 self._wakeup.wait(0.05)
                 self._wakeup.clear()

@@ -75,3 +75,13 @@ def test_duplicate_request_id(engine):
 def test_bad_engine_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Engine(tiny_converted("llama"), **{"max_model_len": 32, **kwargs})
+
+
+def test_set_depth_that_cannot_fit_is_refused_at_once():
+    model = tiny_converted("llama", seed=4)
+    per_token_d4 = 0  # at depth 4 every layer is DSLA: no KV; at depth 0 a sequence needs 4097 KiB
+    engine = Engine(model, depth=4, max_model_len=4096, memory_budget_bytes=1024**2, max_num_seqs=2)
+    assert engine.plan.kv_bytes_per_token == per_token_d4
+    with pytest.raises(ValueError, match="does not fit one sequence of max_model_len=4096 at depth 0"):
+        engine.set_depth(0)
+    assert engine.depth == 4 and not engine.draining
