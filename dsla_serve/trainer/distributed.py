@@ -2,7 +2,7 @@
 
 Launched by `torchrun` or the `deepspeed` launcher, RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT come from the environment. Run as a plain process (CLI, tests, the Ray actor), a world of
-one is set up here (a free local TCP port), since DeepSpeed always wants a process group. CPU runs use
+one is set up here (an in-memory store), since DeepSpeed always wants a process group. CPU runs use
 gloo with DeepSpeed's CPU accelerator; GPU runs use NCCL.
 
 DeepSpeed is imported here lazily, never at package import.
@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import warnings
 from dataclasses import dataclass
 
 import torch
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -98,9 +92,8 @@ def init_distributed(device_spec: str = "auto") -> DistContext:
     """Create (or join) the process group and return this process's DistContext.
 
     Under a launcher (RANK and WORLD_SIZE set) the group is joined through the environment. Otherwise
-    a world of one is made on a free local port, passed explicitly rather than through MASTER_* /
-    RANK variables, so that processes this one starts (a torchrun, a test) do not inherit a launcher
-    environment. Idempotent within a process.
+    a world of one is made on an in-memory store, without MASTER_* / RANK variables, so that processes
+    this one starts (a torchrun, a test) do not inherit a launcher environment. Idempotent.
     """
     launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it even in a world of one
@@ -113,10 +106,9 @@ def init_distributed(device_spec: str = "auto") -> DistContext:
     # A group made by the caller (a test, user code under torchrun) is adopted as it is.
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else \
         ("nccl" if device.type == "cuda" else "gloo")
-    if launched or torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-    else:
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    if not launched and not torch.distributed.is_initialized():
+        # an in-memory store: no port to pick, so no race with other processes for one
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return DistContext(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                        local_rank=int(os.environ["LOCAL_RANK"]), device=device)
