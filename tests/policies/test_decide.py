@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from dsla_serve.policies import (HIGH, UNKNOWN, ControllerState, Decision, DepthQuality, PoolMetrics,
-                                 decide, explain_floor, initial_state, parse_policy, quality_floor)
+                                 decide, explain_floor, initial_state, load_policy, parse_policy,
+                                 quality_floor)
 
 POLICY_TEXT = """
 model: {path: org/base}
@@ -22,6 +24,7 @@ quality: {max_ppl_ratio: 1.2}
 controller: {interval_s: 5, window_s: 60, cooldown_s: 30, hysteresis: 0.2, min_samples: 10, traffic_step: 0.25}
 """
 POLICY = parse_policy(POLICY_TEXT)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ALL_PASS = DepthQuality.from_ratios([1.01] * 8)
 INTERVAL = POLICY.controller.interval_s
 COOLDOWN = POLICY.controller.cooldown_s
@@ -30,6 +33,14 @@ COOLDOWN = POLICY.controller.cooldown_s
 def with_controller(**changes):
     data = POLICY.model_dump()
     data["controller"].update(changes)
+    return type(POLICY).model_validate(data)
+
+
+def with_pools_min_replicas(minimum):
+    data = POLICY.model_dump()
+    for pool in data["pools"]:
+        pool["min_replicas"] = minimum
+        del pool["initial_replicas"]
     return type(POLICY).model_validate(data)
 
 
@@ -331,3 +342,83 @@ def test_decisions_are_pure_and_serialisable():
     data = json.loads(json.dumps(first.to_dict()))
     assert data["weights"] == first.weights and data["state"]["rate_marks"] == [pytest.approx(10.0)]
     assert data["signals"]["shallow"]["level"] == HIGH
+
+
+def by_depth(decision):
+    """Routing weight per depth target (pools at the same depth summed)."""
+    out = {}
+    for name, weight in decision.weights.items():
+        depth = decision.depth_targets[name]
+        out[depth] = out.get(depth, 0.0) + weight
+    return {depth: weight for depth, weight in out.items() if weight > 1e-9}
+
+
+def test_a_rising_floor_makes_depths_available_without_moving_idle_traffic():
+    """The tiny example with a trainer: every pool starts at depth 0 and shares the traffic; as layers
+    are published the pools move deeper, but with no pressure the traffic stays at depth 0."""
+    policy = load_policy(EXAMPLES / "tiny-policy.yaml")
+    state = initial_state(policy, DepthQuality())
+    assert by_depth(decide([], policy, state, DepthQuality(), 0.0)) == {0: pytest.approx(1.0)}
+    jump = decide([], policy, state, DepthQuality.from_ratios([1.0] * 4), 1.0)
+    assert jump.depth_targets == {"accurate": 0, "half": 2, "fast": 4}
+    assert jump.weights == {"accurate": 1.0, "half": 0.0, "fast": 0.0}
+    for published in range(1, 5):  # one layer at a time, as the trainer publishes them
+        decision = decide([], policy, state, DepthQuality.from_ratios([1.0] * published), float(published))
+        check_invariants(decision, policy, DepthQuality.from_ratios([1.0] * published))
+        assert decision.weights == {"accurate": 1.0, "half": 0.0, "fast": 0.0}, decision.reason
+        state = decision.state
+    assert state.depth_targets == {"accurate": 0, "half": 2, "fast": 4}
+
+
+def test_a_rising_floor_keeps_the_depth_mix_that_pressure_chose():
+    floor_2 = DepthQuality.from_ratios([1.01] * 2)
+    state = dataclasses.replace(initial_state(POLICY, floor_2), weights={"shallow": 0.5, "mid": 0.25, "deep": 0.25},
+                                replica_targets={"shallow": 2, "mid": 1, "deep": 1})
+    assert state.depth_targets == {"shallow": 0, "mid": 2, "deep": 2}
+    # depth 2 is no longer anyone's target: its traffic follows its pools to the nearest depth they moved to
+    at_4 = decide([], POLICY, state, DepthQuality.from_ratios([1.01] * 4), 0.0)
+    assert at_4.weights == {"shallow": 0.5, "mid": 0.25, "deep": 0.25}
+    assert by_depth(at_4) == {0: 0.5, 4: 0.5}
+    # depth 4 stays mid's target: its traffic stays there rather than following deep to depth 6
+    at_6 = decide([], POLICY, at_4.state, DepthQuality.from_ratios([1.01] * 6), 5.0)
+    assert at_6.depth_targets == {"shallow": 0, "mid": 4, "deep": 6}
+    assert at_6.weights == {"shallow": 0.5, "mid": 0.5, "deep": 0.0}
+    assert not at_6.changed and "depth targets deep 4->6" in at_6.reason
+    # pressure then moves traffic into the new tier one step at a time, as documented
+    hot_6 = decide(snapshot(at_6.state, ttft=1000.0), POLICY, at_6.state, DepthQuality.from_ratios([1.01] * 6), 10.0)
+    assert by_depth(hot_6) == {0: 0.25, 4: 0.5, 6: 0.25}
+
+
+def test_a_cut_tier_sends_its_traffic_to_the_nearest_routable_tier_within_the_floor():
+    state = run(initial_state(POLICY, ALL_PASS), 300, hot)[-1][1].state
+    assert state.weights["deep"] == 1.0 and state.replica_targets["mid"] == 2
+    worse = DepthQuality.from_ratios([1.01] * 6 + [1.3] * 2)  # re-measured: depth 7 fails, floor 6
+    still_deep = snapshot(state, ttft=300.0, depths={"shallow": 0, "mid": 4, "deep": 8})
+    decision = decide(still_deep, POLICY, state, worse, 400.0)
+    assert decision.floor == 6 and decision.depth_targets == {"shallow": 0, "mid": 4, "deep": 6}
+    assert decision.routable and decision.weights == {"shallow": 0.0, "mid": 1.0, "deep": 0.0}
+    assert "no traffic to deep (serving depth 8) beyond floor 6 until it reconfigures" in decision.reason
+    assert decision.state.weights["deep"] == 1.0  # the intended split is kept for when deep has reconfigured
+    back = decide(snapshot(decision.state, ttft=300.0), POLICY, decision.state, worse, 405.0)
+    assert back.weights == {"shallow": 0.0, "mid": 0.0, "deep": 1.0}
+
+
+def test_a_pool_reporting_beyond_the_floor_falls_back_to_a_shallower_pool_with_replicas():
+    state = initial_state(POLICY, ALL_PASS)
+    state = dataclasses.replace(state, weights={"shallow": 0.0, "mid": 1.0, "deep": 0.0},
+                                replica_targets={"shallow": 1, "mid": 2, "deep": 0})
+    half = DepthQuality.from_ratios([1.01] * 3 + [1.5] * 5)  # floor 3: mid must go from 4 to 3
+    metrics = [PoolMetrics("shallow", 0, 1, num_samples=50, ttft_p95_ms=50, tpot_p95_ms=5),
+               PoolMetrics("mid", 4, 2, running=3, num_samples=50, ttft_p95_ms=50, tpot_p95_ms=5),
+               PoolMetrics("deep", 3, 0)]  # within the floor, but no replica to serve
+    decision = decide(metrics, POLICY, state, half, 0.0)
+    check_invariants(decision, POLICY, half)
+    assert decision.weights == {"shallow": 1.0, "mid": 0.0, "deep": 0.0}
+    # with no replica anywhere within the floor, a routable pool is still better than a 503
+    metrics[0] = PoolMetrics("shallow", 0, 0)
+    state = dataclasses.replace(state, replica_targets={"shallow": 0, "mid": 2, "deep": 0})
+    policy = with_pools_min_replicas(0)
+    decision = decide(metrics, policy, state, half, 0.0)
+    check_invariants(decision, policy, half)
+    assert decision.weights == {"shallow": 0.0, "mid": 0.0, "deep": 1.0}  # mid's tier mate at depth 3
+    assert decision.replica_targets["deep"] >= 1
