@@ -1,12 +1,14 @@
 """Forward output kernel: o for one chunk of one head from the two states at the chunk's start.
 
-With b_i the in-chunk cumulative log2-decays of state i and h_i its state at the chunk start:
+Inside a chunk the program walks sub-chunks of 16 tokens, carrying both states ([K, BV] fp32 tiles)
+in registers. For sub-chunk rows t with in-sub-chunk cumulative log2-decays b and the reference r
+(b at the middle row):
 
-    o_t = sum_i m_i * [ (s q_t * 2^b_i,t) h_i  +  sum_{s<=t} A_i[t, s] v_s ],
-    A_i[t, s] = sum_k s q_t[k] k_s[k] 2^(b_i,t[k] - b_i,s[k])        (`decayed_scores`, stable form)
+    o_t = sum_i m_i * [ (s q_t * 2^b_t) S_i  +  sum_{s<=t, same sub-chunk} (s q_t * 2^(b_t-r)) . (k_s * 2^(r-b_s)) v_s ]
+    S_i <- diag(2^B) S_i + (k * 2^(B - b))^T v
 
-The two score blocks are mixed before the single (A @ v) product, so v is read and multiplied once
-for both states. Every product is a [BT, *] x [*, *] matmul over the whole chunk.
+The two score blocks are mixed before the single (A @ v) product, so v is multiplied once for
+both states.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import SUB_CHUNK, chunk_coords, decayed_scores, pow2
+from .common import LOG2E, SUB_CHUNK, chunk_coords, pow2, sub_chunk_decays
 from .layout import ChunkLayout
 
 
@@ -25,54 +27,65 @@ def _chunk_output_kernel(
     cu_seqlens, chunk_indices, boundary_offsets, T, scale,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_c, hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hk = hq // (H // HK)
     n, c, bos, length, boff = chunk_coords(i_c, cu_seqlens, chunk_indices, boundary_offsets, T, BT, IS_VARLEN)
     dt = h1.dtype.element_ty
-    w1 = tl.load(mix + hq * 2) * scale
-    w2 = tl.load(mix + hq * 2 + 1) * scale
+    m1 = tl.load(mix + hq * 2)
+    m2 = tl.load(mix + hq * 2 + 1)
 
-    rows = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
     m_v = o_v < V
-    t = c * BT + rows
-    m_t = t < length
-    tok = bos + t
-    m_tv = m_t[:, None] & m_v[None, :]
-    b_o = tl.zeros([BT, BV], dtype=tl.float32)
-    a = tl.zeros([BT, BT], dtype=tl.float32)
-    for kb in range(0, tl.cdiv(K, BK)):  # K-tiles: scores and state read-outs are sums over K
-        o_k = kb * BK + tl.arange(0, BK)
-        m_k = o_k < K
+    state_off = ((boff + c) * H + hq) * K * V + o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    s1 = tl.load(h1 + state_off, mask=m_kv, other=0.0).to(tl.float32)
+    s2 = tl.load(h2 + state_off, mask=m_kv, other=0.0).to(tl.float32)
+
+    rows = tl.arange(0, BC)
+    causal = rows[:, None] >= rows[None, :]
+    for i in range(0, BT // BC):
+        t = c * BT + i * BC + rows
+        m_t = t < length
+        tok = bos + t
         m_tk = m_t[:, None] & m_k[None, :]
         qo = (tok * H + hq)[:, None] * K + o_k[None, :]
-        b_q = tl.load(q + qo, mask=m_tk, other=0.0)
-        b_k = tl.load(k + (tok * HK + hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-        state_off = ((boff + c) * H + hq) * K * V + o_k[:, None] * V + o_v[None, :]
-        m_kv = m_k[:, None] & m_v[None, :]
+        b_q = tl.load(q + qo, mask=m_tk, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + (tok * HK + hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        b_v = tl.load(v + (tok * HK + hk)[:, None] * V + o_v[None, :],
+                      mask=m_t[:, None] & m_v[None, :], other=0.0).to(dt)
+        b_g1 = tl.load(g1 + qo, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
+        b_g2 = tl.load(g2 + qo, mask=m_tk, other=0.0).to(tl.float32) * LOG2E
+        ep1, en1, r1, tot1 = sub_chunk_decays(b_g1, rows, BC)
+        ep2, en2, r2, tot2 = sub_chunk_decays(b_g2, rows, BC)
 
-        a1, b1 = decayed_scores(b_q, b_k, tl.load(g1 + qo, mask=m_tk, other=0.0), rows, BT, BC, dt, G_FP32)
-        h = tl.load(h1 + state_off, mask=m_kv, other=0.0).to(dt)
-        b_o += w1 * tl.dot((b_q.to(tl.float32) * tl.exp2(b1)).to(dt), h)
-        a2, b2 = decayed_scores(b_q, b_k, tl.load(g2 + qo, mask=m_tk, other=0.0), rows, BT, BC, dt, G_FP32)
-        h = tl.load(h2 + state_off, mask=m_kv, other=0.0).to(dt)
-        b_o += w2 * tl.dot((b_q.to(tl.float32) * tl.exp2(b2)).to(dt), h)
-        a += w1 * a1 + w2 * a2
-    b_v = tl.load(v + (tok * HK + hk)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(dt)
-    b_o += tl.dot(a.to(dt), b_v)
-    tl.store(o + (tok * H + hq)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
+        qp1 = b_q * ep1
+        qp2 = b_q * ep2
+        kn1 = b_k * en1
+        kn2 = b_k * en2
+        a1 = tl.dot(qp1.to(dt), tl.trans(kn1.to(dt)))
+        a2 = tl.dot(qp2.to(dt), tl.trans(kn2.to(dt)))
+        a = tl.where(causal, m1 * a1 + m2 * a2, 0.0)
+        b_o = tl.dot(a.to(dt), b_v)
+        b_o += tl.dot((qp1 * (m1 * tl.exp2(r1))[None, :]).to(dt), s1.to(dt))
+        b_o += tl.dot((qp2 * (m2 * tl.exp2(r2))[None, :]).to(dt), s2.to(dt))
+        tl.store(o + (tok * H + hq)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+                 mask=m_t[:, None] & m_v[None, :])
+
+        s1 = s1 * tl.exp2(tot1)[:, None] + tl.dot(tl.trans((kn1 * tl.exp2(tot1 - r1)[None, :]).to(dt)), b_v)
+        s2 = s2 * tl.exp2(tot2)[:, None] + tl.dot(tl.trans((kn2 * tl.exp2(tot2 - r2)[None, :]).to(dt)), b_v)
 
 
-# Launch settings, from the sm_90 compile report (254 registers, no spills); benchmarks/kernels.py can
-# sweep them on the GPU: key-tile height of the inner loop, value-tile width of a program, warps, and
-# pipelining depth (1, as for the dv kernel of the same shape, see chunk_bwd.TUNING).
-TUNING = {"bk": 32, "bv": 64, "num_warps": 8, "num_stages": 1}
+# Launch settings, from the sm_90 compile report (no spills, two programs per SM); benchmarks/kernels.py
+# sweeps them on the GPU. The value tile is also capped so a [K, BV] fp32 state tile stays <= 4096.
+TUNING = {"bv": 32, "num_warps": 4, "num_stages": 2}
 
 
 def output_tile(K: int, V: int) -> int:
-    return max(16, min(TUNING["bv"], pow2(V)))
+    return max(16, min(TUNING["bv"], pow2(V), 4096 // pow2(K)))
 
 
 def chunk_output(q, k, v, g1, g2, mix, h1, h2, scale: float, layout: ChunkLayout, out_dtype):
@@ -85,8 +98,7 @@ def chunk_output(q, k, v, g1, g2, mix, h1, h2, scale: float, layout: ChunkLayout
     grid = (triton.cdiv(V, bv), layout.num_chunks, H)
     _chunk_output_kernel[grid](
         q, k, v, g1, g2, mix, h1, h2, o, cu, ci, boffs, T, scale,
-        H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BC=SUB_CHUNK, BK=min(TUNING["bk"], pow2(K)), BV=bv,
-        IS_VARLEN=layout.is_varlen, G_FP32=g1.dtype == torch.float32,
-        num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"],
+        H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BC=SUB_CHUNK, BK=pow2(K), BV=bv,
+        IS_VARLEN=layout.is_varlen, num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"],
     )
     return o

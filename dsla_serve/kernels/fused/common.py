@@ -3,10 +3,11 @@
 Conventions of every kernel in this package:
 - Inputs are contiguous [B*T, heads, dim] token-major tensors; query head h reads key/value head
   h // (H // HK) (GQA).
-- Log-decays are summed as loaded (exact matmuls with 0/1 masks, see `row_sums`) and then scaled
-  to base 2 (times log2(e)) so every decay is one `exp2`.
-- SUB_CHUNK rows share one reference point inside a chunk, so an exponent spans at most 8 tokens:
-  exact for per-token log-decays down to about -11 (fp32 range), far beyond logsigmoid(.)/16 gates.
+- Log-decays are scaled to base 2 (times log2(e)) so every decay is one `exp2`. The chunk-level state
+  passes sum them with masked matmuls (`row_sums`), the per-chunk kernels with scans over sub-chunks
+  (`sub_chunk_decays`).
+- SUB_CHUNK rows share one reference point, so an exponent spans at most 8 tokens: exact for
+  per-token log-decays down to about -11 (fp32 range), far beyond logsigmoid(.)/16 gates.
 - "Dot dtype" is the element type of the boundary-state buffers: bf16 for bf16 inputs on CUDA, fp32
   otherwise (fp16 states could overflow). Matmul operands are cast to it, accumulation is fp32.
   On CPU (TRITON_INTERPRET=1) it is always fp32: triton's interpreter multiplies the raw bit
@@ -20,7 +21,7 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # kernels may only read constexpr globals
-SUB_CHUNK = 16  # rows per sub-chunk sharing one decay reference point
+SUB_CHUNK = 16  # rows per sub-chunk: the diagonal blocks computed as small matmuls
 
 
 @triton.jit
@@ -74,48 +75,23 @@ def row_sums(weights, g, DT: tl.constexpr, G_FP32: tl.constexpr):
 
 
 @triton.jit
-def sub_chunk_ref(b, rows, i, BC: tl.constexpr):
-    """[BK] reference of sub-chunk i: b at its middle row."""
-    return tl.sum(tl.where(rows[:, None] == i * BC + BC // 2 - 1, b, 0.0), axis=0)
-
-
-@triton.jit
-def chunk_decays(g, rows, BT: tl.constexpr, BC: tl.constexpr, DT: tl.constexpr, G_FP32: tl.constexpr):
-    """In-chunk cumulative log2-decays b [BT, BK] and rel = b - ref, ref = b at the middle row of the
-    row's own sub-chunk (|rel| spans at most 8 tokens of decay). ref is read off b itself, so rel and
-    the key-side exponents r_i - b round consistently.
-
-    g: [BT, BK] log-decays as loaded (0 past the sequence end); rows: arange(BT).
-    """
-    b = row_sums(rows[:, None] >= rows[None, :], g, DT, G_FP32) * LOG2E
-    ref = tl.zeros(b.shape, dtype=tl.float32)
-    for i in tl.static_range(BT // BC):
-        ref = tl.where((rows // BC)[:, None] == i, sub_chunk_ref(b, rows, i, BC)[None, :], ref)
-    return b, b - ref
-
-
-@triton.jit
-def decayed_scores(q, k, g, rows, BT: tl.constexpr, BC: tl.constexpr, DT: tl.constexpr, G_FP32: tl.constexpr):
-    """Intra-chunk scores of one state and the in-chunk cumulative log2-decays.
+def sub_chunk_decays(g, rows, BC: tl.constexpr):
+    """Decay factors of one sub-chunk, all finite for per-token |g| up to ~10 (fp32 range / 8).
 
     Args:
-        q, k: [BT, BK] (any float dtype); g: [BT, BK] log-decays as loaded; rows: arange(BT).
+        g: [BC, BK] base-2 log-decays (0 on rows past the sequence end).
+        rows: [BC] arange(0, BC).
     Returns:
-        a [BT, BT] fp32 with a[t, s] = sum_k q_t k_s 2^(b_t - b_s) for s <= t, else 0; and b [BT, BK].
-
-    Stable form (secondary chunking): rows of sub-chunk i use q_t 2^(b_t - r_i) against
-    k_s 2^(r_i - b_s), r_i = b at the middle row of sub-chunk i, so every exponent spans at most 8
-    tokens of decay; keys after sub-chunk i get 2^-inf = 0 instead of an overflowing factor.
+        e_pos [BC, BK] = 2^(b_t - r), e_neg [BC, BK] = 2^(r - b_t), with b the inclusive cumulative
+        sum of g and r = b at the middle row (the reference point, so |exponent| <= 8 tokens of decay);
+        r [BK]; tot [BK] = b at the last row (the whole sub-chunk's decay).
     """
-    sub = rows // BC
-    b, rel = chunk_decays(g, rows, BT, BC, DT, G_FP32)
-    qt = (q.to(tl.float32) * tl.exp2(rel)).to(DT)
-    a = tl.zeros([BT, BT], dtype=tl.float32)
-    for i in range(BT // BC):  # a loop, not unrolled: keeps one sub-chunk's tiles live at a time
-        r_i = sub_chunk_ref(b, rows, i, BC)
-        kt = (k.to(tl.float32) * tl.exp2(tl.where(sub[:, None] <= i, r_i[None, :] - b, float("-inf")))).to(DT)
-        a += tl.where(sub[:, None] == i, tl.dot(qt, tl.trans(kt)), 0.0)
-    return tl.where(rows[:, None] >= rows[None, :], a, 0.0), b
+    b = tl.cumsum(g, axis=0)
+    tot = tl.sum(g, axis=0)
+    r = tl.sum(tl.where(rows[:, None] == BC // 2 - 1, b, 0.0), axis=0)
+    e_pos = tl.exp2(b - r[None, :])
+    e_neg = tl.exp2(r[None, :] - b)
+    return e_pos, e_neg, r, tot
 
 
 def dot_dtype(x: torch.Tensor) -> torch.dtype:
