@@ -12,7 +12,9 @@ No I/O and no clock (`now` is any monotonic time in seconds, passed in). The alg
 
 - Depth targets: each pool serves at min(its configured depth, the quality floor).
 - Tiers: the distinct depth targets, shallow to deep. Traffic is a distribution over tiers, split
-  inside a tier in proportion to replica targets.
+  inside a tier in proportion to replica targets. It is carried by depth across re-targeting: a
+  rising floor makes deeper depths available but moves no traffic there; traffic at a depth that is
+  no longer a tier follows its pools to the nearest depth they serve at now.
 - Under pressure (any pool carrying traffic over an SLO target, its cache over max_cache_usage, or its
   queue over budget or growing), `traffic_step` of all traffic moves one tier deeper, taken from the
   shallowest tiers first, and pools under pressure or short of capacity get replicas.
@@ -22,7 +24,9 @@ No I/O and no clock (`now` is any monotonic time in seconds, passed in). The alg
   released one replica at a time. If the rate has not fallen, the wait is several cooldowns, and
   grows each time such an undo has to be undone again (this is what stops flapping at steady load).
 - At most one change per `cooldown_s`; with too few samples (and no gauge over target) nothing moves.
-- A pool still reporting a depth beyond the floor gets no traffic until it reconfigures.
+- A pool still reporting a depth beyond the floor gets no traffic until it reconfigures; its share
+  goes to its tier mates, or else to the nearest tier within the floor (shallower first). Every
+  weight is 0 only when no pool at all serves within the floor.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ MAX_PATIENCE = 16
 class ControllerState:
     """What the controller carries from one decision to the next.
 
-    weights: intended routing weight per pool (before pools beyond the floor are cut), sum 1.
+    weights: intended routing weight per pool (before pools beyond the floor are cut), sum 1, given
+        under `depth_targets` (the next decision reads the traffic per depth from the two together).
     depth_targets / replica_targets: what the previous decision asked for, per pool.
     last_change_at: `now` of the last traffic or replica change made because of load (None: never).
     low_since: `now` since which pressure has been low without a break (None: it is not low).
@@ -79,7 +84,8 @@ class Decision:
     """What to apply now.
 
     weights: routing weight per pool, what the ingress samples by; sums to 1, or all 0 when no pool
-        serves within the quality floor yet (see `routable`; answer 503 with Retry-After then).
+        at all serves within the quality floor yet (see `routable`; answer 503 with Retry-After then).
+        Differs from state.weights only while a pool is cut for serving beyond the floor.
     depth_targets: depth each pool must serve at (<= floor).
     replica_targets: replicas per pool, within [min_replicas, max_replicas], >= 1 where weight > 0.
     floor: the quality floor; pressure: high / neutral / low / unknown over the pools carrying traffic.
@@ -197,7 +203,7 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
         notes.append(f"depth targets {', '.join(retargeted)}")
 
     replicas = {p.name: clamp(state.replica_targets.get(p.name, p.initial_replicas), p) for p in policy.pools}
-    by_tier = tier_weights(policy, state.weights, tiers, depth_targets)
+    by_tier = tier_weights(policy, state.weights, tiers, depth_targets, state.depth_targets)
     current = split(policy, by_tier, tiers, depth_targets, replicas)
     carrying = [name for name, w in current.items() if w > 0]
     signals = {p.name: pool_signal(p, observed.get(p.name), policy, state.queue_len.get(p.name, 0))
@@ -239,7 +245,8 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
 
     weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
     new_replicas = ensure_serving(policy, new_replicas, weights)
-    effective, cut = gate(policy, weights, observed, state.depth_targets, floor)
+    effective, cut = gate(policy, weights, observed, state.depth_targets, depth_targets, new_replicas, floor)
+    new_replicas = ensure_serving(policy, new_replicas, effective)
     reason_parts = notes + [action]
     if cut:
         reason_parts.append(f"no traffic to {', '.join(cut)} beyond floor {floor} until it reconfigures")

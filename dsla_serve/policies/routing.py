@@ -26,12 +26,25 @@ def tiers_of(depth_targets: Mapping[str, int]) -> list[int]:
     return sorted(set(depth_targets.values()))
 
 
-def tier_weights(policy: Policy, weights: Mapping[str, float], tiers: list[int],
-                 depth_targets: Mapping[str, int]) -> list[float]:
-    """Traffic per tier from per-pool weights; all of it on the shallowest tier if there is none."""
+def tier_weights(policy: Policy, weights: Mapping[str, float], tiers: list[int], depth_targets: Mapping[str, int],
+                 previous_targets: Mapping[str, int] | None = None) -> list[float]:
+    """Traffic per tier of `depth_targets`, from per-pool weights given under `previous_targets`.
+
+    Traffic is carried by depth, not by pool: the traffic at a depth that is still a tier stays at
+    that depth, whichever pools serve it now, so re-targeting (the floor moving) never moves traffic
+    into a newly available depth by itself. Traffic at a depth that is no longer a tier follows its
+    pools to the shallowest depth they serve at now (the nearest to where it was: up to the new
+    floor when it fell, one tier on when it rose). All of it on the shallowest tier if there is none.
+    previous_targets: the depth targets `weights` were given under (default: `depth_targets`; a pool
+        missing there counts at its new target).
+    """
+    previous = {p.name: (previous_targets or {}).get(p.name, depth_targets[p.name]) for p in policy.pools}
     out = [0.0] * len(tiers)
-    for pool in policy.pools:
-        out[tiers.index(depth_targets[pool.name])] += max(weights.get(pool.name, 0.0), 0.0)
+    for depth in sorted(set(previous.values())):
+        traffic = sum(max(weights.get(name, 0.0), 0.0) for name, d in previous.items() if d == depth)
+        if depth not in tiers:
+            depth = min(depth_targets[name] for name, d in previous.items() if d == depth)
+        out[tiers.index(depth)] += traffic
     total = sum(out)
     if total <= EPS:
         return [1.0] + [0.0] * (len(tiers) - 1)
@@ -68,17 +81,54 @@ def shift(by_tier: list[float], amount: float, deeper: bool) -> tuple[list[float
     return [x if x > EPS else 0.0 for x in w], amount - max(left, 0.0)
 
 
-def gate(policy: Policy, weights: Mapping[str, float], observed: Mapping[str, PoolMetrics],
-         last_targets: Mapping[str, int], floor: int) -> tuple[dict[str, float], list[str]]:
-    """Zero the weight of pools whose replicas still serve beyond the floor; renormalise the rest.
+def _nearest_first(tiers: list[int], tier: int) -> list[int]:
+    """`tier`, then the shallower tiers nearest first, then the deeper ones nearest first."""
+    return [tier] + [t for t in reversed(tiers) if t < tier] + [t for t in tiers if t > tier]
 
-    A pool without metrics is taken to serve at the depth it was last asked for."""
-    gated, cut = dict(weights), []
-    for pool in policy.pools:
-        metrics = observed.get(pool.name)
-        depth = metrics.depth if metrics is not None else last_targets.get(pool.name, min(pool.depth, floor))
-        if depth > floor and gated[pool.name] > 0:
-            gated[pool.name] = 0.0
-            cut.append(f"{pool.name} (serving depth {depth})")
-    total = sum(gated.values())
-    return {name: (w / total if total > EPS else 0.0) for name, w in gated.items()}, cut
+
+def _fallback(policy: Policy, depth_targets: Mapping[str, int], order: list[int], allowed: set[str]) -> list[str]:
+    """The `allowed` pools of the first tier in `order` that has any (none: [])."""
+    for tier in order:
+        pools = [p.name for p in policy.pools if depth_targets[p.name] == tier and p.name in allowed]
+        if pools:
+            return pools
+    return []
+
+
+def gate(policy: Policy, weights: Mapping[str, float], observed: Mapping[str, PoolMetrics],
+         last_targets: Mapping[str, int], depth_targets: Mapping[str, int], replicas: Mapping[str, int],
+         floor: int) -> tuple[dict[str, float], list[str]]:
+    """Keep traffic off pools whose replicas still serve beyond the floor. Returns (weights, cut pools).
+
+    A pool is routable when the depth it serves at (as reported; a pool without metrics is taken to
+    serve at the depth it was last asked for, `last_targets`) is within the floor. A cut pool's share
+    goes to the routable pools of its tier that carry traffic; when there are none, to the nearest tier
+    with routable pools, shallower first (more accurate, and within the floor): preferring pools with
+    a replica running (reported, or targeted when unreported), split by replica targets. Every weight
+    is 0 only when no pool at all is routable.
+    """
+    serving = {p.name: observed[p.name].depth if p.name in observed
+               else last_targets.get(p.name, depth_targets[p.name]) for p in policy.pools}
+    running = {p.name: observed[p.name].replicas if p.name in observed else replicas[p.name] for p in policy.pools}
+    routable = {name for name, depth in serving.items() if depth <= floor}
+    ready = {name for name in routable if running[name] > 0}
+    cut = [f"{name} (serving depth {serving[name]})" for name, w in weights.items() if w > 0 and name not in routable]
+    tiers = tiers_of(depth_targets)
+    out = {p.name: 0.0 for p in policy.pools}
+    for tier in tiers:
+        members = [p.name for p in policy.pools if depth_targets[p.name] == tier]
+        traffic = sum(weights[name] for name in members)
+        if traffic <= 0:
+            continue
+        carrying = [name for name in members if weights[name] > 0 and name in routable]
+        if carrying:
+            for name in carrying:
+                out[name] += traffic * weights[name] / sum(weights[n] for n in carrying)
+            continue
+        receivers = _fallback(policy, depth_targets, _nearest_first(tiers, tier), ready) \
+            or _fallback(policy, depth_targets, _nearest_first(tiers, tier), routable)
+        capacity = sum(replicas[name] for name in receivers)
+        for name in receivers:
+            out[name] += traffic * (replicas[name] / capacity if capacity > 0 else 1.0 / len(receivers))
+    total = sum(out.values())
+    return {name: (w / total if total > EPS else 0.0) for name, w in out.items()}, cut

@@ -384,9 +384,9 @@ def test_a_rising_floor_keeps_the_depth_mix_that_pressure_chose():
     assert at_6.depth_targets == {"shallow": 0, "mid": 4, "deep": 6}
     assert at_6.weights == {"shallow": 0.5, "mid": 0.5, "deep": 0.0}
     assert not at_6.changed and "depth targets deep 4->6" in at_6.reason
-    # pressure then moves traffic into the new tier one step at a time, as documented
+    # pressure then moves traffic one step, from the shallowest tier first, as documented
     hot_6 = decide(snapshot(at_6.state, ttft=1000.0), POLICY, at_6.state, DepthQuality.from_ratios([1.01] * 6), 10.0)
-    assert by_depth(hot_6) == {0: 0.25, 4: 0.5, 6: 0.25}
+    assert hot_6.changed and by_depth(hot_6) == {0: 0.25, 4: 0.75}
 
 
 def test_a_cut_tier_sends_its_traffic_to_the_nearest_routable_tier_within_the_floor():
