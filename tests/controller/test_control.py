@@ -128,13 +128,13 @@ def test_targets_follow_the_quality_floor_and_the_load():
     assert "quality floor 1 -> 2" in decision.reason
 
     # depth 2 re-measured worse than the limit: floor back to 1; the replica still at depth 2 is cut off
-    # (it carried all the traffic, so nothing is routable until it reconfigures: the ingress answers 503)
+    # (it carried all the traffic, so until it reconfigures the accurate pool serves rather than a 503)
     artifact.ratios[1] = 1.5
     control.report("fast", "f1", {"depth": 2}, 2.0)
     control.report("accurate", "a1", {"depth": 0}, 2.0)
     decision = control.tick(2.0)
     assert decision.floor == 1 and control.targets("fast")["depth"] == 1
-    assert decision.weights == {"accurate": 0.0, "fast": 0.0} and not decision.routable
+    assert decision.weights == {"accurate": 1.0, "fast": 0.0} and decision.routable
     assert "no traffic to fast (serving depth 2) beyond floor 1" in decision.reason
 
     # load gone (1 request/s, below the 2/s that caused the move): fast answers quickly and reports depth
