@@ -18,7 +18,6 @@ class DSLAConfig:
     recency_gate_bias: initial bias of the fast (recency) gate. -1.1 gives a decay of ~ 0.917
         (half-life ~ 8 tokens).
     mix_init: initial logits of the two read-out weights (softmax over the pair, per head).
-    chunk_size: chunk length of the chunked prefill form.
     """
 
     tau: float = 16.0
@@ -26,7 +25,6 @@ class DSLAConfig:
     history_gate_bias: float = 4.0
     recency_gate_bias: float = -1.1
     mix_init: tuple[float, float] = field(default=(0.0, 0.0))
-    chunk_size: int = 64
 
     def __post_init__(self):
         if self.tau <= 0:

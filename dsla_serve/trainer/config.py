@@ -126,7 +126,6 @@ class DSLAFields(_Strict):
     history_gate_bias: float = 4.0
     recency_gate_bias: float = -1.1
     mix_init: tuple[float, float] = (0.0, 0.0)
-    chunk_size: int = Field(64, ge=1)
 
     def to_dsla_config(self) -> DSLAConfig:
         return DSLAConfig(**self.model_dump())
