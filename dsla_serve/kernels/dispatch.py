@@ -13,8 +13,13 @@ from .chunk import chunk_dsla_torch
 from .recurrent import recurrent_dsla_torch, recurrent_dsla_pool_torch
 
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def _triton_wanted(x: torch.Tensor) -> bool:
     if os.environ.get("DSLA_BACKEND", "auto") == "torch":
+        return False
+    if x.dtype not in _TRITON_DTYPES:  # e.g. fp64 (exactness tests): the PyTorch forms handle it
         return False
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return False
