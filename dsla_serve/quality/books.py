@@ -1,37 +1,14 @@
-"""Plain-text books: Project Gutenberg stripping, normalisation, and a seeded split by whole book."""
+"""Plain-text books: reading one (cleaned by `.text`) and a seeded split by whole book."""
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
-_MARKER = re.compile(r"^\s*\*{3}\s*(START|END) OF (THE|THIS) PROJECT GUTENBERG", re.IGNORECASE)
+from .text import normalise, strip_gutenberg
+
 SPLIT_VERSION = 1
-
-
-def strip_gutenberg(text: str) -> str:
-    """The body of a Gutenberg book: the lines strictly between `*** START OF` and `*** END OF`.
-
-    A text without a START marker keeps its beginning, one without an END marker its end, so plain
-    text files pass through unchanged.
-    """
-    lines = text.split("\n")
-    start, end = 0, len(lines)
-    for i, line in enumerate(lines):
-        m = _MARKER.match(line)
-        if m and m.group(1).upper() == "START" and start == 0:
-            start = i + 1
-        elif m and m.group(1).upper() == "END":
-            end = i
-            break
-    return "\n".join(lines[start:end]).strip("\n")
-
-
-def normalise(text: str) -> str:
-    """Drop a UTF-8 byte-order mark and turn CRLF / CR line endings into LF."""
-    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_book(path: str | Path) -> str:

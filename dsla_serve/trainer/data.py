@@ -4,22 +4,24 @@
     data = build_dataset(config.data, tokenizer, seed=0)         # PackedData(train [N, L], val [M, L])
 
 Documents are plain text files (folders are searched recursively for `*.txt` and `*.jsonl`) or
-JSON-lines files with a `"text"` field per line (each line one document). Cleaning removes a UTF-8
-BOM, normalises CRLF/CR line ends to LF, and keeps only the body of a Project Gutenberg book (the
-lines between `*** START OF ...` and `*** END OF ...`). The split is by document, never by line, so
-no validation text is ever seen in training; it is deterministic for a given seed.
+JSON-lines files with a `"text"` field per line (each line one document). Cleaning is
+`dsla_serve.quality.text.clean_text`: it removes a UTF-8 BOM, normalises CRLF/CR line ends to LF,
+and keeps only the body of a Project Gutenberg book (the lines between `*** START OF THE PROJECT
+GUTENBERG ...` and `*** END OF ...`). The split is by document, never by line, so no validation
+text is ever seen in training; it is deterministic for a given seed.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..quality.text import clean_text
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import DataConfig
@@ -27,9 +29,6 @@ if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modu
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl",)
 DEFAULT_SEGMENT_CHARS = 20_000
-
-_GUTENBERG_START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF\b.*$", re.IGNORECASE | re.MULTILINE)
-_GUTENBERG_END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF\b.*$", re.IGNORECASE | re.MULTILINE)
 
 
 class DataError(ValueError):
@@ -54,21 +53,6 @@ class PackedData:
 
 
 # --- reading and cleaning -------------------------------------------------------------------
-
-def strip_gutenberg(text: str) -> str:
-    """The body of a Project Gutenberg text (between the START and END marker lines), else `text`."""
-    start = _GUTENBERG_START.search(text)
-    end = _GUTENBERG_END.search(text, start.end() if start else 0)
-    if start is None and end is None:
-        return text
-    return text[start.end() if start else 0: end.start() if end else len(text)]
-
-
-def clean_text(text: str) -> str:
-    """Drop a BOM, normalise line ends to LF, strip Gutenberg boilerplate and outer blank space."""
-    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    return strip_gutenberg(text).strip()
-
 
 def _read_text(path: Path) -> str:
     try:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dsla_serve.quality.books import load_split, make_split, read_book, save_split, strip_gutenberg
+from dsla_serve.quality.books import load_split, make_split, read_book, save_split
 
 from .conftest import write_book
 
@@ -15,13 +15,6 @@ def test_read_book_recovers_the_body(tmp_path, crlf, bom):
     text = read_book(tmp_path / "b.txt")
     assert text == body
     assert "\r" not in text and "\ufeff" not in text and "Gutenberg" not in text
-
-
-def test_strip_gutenberg_variants():
-    assert strip_gutenberg("head\n***START OF THE PROJECT GUTENBERG EBOOK X***\nbody\n***END OF THE PROJECT "
-                           "GUTENBERG EBOOK X***\nfoot") == "body"
-    assert strip_gutenberg("head\n  *** START OF THIS PROJECT GUTENBERG EBOOK X ***\nbody\nmore") == "body\nmore"
-    assert strip_gutenberg("plain text\nno markers") == "plain text\nno markers"
 
 
 def test_empty_body_and_missing_file_are_named(tmp_path):

@@ -4,8 +4,8 @@ import pytest
 
 from dsla_serve.model.tiny_tokenizer import build_byte_tokenizer
 from dsla_serve.trainer.config import DataConfig
-from dsla_serve.trainer.data import (DataError, Document, build_dataset, clean_text, read_documents,
-                                     segment_document, split_documents)
+from dsla_serve.trainer.data import (DataError, Document, build_dataset, read_documents, segment_document,
+                                     split_documents)
 
 GUTENBERG = (
     "\ufeffThe Project Gutenberg EBook of Test, by Nobody\r\n"
@@ -26,11 +26,6 @@ def test_gutenberg_boilerplate_bom_and_crlf_are_removed(tmp_path):
     [doc] = read_documents([path])
     assert doc.text == "Chapter 1\nIt was a dark night."
     assert doc.source == str(path)
-
-
-def test_text_without_markers_is_kept_and_lone_cr_normalised():
-    assert clean_text("a\rb\r\nc\n\n") == "a\nb\nc"
-    assert clean_text("no markers *** here") == "no markers *** here"
 
 
 def test_jsonl_lines_are_documents(tmp_path):
