@@ -20,9 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dsla_serve.model import DSLAConfig, decoder_layers, dsla_layers, set_depth
-from dsla_serve.model.baselines import layer_class
-from dsla_serve.model.surgery import attach_twin
+from dsla_serve.model import DSLAConfig, convert, decoder_layers
 from dsla_serve.trainer.distill import trainable_parameters
 from dsla_serve.trainer.distributed import DistContext
 from dsla_serve.trainer.evaluate import validate
@@ -64,15 +62,10 @@ def autocast(device: torch.device):
 
 def convert_layer(model, layer_idx: int, kind: str, config: DSLAConfig, seed: int) -> None:
     """Append decoder layer `layer_idx`, as a `kind` layer, to the model's conversion order and set the
-    depth to include it. (`dsla_serve.model.convert` makes only DSLA layers.)"""
-    if layer_idx in dsla_layers(model):
-        raise ValueError(f"layer {layer_idx} is already converted")
+    depth to include it; `seed` fixes the random down projection of low-rank gates."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # low-rank gates draw a random down projection
-        twin = layer_class(kind)(decoder_layers(model)[layer_idx].self_attn, config)
-    position = len(dsla_layers(model))
-    attach_twin(model, layer_idx, twin, position)
-    set_depth(model, position + 1)
+        torch.manual_seed(seed)
+        convert(model, [layer_idx], config, kind=kind)
 
 
 def fit_layer(model, layer_idx: int, depth: int, batches: Batches, first_step: int, settings: FitSettings,

@@ -2,7 +2,9 @@
 
     artifact/
       manifest.json              format, manifest_version, base model (id, fingerprint), DSLA config,
-                                 the planned conversion order, and one entry per published layer:
+                                 layer_kind ("dsla", or a baseline of `baselines`: "gla", "linear",
+                                 "swa"; absent in older manifests, meaning "dsla"), the planned
+                                 conversion order, and one entry per published layer:
                                  {layer, rank, file, sha256, untied, metrics}
       layer_<index>.safetensors  that layer's DSLA parameters: gates and mix logits, plus
                                  q/k/v/o when the layer has its own (untied) copies
@@ -11,7 +13,8 @@
 may be longer than the published layers (it is planned before the layers are trained); layers are
 published strictly in order, each file before the manifest entry that names it, every write atomic
 (temporary file, fsync, os.replace), so a crash never leaves a half-written depth. Loading checks the
-manifest version, the base model fingerprint and each file's sha256 before touching the model.
+manifest version, the base model fingerprint, the layer kind and each file's sha256 before touching
+the model. An artifact is one nested family, so all its layers are of one kind.
 Only safetensors is read: no pickle.
 """
 
@@ -31,6 +34,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .attention import DSLAAttention
+from .baselines import LAYER_KINDS, layer_class, layer_kind, non_default_settings
 from .config import DSLAConfig
 from .fingerprint import model_fingerprint
 from .surgery import attach_twin, conversion_order, decoder_layers, dsla_layers, set_depth
@@ -113,6 +117,9 @@ def _parse_manifest(path: Path) -> dict:
     if version != MANIFEST_VERSION:
         raise ArtifactError(f"{path}: unknown manifest version {version!r}; this dsla-serve reads version "
                             f"{MANIFEST_VERSION}")
+    kind = raw.get("layer_kind", "dsla")
+    if kind not in LAYER_KINDS:
+        raise ArtifactError(f"{path}: unknown layer_kind {kind!r}; this dsla-serve builds {', '.join(LAYER_KINDS)}")
     try:
         base = raw["base_model"]
         config = DSLAConfig.from_dict(raw["dsla_config"])
@@ -131,7 +138,7 @@ def _parse_manifest(path: Path) -> dict:
         if m is None or int(m.group(1)) != e.layer:
             raise ArtifactError(f"{path}: entry for layer {e.layer} names file {e.file!r}; expected "
                                 f"'layer_{e.layer}.safetensors'")
-    return {**raw, "config": config, "order": order, "entries": entries}
+    return {**raw, "layer_kind": kind, "config": config, "order": order, "entries": entries}
 
 
 class Artifact:
@@ -144,14 +151,17 @@ class Artifact:
     # --- construction -----------------------------------------------------------------------
     @classmethod
     def create(cls, path, base_model: nn.Module, *, base_model_id: str, config: DSLAConfig | None, order,
-               metadata: dict | None = None) -> "Artifact":
-        """Start an artifact for `base_model` with the planned conversion `order` (no layer published).
+               metadata: dict | None = None, kind: str = "dsla") -> "Artifact":
+        """Start an artifact for `base_model` with the planned conversion `order` (no layer published)
+        and layers of `kind` (see `convert`).
 
-        If `path` already holds the same artifact (same base model, config and order) it is opened
-        instead, so an interrupted run can resume; any other non-empty directory is refused.
+        If `path` already holds the same artifact (same base model, config, kind and order) it is
+        opened instead, so an interrupted run can resume; any other non-empty directory is refused.
         """
         path = Path(path)
         manifest_path = path / MANIFEST_NAME
+        if kind not in LAYER_KINDS:
+            raise ArtifactError(f"{manifest_path}: unknown layer kind {kind!r}; choose one of {', '.join(LAYER_KINDS)}")
         config = config or DSLAConfig()
         num_layers = len(decoder_layers(base_model))
         order = _validate_order(order, num_layers, manifest_path)
@@ -161,11 +171,12 @@ class Artifact:
                 raise ArtifactError(f"{path}: directory is not empty and holds no {MANIFEST_NAME}; "
                                     "choose an empty or new directory")
             existing = cls.open(path)
-            same = (existing.fingerprint == fingerprint and existing.config == config
+            same = (existing.fingerprint == fingerprint and existing.config == config and existing.kind == kind
                     and existing.order == order and existing.base_model_id == base_model_id)
             if not same:
                 raise ArtifactError(f"{manifest_path}: the directory holds a different artifact (base model "
-                                    f"{existing.base_model_id!r}, order {existing.order}); refusing to overwrite")
+                                    f"{existing.base_model_id!r}, layer kind {existing.kind!r}, order "
+                                    f"{existing.order}); refusing to overwrite")
             return existing
         path.mkdir(parents=True, exist_ok=True)
         now = _now()
@@ -175,6 +186,7 @@ class Artifact:
             "base_model": {"id": base_model_id, "fingerprint": fingerprint, "num_layers": num_layers,
                            "model_type": getattr(base_model.config, "model_type", None)},
             "dsla_config": config.to_dict(),
+            "layer_kind": kind,
             "order": order,
             "layers": [],
             "metadata": dict(metadata or {}),
@@ -214,6 +226,11 @@ class Artifact:
         return self._manifest["config"]
 
     @property
+    def kind(self) -> str:
+        """The kind of every layer ("dsla", "gla", "linear" or "swa"; manifest key `layer_kind`)."""
+        return self._manifest["layer_kind"]
+
+    @property
     def entries(self) -> list[LayerEntry]:
         return list(self._manifest["entries"])
 
@@ -241,9 +258,10 @@ class Artifact:
         """
         fresh = _parse_manifest(self.manifest_path)
         if (fresh["base_model"]["fingerprint"] != self.fingerprint or fresh["config"] != self.config
-                or fresh["order"] != self.order or fresh["entries"][:self.depth] != self.entries):
+                or fresh["layer_kind"] != self.kind or fresh["order"] != self.order
+                or fresh["entries"][:self.depth] != self.entries):
             raise ArtifactError(f"{self.manifest_path}: the artifact changed under this reader (base model, config, "
-                                "order or published layers differ); open it again")
+                                "layer kind, order or published layers differ); open it again")
         new = [e.layer for e in fresh["entries"][self.depth:]]
         self._manifest = fresh
         return new
@@ -292,6 +310,13 @@ class Artifact:
         if twin.config != self.config:
             raise ArtifactError(f"{self.manifest_path}: layer {layer_idx} was converted with {twin.config}, the "
                                 f"artifact uses {self.config}")
+        if layer_kind(twin) != self.kind:
+            raise ArtifactError(f"{self.manifest_path}: layer {layer_idx} is a {layer_kind(twin)!r} layer, the "
+                                f"artifact holds {self.kind!r} layers")
+        unrecorded = non_default_settings(twin)
+        if unrecorded:
+            raise ArtifactError(f"{self.manifest_path}: layer {layer_idx} has non-default settings {unrecorded}; an "
+                                f"artifact records only the layer kind and would rebuild it with the defaults")
         if not isinstance(metrics, dict):
             raise ArtifactError(f"{self.manifest_path}: metrics must be a dict, got {type(metrics).__name__}")
         _json_bytes(metrics, f"metrics of layer {layer_idx}", self.manifest_path)
@@ -317,9 +342,10 @@ class Artifact:
         """Load the first `depth` published layers (default all) into `model` and set that depth.
 
         Checks first (raising ArtifactError, the model untouched): the base model fingerprint, that the
-        model's own conversion order agrees with the artifact's, and for every needed layer that its
-        file exists, matches its sha256 and holds exactly the expected tensors. Then converts the
-        layers the model lacks, replaces the weights of the others, and sets the depth.
+        model's converted layers (if any) are of the artifact's kind and its conversion order agrees
+        with the artifact's, and for every needed layer that its file exists, matches its sha256 and
+        holds exactly the expected tensors. Then converts the layers the model lacks (as the
+        artifact's kind), replaces the weights of the others, and sets the depth.
         """
         depth = self.depth if depth is None else depth
         if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= self.depth:
@@ -330,6 +356,10 @@ class Artifact:
             raise ArtifactError(f"{self.manifest_path}: base model mismatch: the artifact was made for "
                                 f"{self.base_model_id!r} (fingerprint {self.fingerprint[:16]}...), the model's "
                                 f"fingerprint is {fingerprint[:16]}...")
+        model_kinds = sorted({layer_kind(twin) for twin in dsla_layers(model).values()})
+        if model_kinds and model_kinds != [self.kind]:
+            raise ArtifactError(f"{self.manifest_path}: the model's converted layers are {model_kinds}, the artifact "
+                                f"holds {self.kind!r} layers; apply it to a model converted with that kind or none")
         model_order, order = conversion_order(model), self.order
         if model_order[: len(order)] != order[: len(model_order)]:
             raise ArtifactError(f"{self.manifest_path}: the model's conversion order {model_order} disagrees with the "
@@ -338,7 +368,7 @@ class Artifact:
         staged = []
         for entry in self.entries[:depth]:
             tensors = self._read_layer(entry)
-            twin = DSLAAttention(blocks[entry.layer].self_attn, self.config)
+            twin = layer_class(self.kind)(blocks[entry.layer].self_attn, self.config)
             if entry.untied:
                 twin.untie_projections()
             self._load_into(twin, tensors, entry)
@@ -352,8 +382,8 @@ class Artifact:
         file = self._path / entry.file
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         if missing or unexpected:
-            raise ArtifactError(f"{file}: tensors do not match a DSLA layer with {self.config}: missing {missing}, "
-                                f"unexpected {unexpected}")
+            raise ArtifactError(f"{file}: tensors do not match a DSLA layer with {self.config} (kind {self.kind!r}): "
+                                f"missing {missing}, unexpected {unexpected}")
         for name, p in params.items():
             if tuple(tensors[name].shape) != tuple(p.shape):
                 raise ArtifactError(f"{file}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the model's "

@@ -14,7 +14,8 @@ Each subclasses `DSLAAttention` so that model surgery, which recognises converte
 handles them unchanged: q/k/v/o are shared with the original module (`untie_projections` copies
 them), `own_parameters()` lists what the layer adds, `active` / `order_position` are set by surgery.
 The DSLA gates and mix a baseline does not have are removed after the parent's constructor.
-Built by `layer_class(kind)(attn, config)`, like `DSLAAttention(attn, config)`.
+Built by `layer_class(kind)(attn, config)`, like `DSLAAttention(attn, config)`, or for whole layers by
+`convert(model, layers, config, kind=kind)`; `layer_kind(layer)` names the kind of a built layer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .cache import dsla_token_mask, get_dsla_state, set_dsla_state
 from .config import DSLAConfig
 
 DEFAULT_WINDOW = 64
+LINEAR_EPS = 1e-6
 
 
 class _Baseline(DSLAAttention):
@@ -96,7 +98,7 @@ class LinearAttention(_Baseline):
 
     KIND = "linear"
 
-    def __init__(self, attn: nn.Module, config: DSLAConfig | None = None, eps: float = 1e-6):
+    def __init__(self, attn: nn.Module, config: DSLAConfig | None = None, eps: float = LINEAR_EPS):
         super().__init__(attn, config)
         self.eps = eps
 
@@ -199,6 +201,9 @@ class SlidingWindowAttention(_Baseline):
 BASELINES: dict[str, type[DSLAAttention]] = {
     cls.KIND: cls for cls in (GatedLinearAttention, LinearAttention, SlidingWindowAttention)}
 LAYER_KINDS = ("dsla",) + tuple(BASELINES)
+# Constructor settings that change a layer's output but are not parameters: an artifact records only the
+# kind, so it rebuilds layers with these defaults. (GLA's `gate_bias` only initialises a parameter.)
+_UNRECORDED_DEFAULTS = {"linear": {"eps": LINEAR_EPS}, "swa": {"window": DEFAULT_WINDOW}}
 
 
 def layer_class(kind: str) -> type[DSLAAttention]:
@@ -208,3 +213,18 @@ def layer_class(kind: str) -> type[DSLAAttention]:
     if kind not in BASELINES:
         raise ValueError(f"unknown layer kind {kind!r}; choose one of {', '.join(LAYER_KINDS)}")
     return BASELINES[kind]
+
+
+def layer_kind(layer: DSLAAttention) -> str:
+    """The kind of a converted layer ("dsla", "gla", "linear" or "swa"); exact class, not a subclass."""
+    for kind in LAYER_KINDS:
+        if type(layer) is layer_class(kind):
+            return kind
+    raise TypeError(f"{type(layer).__name__} is not a layer kind of {', '.join(LAYER_KINDS)}")
+
+
+def non_default_settings(layer: DSLAAttention) -> dict:
+    """{name: value} of the layer's output-changing settings that differ from its kind's defaults
+    (e.g. {"window": 8} for a sliding window of 8); empty when the kind alone rebuilds the layer."""
+    defaults = _UNRECORDED_DEFAULTS.get(layer_kind(layer), {})
+    return {name: getattr(layer, name) for name, default in defaults.items() if getattr(layer, name) != default}

@@ -1,8 +1,9 @@
 """Model surgery: convert decoder layers of a Hugging Face causal LM to DSLA and choose the depth.
 
 Each converted layer's attention module keeps its place and parameter names (`...self_attn.q_proj`),
-gains a DSLA twin as a child (`...self_attn.dsla`, a `DSLAAttention` sharing q/k/v/o), and has its
-`forward` routed: to the twin while the twin is active, to the original code otherwise. Both stay
+gains a DSLA twin as a child (`...self_attn.dsla`, a `DSLAAttention` sharing q/k/v/o, or with another
+`kind` one of its baseline subclasses from `baselines`), and has its `forward` routed: to the twin
+while the twin is active, to the original code otherwise. Both stay
 resident, so `set_depth` is a flag flip, depth 0 is exactly the original model, and the base model's
 parameter names never change (which keeps the fingerprint and state dicts stable across depths).
 
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from .attention import DSLAAttention
+from .baselines import layer_class, layer_kind
 from .config import DSLAConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -99,15 +101,19 @@ def attach_twin(model: nn.Module, layer_idx: int, twin: DSLAAttention, order_pos
     attn.forward = types.MethodType(_routed_forward, attn)
 
 
-def convert(model: nn.Module, layers: Iterable[int], config: DSLAConfig | None = None) -> nn.Module:
+def convert(model: nn.Module, layers: Iterable[int], config: DSLAConfig | None = None, *,
+            kind: str | None = None) -> nn.Module:
     """Convert decoder layers `layers` of a Llama/Mistral/Qwen2 causal LM to DSLA, in place.
 
     The layers are appended, in the given order, to the model's conversion order, and the depth is
     set to the whole order (every converted layer active). `config` defaults to the config of the
-    layers already converted, else `DSLAConfig()`. Everything is checked before the model is touched.
+    layers already converted, else `DSLAConfig()`. `kind` picks the layer class (`baselines.layer_class`:
+    "dsla", or the baselines "gla", "linear", "swa" with their default settings); it defaults to the
+    kind of the layers already converted, else "dsla", and must match it (one model, one family).
+    Everything is checked before the model is touched.
 
     Returns the model. Raises TypeError for other architectures, ValueError for an index out of
-    range, repeated, or already converted.
+    range, repeated, or already converted, and for an unknown kind or one other than the model's.
     """
     blocks = decoder_layers(model)
     layers = list(layers)
@@ -120,9 +126,14 @@ def convert(model: nn.Module, layers: Iterable[int], config: DSLAConfig | None =
             raise ValueError(f"layer {i} is already converted (conversion order {conversion_order(model)})")
     if len(set(layers)) != len(layers):
         raise ValueError(f"layer indices repeat in {layers}")
+    model_kinds = sorted({layer_kind(twin) for twin in existing.values()})
+    kind = kind if kind is not None else (model_kinds[0] if model_kinds else "dsla")
+    cls = layer_class(kind)
+    if model_kinds and model_kinds != [kind]:
+        raise ValueError(f"cannot convert layers as {kind!r}: the model's converted layers are {model_kinds}")
     if config is None:
         config = next(iter(existing.values())).config if existing else DSLAConfig()
-    twins = [DSLAAttention(blocks[i].self_attn, config) for i in layers]  # may raise: nothing attached yet
+    twins = [cls(blocks[i].self_attn, config) for i in layers]  # may raise: nothing attached yet
     start = len(existing)
     for k, (i, twin) in enumerate(zip(layers, twins)):
         attach_twin(model, i, twin, start + k)

@@ -4,8 +4,10 @@ import json
 import pytest
 import torch
 
-from dsla_serve.model import (Artifact, ArtifactError, DSLAConfig, conversion_order, convert, dsla_layers, get_depth,
-                              set_depth)
+from dsla_serve.model import (Artifact, ArtifactError, DSLAConfig, conversion_order, convert, decoder_layers,
+                              dsla_layers, get_depth, layer_kind, set_depth)
+from dsla_serve.model.baselines import SlidingWindowAttention
+from dsla_serve.model.surgery import attach_twin
 
 from .helpers import randomize_dsla, tiny
 
@@ -187,3 +189,58 @@ def test_refuses_a_malformed_manifest(published):
     refused(published.path, tiny(), r"manifest\.json: entry for layer 2 names file '\.\./elsewhere\.safetensors'")
     (published.path / "manifest.json").write_text("{not json")
     refused(published.path, tiny(), r"manifest\.json: unreadable manifest")
+
+
+# --- layer kinds: an artifact holds one kind and rebuilds it ------------------------------------
+
+@pytest.mark.parametrize("kind", ["gla", "swa"])
+def test_a_baseline_artifact_roundtrips_with_identical_logits(tmp_path, kind):
+    model = convert(tiny(), [2, 0], CONFIG, kind=kind)
+    dsla_layers(model)[0].untie_projections()  # swa adds no parameters: give it trained q/k/v/o to store
+    randomize_dsla(model, scale=0.2)
+    writer = Artifact.create(tmp_path / "art", tiny(), base_model_id="tiny", config=CONFIG, order=ORDER, kind=kind)
+    for layer in (2, 0):
+        writer.append_layer(model, layer, {})
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["layer_kind"] == kind
+    artifact = Artifact.open(tmp_path / "art")
+    assert artifact.kind == kind
+    fresh = artifact.apply(tiny())
+    assert [layer_kind(t) for t in dsla_layers(fresh).values()] == [kind, kind]
+    assert torch.equal(logits(fresh), logits(model))
+    artifact.apply(fresh, depth=1)
+    set_depth(model, 1)
+    assert torch.equal(logits(fresh), logits(model))
+
+
+def test_a_manifest_without_layer_kind_holds_dsla_layers(published, trained):
+    manifest = json.loads((published.path / "manifest.json").read_text())
+    del manifest["layer_kind"]  # as written before layer kinds were recorded
+    (published.path / "manifest.json").write_text(json.dumps(manifest))
+    artifact = Artifact.open(published.path)
+    assert artifact.kind == "dsla"
+    assert torch.equal(logits(artifact.apply(tiny())), logits(trained))
+    manifest["layer_kind"] = "gru"
+    (published.path / "manifest.json").write_text(json.dumps(manifest))
+    refused(published.path, tiny(), r"manifest\.json: unknown layer_kind 'gru'; this dsla-serve builds dsla, gla")
+
+
+def test_another_kind_is_refused(published):
+    refused(published.path, convert(tiny(), [2], CONFIG, kind="gla"),
+            r"the model's converted layers are \['gla'\], the artifact holds 'dsla' layers")
+    with pytest.raises(ArtifactError, match=r"layer 3 is a 'swa' layer, the artifact holds 'dsla' layers"):
+        published.append_layer(convert(tiny(), [3], CONFIG, kind="swa"), 3, {})
+    with pytest.raises(ArtifactError, match=r"holds a different artifact \(base model 'tiny-llama', layer kind 'dsla'"):
+        Artifact.create(published.path, tiny(), base_model_id="tiny-llama", config=CONFIG, order=ORDER, kind="gla")
+    with pytest.raises(ArtifactError, match="unknown layer kind 'gru'"):
+        Artifact.create(published.path.parent / "new", tiny(), base_model_id="t", config=CONFIG, order=ORDER,
+                        kind="gru")
+    assert published.depth == 2
+
+
+def test_a_layer_with_settings_the_manifest_cannot_record_is_refused(tmp_path):
+    model = tiny()
+    attach_twin(model, 2, SlidingWindowAttention(decoder_layers(model)[2].self_attn, CONFIG, window=8), 0)
+    artifact = Artifact.create(tmp_path / "art", tiny(), base_model_id="t", config=CONFIG, order=[2], kind="swa")
+    with pytest.raises(ArtifactError, match=r"layer 2 has non-default settings \{'window': 8\}"):
+        artifact.append_layer(model, 2, {})
+    assert artifact.depth == 0

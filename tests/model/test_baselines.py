@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from dsla_serve.kernels import naive_dsla
 from dsla_serve.model import DSLAAttention, set_depth
-from dsla_serve.model.baselines import GatedLinearAttention, SlidingWindowAttention, layer_class
+from dsla_serve.model.baselines import (GatedLinearAttention, LinearAttention, SlidingWindowAttention, layer_class,
+                                         layer_kind, non_default_settings)
 from dsla_serve.model.surgery import attach_twin
 
 from .helpers import tiny
@@ -183,3 +184,19 @@ def test_unknown_kind_is_refused():
         layer_class("gru")
     with pytest.raises(ValueError, match="window"):
         SlidingWindowAttention(tiny().model.layers[0].self_attn, window=0)
+
+
+def test_layer_kind_names_the_exact_class_and_settings_off_the_default_are_listed():
+    attn = tiny().model.layers[0].self_attn
+    for kind in ("dsla",) + KINDS:
+        layer = layer_class(kind)(attn)
+        assert layer_kind(layer) == kind and non_default_settings(layer) == {}
+    assert non_default_settings(SlidingWindowAttention(attn, window=8)) == {"window": 8}
+    assert non_default_settings(LinearAttention(attn, eps=1e-3)) == {"eps": 1e-3}
+    assert non_default_settings(GatedLinearAttention(attn, gate_bias=2.0)) == {}  # only an initial value
+
+    class Custom(DSLAAttention):
+        pass
+
+    with pytest.raises(TypeError, match="Custom is not a layer kind of dsla, gla, linear, swa"):
+        layer_kind(Custom(attn))

@@ -5,7 +5,8 @@ import torch
 import transformers
 
 from dsla_serve.model import (DSLAAttention, DSLAConfig, conversion_order, convert, decoder_layers, dsla_layers,
-                              get_depth, set_depth)
+                              get_depth, layer_kind, set_depth)
+from dsla_serve.model.baselines import GatedLinearAttention, LinearAttention, SlidingWindowAttention
 
 from .helpers import ARCHS, randomize_dsla, tiny
 
@@ -102,3 +103,31 @@ def test_unsupported_architecture_is_named():
     model = transformers.GPT2LMHeadModel(config)
     with pytest.raises(TypeError, match=r"GPT2LMHeadModel \(model_type 'gpt2'\).*llama, mistral, qwen2"):
         convert(model, [0])
+
+
+@pytest.mark.parametrize("kind, cls", [("gla", GatedLinearAttention), ("linear", LinearAttention),
+                                       ("swa", SlidingWindowAttention)])
+def test_convert_builds_layers_of_the_chosen_kind(kind, cls):
+    model = tiny()
+    reference = logits(model)
+    assert convert(model, [1, 3], kind=kind) is model
+    convert(model, [0])  # the kind defaults to that of the converted layers
+    twins = dsla_layers(model)
+    assert conversion_order(model) == [1, 3, 0] and get_depth(model) == 3
+    assert all(type(t) is cls and layer_kind(t) == kind for t in twins.values())
+    assert decoder_layers(model)[3].self_attn.dsla is twins[3]
+    set_depth(model, 0)
+    assert torch.equal(logits(model), reference)
+
+
+def test_an_unknown_or_second_kind_is_refused_before_anything_changes():
+    model = convert(tiny(), [2], kind="gla")
+    set_depth(model, 0)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="unknown layer kind 'gru'; choose one of dsla, gla, linear, swa"):
+        convert(model, [0], kind="gru")
+    with pytest.raises(ValueError, match=r"as 'dsla': the model's converted layers are \['gla'\]"):
+        convert(model, [0], kind="dsla")
+    assert conversion_order(model) == [2] and get_depth(model) == 0
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
