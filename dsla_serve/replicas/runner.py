@@ -5,8 +5,9 @@ post_attention_layernorm / mlp, norm, lm_head, rotary_emb) over a flat batch of 
 tokens (`ForwardBatch`), so one pass serves chunked prefill and batched decode together and reads
 the weights once. Per layer kind at the current depth:
 
-On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, and the
-rotary embedding is fused with the cache write (`triton_fused.py`); elsewhere the HF modules run.
+On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, the
+rotary embedding is fused with the cache write (`triton_fused.py`), and q/k/v and gate/up run as one
+GEMM each over merged weights (`merged_weights.py`); elsewhere the HF modules run as they are.
 
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
   through SDPA over their slot's prefix (lower-right causal mask), decode rows through
@@ -28,6 +29,7 @@ from ..kernels.dispatch import recurrent_dsla_pool
 from .batch import ForwardBatch
 from .cache import CachePool
 from .decode_attention import decode_attention
+from .merged_weights import merge_linears
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -57,8 +59,9 @@ def _fused_kernels_usable(model, device: torch.device) -> bool:
 class ModelRunner:
     """Runs forward passes of `model` at a fixed set of DSLA layers against one `CachePool`."""
 
-    def __init__(self, model, pool: CachePool, dsla_layers: dict[int, torch.nn.Module]):
-        """`dsla_layers`: {layer index: DSLAAttention} for the layers that are DSLA at this depth."""
+    def __init__(self, model, pool: CachePool, dsla_layers: dict[int, torch.nn.Module], fused: bool | None = None):
+        """`dsla_layers`: {layer index: DSLAAttention} for the layers that are DSLA at this depth;
+        `fused`: use the Triton fused kernels and merged projections (default: on CUDA when usable)."""
         base = model.model
         self.embed = base.embed_tokens
         self.layers = base.layers
@@ -67,7 +70,18 @@ class ModelRunner:
         self.lm_head = model.lm_head
         self.pool = pool
         self.dsla = dict(dsla_layers)
-        self.fused = _fused_kernels_usable(model, pool.device)
+        self.fused = _fused_kernels_usable(model, pool.device) if fused is None else fused
+        self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
+        self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
+        if self.fused:
+            for i, layer in enumerate(self.layers):
+                if i not in self.dsla:
+                    merged = merge_linears(layer.self_attn, ("q_proj", "k_proj", "v_proj"))
+                    if merged is not None:
+                        self.qkv[i] = merged
+                merged = merge_linears(layer.mlp, ("gate_proj", "up_proj"))
+                if merged is not None:
+                    self.gate_up[i] = merged
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
@@ -94,7 +108,12 @@ class ModelRunner:
             post = layer.post_attention_layernorm
             h, x = add_rmsnorm(h, self._mixer(i, layer, x, cos, sin, batch), post.weight, post.variance_epsilon)
             mlp = layer.mlp
-            m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+            if i in self.gate_up:
+                gu = F.linear(x, *self.gate_up[i])
+                f = mlp.gate_proj.out_features
+                m = mlp.down_proj(silu_mul(gu[:, :f], gu[:, f:]))
+            else:
+                m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             h, x = add_rmsnorm(h, m, nxt.weight, nxt.variance_epsilon)
         x = x if batch.logit_rows is None else x.index_select(0, batch.logit_rows)
@@ -113,9 +132,13 @@ class ModelRunner:
     def _attention(self, i: int, attn, x: torch.Tensor, cos, sin, batch: ForwardBatch) -> torch.Tensor:
         """Softmax attention of layer i. x [N, hidden] -> [N, hidden]."""
         N, D = x.shape[0], attn.head_dim
-        q = attn.q_proj(x).view(N, -1, D)  # [N, H, D]
-        k = attn.k_proj(x).view(N, -1, D)  # [N, Hk, D]
-        v = attn.v_proj(x).view(N, -1, D)
+        if i in self.qkv:  # one GEMM; q/k/v are column views of its output
+            qkv = F.linear(x, *self.qkv[i])
+            nq, nk = attn.q_proj.out_features, attn.k_proj.out_features
+            q, k, v = qkv[:, :nq], qkv[:, nq:nq + nk], qkv[:, nq + nk:]
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k, v = q.view(N, -1, D), k.view(N, -1, D), v.view(N, -1, D)  # [N, H, D], [N, Hk, D] x 2
         kc, vc = self.pool.k[i], self.pool.v[i]
         if self.fused:
             from .triton_fused import rope_kv_write
