@@ -34,7 +34,7 @@ from .model_source import (active_dsla_layers, cache_spec, context_limit, eos_to
                            max_converted_depth, open_artifact)
 from .outputs import PromptTooLongError, QueueFullError, RequestOutput, failed_output
 from .planner import MemoryPlan, activation_reserve_bytes, default_budget, plan_memory
-from .request import Request, Status
+from .request import Request
 from .runner import ModelRunner
 from .sampler import prompt_logprobs, sample
 from .sampling import SamplingParams
