@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dsla_serve.model.demo", "convert half of a tiny random Llama to DSLA and generate with a hybrid cache"),
+    "generate": ("dsla_serve.replicas.cli", "generate text offline with the replica engine at a given depth, streaming to the terminal"),
     "convert": ("dsla_serve.trainer.cli", "distil a model into a DSLA artifact, one layer at a time (chained, DeepSpeed)"),
     "eval": ("dsla_serve.quality.cli", "measure perplexity by position, passkey retrieval and recall at given depths"),
     "check": ("dsla_serve.policies.cli", "validate a policy YAML file and print it with defaults filled in and paths resolved"),
