@@ -1,8 +1,5 @@
 import os
 
-import pytest
-import torch
-
 
 def pytest_configure(config):
     """test_transformers_compat reruns some of these tests against another transformers in a subprocess
@@ -12,13 +9,3 @@ def pytest_configure(config):
         import transformers
 
         assert transformers.__version__ == expected, (transformers.__version__, transformers.__file__)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny models' matmuls are far too small to share out; with two threads on a busy 2-core
-    machine each one waits on the other (measured: 18x slower). Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
