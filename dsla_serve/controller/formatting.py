@@ -1,6 +1,6 @@
 """From the replicas' output deltas to OpenAI responses, whole or as server-sent-event chunks.
 
-A replica streams deltas (plain dicts, see `pool.delta_of`):
+A replica streams deltas (plain dicts made by `replicas/deltas.py::output_delta`; the fields used here):
 
     {"token_ids": [new ids], "text": new text, "logprobs": [{id: logprob} per new token] | None,
      "prompt_logprobs": [None | {id: logprob} per prompt token] | None   (first delta, with echo),

@@ -8,7 +8,8 @@ dropped), so neither a new layer nor a depth change restarts anything. Pulling t
 reaches every replica of a pool, however many Serve runs.
 
 The ingress calls `generate` with prompt token ids and SamplingParams keyword arguments; it streams
-deltas (see `formatting.py` for their shape).
+the deltas of `replicas/deltas.py` (what `formatting.py` turns into responses), as the plain engine
+deployment `replicas/deployment.py` does.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import uuid
 from typing import Any
 
-from ray import serve
-
 from ..policies import Policy
+from ..replicas.deltas import stream_deltas
+from ..replicas.deployment import serve_replica_id
 
 log = logging.getLogger("ray.serve")
 
@@ -40,21 +40,6 @@ def replica_queue(policy: Policy, pool_name: str) -> int:
     return policy.http.queue_cap + policy.pool(pool_name).max_concurrent_requests
 
 
-def delta_of(out, sent_tokens: int, first: bool) -> dict[str, Any]:
-    """The delta dict of one engine output (`RequestOutput`), given the tokens already sent."""
-    completion = out.outputs[0]
-    new_ids = list(completion.token_ids[sent_tokens:])
-    logprobs = None
-    if completion.logprobs is not None:
-        logprobs = [dict(entry) for entry in completion.logprobs[sent_tokens:sent_tokens + len(new_ids)]]
-    delta = {"token_ids": new_ids, "text": completion.new_text, "logprobs": logprobs,
-             "finish_reason": completion.finish_reason, "error": out.error,
-             "prompt_tokens": len(out.prompt_token_ids)}
-    if first and out.prompt_logprobs is not None:
-        delta["prompt_logprobs"] = [None if e is None else dict(e) for e in out.prompt_logprobs]
-    return delta
-
-
 class PoolReplica:
     """The Serve deployment class of every pool (one deployment per pool, named `pool-<name>`)."""
 
@@ -62,10 +47,7 @@ class PoolReplica:
         self.policy = Policy.model_validate(policy)
         self.pool = self.policy.pool(pool)
         self.policy_actor = policy_actor
-        try:
-            self.replica_id = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # noqa: BLE001 - outside Serve (tests): any unique name will do
-            self.replica_id = uuid.uuid4().hex[:8]
+        self.replica_id = serve_replica_id()
         ctl = self.policy.controller
         self.report_every_s = min(max(ctl.interval_s / 2, 0.1), 2.0)
         targets = await self._report({"depth": 0, "starting": True})
@@ -98,22 +80,9 @@ class PoolReplica:
 
     # ------------------------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: dict[str, Any], request_id: str):
-        """Stream the deltas of one request (see formatting.py). Raises QueueFullError at the cap."""
-        from ..replicas import SamplingParams
-
-        stream = self.engine.add_request(prompt_ids, SamplingParams(**params), request_id=request_id)
-        sent, first = 0, True
-        try:
-            async for out in stream:
-                delta = delta_of(out, sent, first)
-                delta["depth"] = self.engine.depth
-                sent += len(delta["token_ids"])
-                first = False
-                if delta["token_ids"] or delta["text"] or delta["finish_reason"] or "prompt_logprobs" in delta:
-                    yield delta
-        finally:
-            if not stream.finished:  # the client went away: free the slot
-                stream.abort()
+        """Stream the deltas of one request (`replicas/deltas.py`). Raises QueueFullError at the cap."""
+        async for delta in stream_deltas(self.engine, prompt_ids, params, request_id):
+            yield delta
 
     def stats(self) -> dict[str, Any]:
         stats = self.engine.stats()

@@ -9,9 +9,9 @@
 
 or from the command line: `serve run dsla_serve.replicas.deployment:build_app model=tiny:llama`.
 
-- `generate(prompt, sampling, request_id)`: an async stream of JSON-able deltas (new text / token ids /
-  logprobs since the previous one; `finish_reason` and `error` on the last; `prompt_logprobs` on the
-  first when asked); a client that goes away aborts its request.
+- `generate(prompt, sampling, request_id)`: an async stream of JSON-able deltas (`deltas.py`: new text /
+  token ids / logprobs since the previous one; `finish_reason` and `error` on the last;
+  `prompt_logprobs` on the first when asked); a client that goes away aborts its request.
 - `reconfigure(user_config)`: Serve calls it with the deployment's `user_config` at start and on every
   change, without restarting the replica: `{"depth": d, "refresh_artifact": true}` first loads
   layers published in the artifact since (default true when the engine has an artifact), then
@@ -27,22 +27,17 @@ from typing import Any
 
 from ray import serve
 
+from .deltas import stream_deltas
 from .engine import Engine
-from .outputs import RequestOutput
 from .sampling import SamplingParams
 
 
-def output_delta(out: RequestOutput, first: bool, depth: int) -> dict[str, Any]:
-    """The part of an engine output that is new since the previous one, as plain data."""
-    c = out.outputs[0]
-    n = len(c.new_token_ids)
-    delta = {"request_id": out.request_id, "text": c.new_text, "token_ids": list(c.new_token_ids),
-             "logprobs": None if c.logprobs is None else [dict(e) for e in c.logprobs[len(c.logprobs) - n:]],
-             "finish_reason": c.finish_reason, "stop_reason": c.stop_reason, "error": out.error, "depth": depth,
-             "prompt_tokens": len(out.prompt_token_ids)}
-    if first and out.prompt_logprobs is not None:
-        delta["prompt_logprobs"] = [None if e is None else dict(e) for e in out.prompt_logprobs]
-    return delta
+def serve_replica_id() -> str:
+    """This Serve replica's unique id; a random one outside a Serve replica (tests, plain actors)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - no replica context here
+        return uuid.uuid4().hex[:8]
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -54,10 +49,7 @@ class EngineDeployment:
                  engine_kwargs: dict[str, Any] | None = None):
         self.engine = Engine(model, artifact=artifact, depth=depth, **(engine_kwargs or {}))
         self.engine.start()
-        try:
-            self.replica_id = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # noqa: BLE001 - constructed outside a Serve replica (tests)
-            self.replica_id = uuid.uuid4().hex[:8]
+        self.replica_id = serve_replica_id()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         unknown = set(user_config) - {"depth", "refresh_artifact"}
@@ -70,16 +62,9 @@ class EngineDeployment:
 
     async def generate(self, prompt: str | list[int], sampling: dict[str, Any] | None = None,
                        request_id: str | None = None):
-        """Async generator of deltas (see `output_delta`). Raises QueueFullError / ValueError at once."""
-        stream = self.engine.add_request(prompt, SamplingParams(**(sampling or {})), request_id=request_id)
-        first = True
-        try:
-            async for out in stream:
-                yield output_delta(out, first, self.engine.depth)
-                first = False
-        finally:
-            if not stream.finished:  # the caller went away: free the slot
-                stream.abort()
+        """Async generator of deltas (see `deltas.py`). Raises QueueFullError / ValueError before the first."""
+        async for delta in stream_deltas(self.engine, prompt, sampling, request_id):
+            yield delta
 
     async def generate_text(self, prompt: str | list[int], sampling: dict[str, Any] | None = None) -> dict[str, Any]:
         """The whole completion at once: {"text", "token_ids", "finish_reason", "error", "depth"}."""
@@ -116,4 +101,4 @@ def build_app(args: dict[str, str]) -> serve.Application:
                                                                       engine_kwargs=kwargs)
 
 
-__all__ = ["EngineDeployment", "build_app", "output_delta"]
+__all__ = ["EngineDeployment", "build_app", "serve_replica_id"]
