@@ -3,7 +3,8 @@
 Each replica reports its engine stats to the policy actor about twice per controller interval and
 gets its targets back in the reply: the depth to serve at (never beyond the quality floor) and how
 many layers the artifact has published. It loads newly published layers with
-`Engine.refresh_artifact` and changes depth with `Engine.set_depth` (which drains: no request is
+`Engine.refresh_artifact` (which also attaches the artifact in place when the trainer created it after
+this replica started) and changes depth with `Engine.set_depth` (which drains: no request is
 dropped), so neither a new layer nor a depth change restarts anything. Pulling targets this way
 reaches every replica of a pool, however many Serve runs.
 
@@ -55,7 +56,7 @@ class PoolReplica:
         self.engine = await asyncio.to_thread(self._build_engine, depth)
         self.started_max_depth = self.engine.max_depth  # layers loaded at start (later ones come by refresh)
         self.engine.start()
-        self._applying = asyncio.Lock()  # one change of engine, artifact or depth at a time
+        self._applying = asyncio.Lock()  # one change of artifact or depth at a time
         self._control = asyncio.get_running_loop().create_task(self._control_loop())
         log.info("pool %s replica %s serving at depth %d", pool, self.replica_id, self.engine.depth)
 
@@ -111,38 +112,21 @@ class PoolReplica:
 
     async def _apply(self, targets: dict[str, Any]) -> None:
         """Load newly published layers, then move to the depth target (drains, drops nothing)."""
-        async with self._applying:
-            await self._apply_now(targets)
-
-    async def _apply_now(self, targets: dict[str, Any]) -> None:
         engine = self.engine
-        if targets["artifact_depth"] > engine.max_depth:
-            if engine.artifact is None:
-                if self._artifact_path() is None:
+        async with self._applying:
+            if targets["artifact_depth"] > engine.max_depth:
+                path = self._artifact_path()
+                if path is None:  # not created yet (the policy actor saw it first): the next report retries
                     return
-                await self._rebuild_with_artifact()
-                engine = self.engine
-            else:
-                new = await asyncio.to_thread(engine.refresh_artifact)
+                # attaches the artifact in place if this replica started before the trainer created it
+                new = await asyncio.to_thread(engine.refresh_artifact, path)
                 if new:
-                    log.info("pool %s: loaded published layers %s (depth %d available)", self.pool.name, new,
-                             engine.max_depth)
-        depth = min(targets["depth"], engine.max_depth)
-        if depth != engine.depth and not engine.draining:
-            log.info("pool %s: depth %d -> %d", self.pool.name, engine.depth, depth)
-            engine.set_depth(depth)
-
-    async def _rebuild_with_artifact(self) -> None:
-        """The artifact appeared after this replica started (a trainer created it): build an engine that
-        reads it, switch new requests to it, and let the old one finish its requests."""
-        old = self.engine
-        new = await asyncio.to_thread(self._build_engine, old.depth)
-        new.start()
-        self.engine = new
-        while old.has_unfinished():
-            await asyncio.sleep(0.05)
-        old.stop()
-        log.info("pool %s: now reading the artifact %s", self.pool.name, new.artifact)
+                    log.info("pool %s: loaded published layers %s of %s (depth %d available)", self.pool.name,
+                             new, path, engine.max_depth)
+            depth = min(targets["depth"], engine.max_depth)
+            if depth != engine.depth and not engine.draining:
+                log.info("pool %s: depth %d -> %d", self.pool.name, engine.depth, depth)
+                engine.set_depth(depth)
 
     def check_health(self) -> None:
         if not self.engine.running_loop:

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -193,23 +194,46 @@ class Engine:
     def draining(self) -> bool:
         return self._pending_depth is not None and self._pending_depth != self.depth
 
-    def refresh_artifact(self) -> list[int]:
-        """Re-read the artifact's manifest and load layers published since; returns their indices.
+    def refresh_artifact(self, path=None) -> list[int]:
+        """Load the artifact's layers published since the last read; returns their indices.
 
-        Runs between steps (no restart, nothing dropped). The current depth is kept; the new layers
-        make deeper depths available to `set_depth`.
+        With `path` (a directory or `Artifact`) on an engine built without an artifact, it opens that
+        artifact and loads all its published layers: a replica started before the trainer created its
+        artifact attaches it in place, with no second engine. With `path` on an engine that already reads
+        an artifact, `path` must be that same artifact. Runs between steps (no restart, nothing
+        dropped); the current depth is kept and the new layers make deeper depths available to
+        `set_depth`. Raises ValueError without an artifact or `path`, or for a different artifact, and
+        ArtifactError (the model untouched) when the artifact does not fit the model.
         """
+        if path is not None and self.artifact is None:
+            artifact = open_artifact(path)
+            return self._between_steps(lambda: self._attach_artifact_now(artifact))
         if self.artifact is None:
-            raise ValueError("this engine was built without an artifact: nothing to refresh")
+            raise ValueError("this engine was built without an artifact: nothing to refresh (pass the artifact's "
+                             "path to attach one)")
+        if path is not None and _artifact_dir(path) != _artifact_dir(self.artifact):
+            raise ValueError(f"this engine reads the artifact {self.artifact.path}; it cannot switch to {path}")
         return self._between_steps(self._refresh_artifact_now)
+
+    def _attach_artifact_now(self, artifact) -> list[int]:
+        if self.artifact is not None:  # another caller attached it first
+            return self._refresh_artifact_now()
+        self._load_artifact_layers(artifact)
+        self.artifact = artifact
+        return [entry.layer for entry in artifact.entries]
 
     def _refresh_artifact_now(self) -> list[int]:
         new = self.artifact.reload()
         if new:
-            self.artifact.apply(self.model)  # loads every published layer and sets the deepest depth
-            set_model_depth(self.model, self.depth)
-            self._build_runner()  # the twins are new modules
+            self._load_artifact_layers(self.artifact)
         return new
+
+    def _load_artifact_layers(self, artifact) -> None:
+        """Load every published layer of `artifact` into the model (checked first, the model untouched on
+        error), keeping the current depth, and rebuild the runner (the twins are new modules)."""
+        artifact.apply(self.model)  # also sets the deepest depth: set ours back
+        set_model_depth(self.model, self.depth)
+        self._build_runner()
 
     def _between_steps(self, fn: Callable):
         """Run fn on the stepping thread between two steps and return its result."""
@@ -551,6 +575,11 @@ class Engine:
             "plan": self.plan.to_dict(),
             **self.metrics.snapshot(),
         }
+
+
+def _artifact_dir(artifact) -> Path:
+    """The resolved directory of an artifact given as a path or an `Artifact`."""
+    return Path(getattr(artifact, "path", artifact)).resolve()
 
 
 def _prompt_list(prompts) -> list[Prompt]:

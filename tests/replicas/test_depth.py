@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from dsla_serve.model import Artifact, cache_bytes_per_token, dsla_state_bytes
+from dsla_serve.model import Artifact, ArtifactError, cache_bytes_per_token, dsla_state_bytes
 from dsla_serve.replicas import Engine, SamplingParams
 
 from .helpers import ORDER, hf_greedy, random_prompts, tiny_converted
@@ -126,3 +126,32 @@ def test_stats_for_routing():
     assert torch.tensor(0).item() == 0  # stats are plain Python values (JSON-able)
     import json
     json.dumps(s)
+
+
+def test_engine_started_without_artifact_attaches_one_published_later(tmp_path):
+    trained = tiny_converted("llama", seed=23)
+    base = tiny_converted("llama", seed=23, order=[])  # same base weights, nothing converted
+    engine = Engine(base, depth=0, max_model_len=64, max_num_seqs=2)
+    assert engine.artifact is None and engine.max_depth == 0
+    prompt = [5, 9, 2, 4]
+    engine.start()
+    try:
+        running = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+        art = Artifact.create(tmp_path / "art", trained, base_model_id="tiny:llama", config=None, order=ORDER)
+        art.append_layer(trained, ORDER[0], {"ppl_ratio": 1.0})
+        assert engine.refresh_artifact(tmp_path / "art") == [ORDER[0]]  # attached in place, between steps
+        assert engine.artifact is not None and engine.max_depth == 1 and engine.depth == 0
+        assert engine.refresh_artifact(tmp_path / "art") == []  # the same artifact: a plain refresh
+        engine.set_depth(1, wait=True, timeout=60)
+        out = engine.add_request(prompt, GREEDY).result()
+        assert running.result().outputs[0].finish_reason == "length"  # not dropped by the attach
+    finally:
+        engine.stop()
+    assert out.outputs[0].token_ids == hf_greedy(trained, 1, prompt, 10)
+    other = Artifact.create(tmp_path / "other", trained, base_model_id="tiny:llama", config=None, order=ORDER)
+    with pytest.raises(ValueError, match="cannot switch"):
+        engine.refresh_artifact(other.path)
+    stranger = Engine(tiny_converted("llama", seed=24, order=[]), max_model_len=16, max_num_seqs=1)
+    with pytest.raises(ArtifactError, match="base model mismatch"):
+        stranger.refresh_artifact(tmp_path / "art")  # made for other weights: refused, nothing attached
+    assert stranger.artifact is None and stranger.max_depth == 0
