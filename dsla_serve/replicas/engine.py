@@ -61,8 +61,9 @@ class Engine:
             model is cast / moved only when they are given.
         max_num_seqs: cap on concurrent sequences (the memory plan may allow fewer).
         max_model_len: context limit per sequence, prompt plus generated (default: the model's).
-        memory_budget_bytes: bytes for the cache; default `gpu_memory_fraction` of the GPU minus what is
-            in use and an activation reserve (2 GiB on the CPU). See `planner.py`.
+        memory_budget_bytes: bytes for the cache; default this process's share, `gpu_memory_fraction` of
+            the GPU, minus what this process already holds (its weights) and an activation reserve
+            (2 GiB on the CPU). See `planner.py`.
         max_queue: requests that may wait for a slot; beyond it `add_request` raises QueueFullError.
         prefill_chunk_tokens: most prompt tokens processed per step (chunked prefill).
         use_cuda_graphs: capture the decode step in CUDA graphs (CUDA only).

@@ -6,9 +6,14 @@
 KV bytes per token shrink as layers become DSLA while the state bytes grow by a fixed amount per
 layer, so for long contexts a deeper replica admits more concurrent sequences.
 
-The budget is `memory_budget_bytes` when given; on a GPU otherwise
-`gpu_memory_fraction * total - memory already in use (weights) - activation reserve`; on the CPU
-otherwise `CPU_DEFAULT_BUDGET`.
+The budget is `memory_budget_bytes` when given; on a GPU otherwise this process's share,
+
+    gpu_memory_fraction * total - torch.cuda.memory_reserved() (this process's weights) - activation reserve
+
+so that replicas sharing a GPU (fractional `num_gpus`, each given its fraction) each plan a cache in
+their own share instead of subtracting one another's memory; on the CPU otherwise `CPU_DEFAULT_BUDGET`.
+Memory outside PyTorch's allocator (the CUDA context, cuBLAS workspaces) is covered by the margin in
+the activation reserve.
 """
 
 from __future__ import annotations
@@ -83,16 +88,25 @@ def activation_reserve_bytes(config, prefill_chunk_tokens: int, max_num_seqs: in
     return prefill + decode + GPU_MARGIN_BYTES
 
 
+def share_budget(total_bytes: int, reserved_bytes: int, gpu_memory_fraction: float, reserve_bytes: int) -> int:
+    """The cache budget of one process that may use `gpu_memory_fraction` of a GPU of `total_bytes`:
+    its share, minus what it has already allocated itself (`reserved_bytes`: its weights) and the
+    activation reserve. Other processes on the same GPU (replicas with fractional `num_gpus`) do not
+    count: each plans in its own share. Raises ValueError when nothing is left."""
+    budget = int(gpu_memory_fraction * total_bytes) - reserved_bytes - reserve_bytes
+    if budget <= 0:
+        gib = 1024**3
+        raise ValueError(
+            f"no GPU memory left for the cache: this process's share, {gpu_memory_fraction:.2f} of "
+            f"{total_bytes / gib:.1f} GiB, minus the {reserved_bytes / gib:.1f} GiB it already holds (weights) "
+            f"and a {reserve_bytes / gib:.1f} GiB activation reserve, leaves nothing; raise gpu_memory_fraction, "
+            f"lower prefill_chunk_tokens or max_num_seqs, or give memory_budget_bytes")
+    return budget
+
+
 def default_budget(device: torch.device, gpu_memory_fraction: float, reserve_bytes: int) -> int:
-    """The cache budget when none is given (see the module docstring)."""
+    """The cache budget when none is given (see the module docstring and `share_budget`)."""
     if device.type != "cuda":
         return CPU_DEFAULT_BUDGET
-    free, total = torch.cuda.mem_get_info(device)
-    in_use = total - free
-    budget = int(gpu_memory_fraction * total) - in_use - reserve_bytes
-    if budget <= 0:
-        raise ValueError(
-            f"no GPU memory left for the cache: {gpu_memory_fraction:.2f} of {total / 1024**3:.1f} GiB, minus "
-            f"{in_use / 1024**3:.1f} GiB in use (weights) and a {reserve_bytes / 1024**3:.1f} GiB activation "
-            f"reserve, leaves nothing; raise gpu_memory_fraction or lower prefill_chunk_tokens")
-    return budget
+    total = torch.cuda.get_device_properties(device).total_memory
+    return share_budget(total, torch.cuda.memory_reserved(device), gpu_memory_fraction, reserve_bytes)
