@@ -8,7 +8,8 @@
 
 Each request goes to one pool, drawn by the routing weights the policy actor publishes. The response
 headers `X-DSLA-Pool` and `X-DSLA-Depth` (and `system_fingerprint`, `dsla-depth-<d>`) say which pool
-and depth served it. Errors are OpenAI-style bodies (errors.py); 429/503 carry Retry-After.
+and depth served it. With `trainer.serve_prompts_sample`, accepted prompts are offered to the bounded
+served-prompt sample (prompt_sample.py). Errors are OpenAI-style bodies (errors.py); 429/503 carry Retry-After.
 
 (No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation of the
 class-based routes that Serve builds.)
@@ -27,6 +28,7 @@ from ..policies import Policy
 from .errors import APIError, install_error_handlers, parse_body
 from .formatting import SSE_DONE, ChatStream, CompletionStream, TokenText, chat_response, completion_response, sse
 from .ingress_core import IngressCore
+from .prompt_sample import chat_prompt_text
 from .prompting import encode_chat, encode_prompt, resolve_max_tokens, sampling_kwargs
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, new_id, now
 from .runs import Run, start_run
@@ -158,6 +160,8 @@ class Ingress:
         body["ingress"] = {"in_flight": dict(self.core.table.in_flight), "waiting": self.core.table.waiting(),
                            "queue_cap": self.core.table.queue_cap, "routing_version": self.core.table.version,
                            "routing_error": self.core.routing_error}
+        if self.core.prompt_sample is not None:  # counts only, never the prompts
+            body["ingress"]["served_prompt_sample"] = self.core.prompt_sample.status()
         return body
 
     @app.post("/v1/completions")
@@ -172,6 +176,8 @@ class Ingress:
         texts = [p if isinstance(p, str) else self.core.tokenizer.decode(p) for p in prompts] if body.echo \
             else [""] * len(prompts)
         runs = await self._start_all(ids, params, "completions")
+        if self.core.prompt_sample is not None:
+            self.core.served_prompts([p if isinstance(p, str) else self.core.tokenizer.decode(p) for p in prompts])
         request_id, created = new_id("cmpl"), now()
         if not body.stream:
             await collect_all(runs)
@@ -207,6 +213,8 @@ class Ingress:
         params = sampling_kwargs(body, resolve_max_tokens(len(ids), body.requested_max_tokens, self.core.limits,
                                                           param=param))
         runs = await self._start_all([ids], [params], "chat")
+        if self.core.prompt_sample is not None:
+            self.core.served_prompts([chat_prompt_text(body)])
         run = runs[0]
         request_id, created, top = new_id("chatcmpl"), now(), body.top_logprobs or 0
         if not body.stream:

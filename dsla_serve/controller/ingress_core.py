@@ -4,6 +4,8 @@ observations it sends to the policy actor.
 Two background tasks run on the replica's event loop: one refreshes the routing table from the
 policy actor, one flushes request observations (arrivals, finished requests with their latencies) to
 it. Both survive the policy actor restarting: the ingress keeps routing by the last table it got.
+With `trainer.serve_prompts_sample`, a third writes the served-prompt sample (prompt_sample.py) next
+to the artifact for the background trainer, every PROMPT_SAMPLE_WRITE_EVERY_S when it changed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from typing import Any
 
 from ..policies import Policy
+from .prompt_sample import ServedPromptSample, write_prompts_jsonl
 from .prompting import Limits, load_tokenizer
 from .routing import RoutingTable
 from .runs import retry_after_s
@@ -24,6 +27,7 @@ from .window import Observation, meets_slo
 log = logging.getLogger("ray.serve")
 
 FLUSH_EVERY_S = 0.25
+PROMPT_SAMPLE_WRITE_EVERY_S = 5.0
 
 
 class IngressCore:
@@ -41,6 +45,7 @@ class IngressCore:
         self.events: list[dict[str, Any]] = []
         self.routing_every_s = min(max(policy.controller.interval_s / 2, 0.1), 1.0)
         self.routing_error: str | None = None
+        self.prompt_sample = prompt_sample_of(policy, seed)
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -51,6 +56,8 @@ class IngressCore:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._every(self.routing_every_s, self.refresh_routing)),
                        loop.create_task(self._every(FLUSH_EVERY_S, self.flush))]
+        if self.prompt_sample is not None:
+            self._tasks.append(loop.create_task(self._every(PROMPT_SAMPLE_WRITE_EVERY_S, self.write_prompt_sample)))
 
     def stop(self) -> None:
         for task in self._tasks:
@@ -79,6 +86,19 @@ class IngressCore:
             return
         events, self.events = self.events, []
         await self.policy_actor.record.remote(events)
+
+    def served_prompts(self, texts: list[str]) -> None:
+        """Prompt texts being served (before generation); kept in the sample only when opted in."""
+        if self.prompt_sample is not None:
+            self.prompt_sample.offer(texts)
+
+    async def write_prompt_sample(self) -> None:
+        sample = self.prompt_sample
+        if sample is None or not sample.dirty:
+            return
+        version, texts = sample.snapshot()
+        await asyncio.to_thread(write_prompts_jsonl, sample.path, texts)
+        sample.written(version)
 
     # ------------------------------------------------------------------------------------------
     # bookkeeping called by runs
@@ -116,6 +136,14 @@ class IngressCore:
         if not header or not header.startswith("Bearer "):
             return False
         return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.api_key.encode())
+
+
+def prompt_sample_of(policy: Policy, seed: int) -> ServedPromptSample | None:
+    """The served-prompt sample when the policy opts in (trainer.serve_prompts_sample), else None."""
+    trainer = policy.trainer
+    if trainer is None or not trainer.serve_prompts_sample:
+        return None
+    return ServedPromptSample(policy.artifact_dir, trainer.serve_prompts_max, seed)
 
 
 def read_api_key(policy: Policy) -> str | None:

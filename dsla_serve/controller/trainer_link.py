@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from ..policies import Policy
+from .prompt_sample import served_prompts_path
 
 log = logging.getLogger("ray.serve")
 
@@ -32,14 +33,13 @@ def convert_config(policy: Policy) -> dict[str, Any]:
 
     Field mapping: model.path -> base_model, the artifact directory -> output, trainer.depth/seed/order/
     order_list/seq_len/batch_size/lr/steps_per_layer/w_*/train_qkvo/deepspeed -> their ConvertConfig
-    places, model.dtype -> dtype, trainer.resources.num_gpus -> device (cpu without a GPU).
+    places, model.dtype -> dtype, trainer.resources.num_gpus -> device (cpu without a GPU). With
+    trainer.serve_prompts_sample, the sample file the ingress writes (`<artifact>/served-prompts.jsonl`)
+    becomes data.train_only_paths: training data of the layers trained after it appears, never validation.
     """
     t = policy.trainer
     if t is None:
         raise TrainerSetupError("the policy has no trainer section")
-    if t.serve_prompts_sample:
-        raise TrainerSetupError("trainer.serve_prompts_sample: training on served prompts is not implemented by "
-                                "this version; set it to false")
     if policy.model.tiny_arch is not None and t.seed != 0:
         # replicas build tiny:<arch> with seed 0; the trainer seeds the tiny model with trainer.seed
         raise TrainerSetupError(f"trainer.seed: must be 0 with a tiny model ({policy.model.path}), whose weights "
@@ -59,6 +59,8 @@ def convert_config(policy: Policy) -> dict[str, Any]:
         "training": {"steps": t.steps_per_layer, "lr": t.lr, "micro_batch_size": t.batch_size,
                      "train_qkvo": t.train_qkvo, "loss": {"mse": t.w_mse, "kl": t.w_kl, "ce": t.w_ce}},
     }
+    if t.serve_prompts_sample:
+        config["data"]["train_only_paths"] = [str(served_prompts_path(policy.artifact_dir))]
     if t.deepspeed is not None:
         config["deepspeed"] = t.deepspeed
     return config

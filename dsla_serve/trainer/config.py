@@ -55,6 +55,10 @@ class DataConfig(_Strict):
     segment_chars: int | None = Field(
         None, ge=100, description="cut documents longer than this into contiguous segments (at line breaks) "
         "before the split; default: only a corpus of a single document is cut, into 20000-character segments")
+    train_only_paths: list[Path] = Field(
+        default_factory=list, description="files (*.txt, *.jsonl) added to the training split only, never to "
+        "validation; read again before each layer, a file that does not exist yet counts as empty (e.g. the "
+        "served-prompt sample a serving policy writes); not part of the settings a resume must match")
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -64,6 +68,11 @@ class DataConfig(_Strict):
     @field_validator("paths")
     @classmethod
     def _resolve_paths(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve(p, info) for p in v]
+
+    @field_validator("train_only_paths")
+    @classmethod
+    def _resolve_train_only(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
         return [_resolve(p, info) for p in v]
 
 

@@ -9,6 +9,12 @@ JSON-lines files with a `"text"` field per line (each line one document). Cleani
 and keeps only the body of a Project Gutenberg book (the lines between `*** START OF THE PROJECT
 GUTENBERG ...` and `*** END OF ...`). The split is by document, never by line, so no validation
 text is ever seen in training; it is deterministic for a given seed.
+
+Train-only documents (`DataConfig.train_only_paths`, e.g. the served-prompt sample of a serving
+policy) join the training split only, and are read again when their files change:
+
+    stamp = files_stamp(cfg.train_only_paths)
+    data = add_training_documents(data, read_present_documents(cfg.train_only_paths), tokenizer, cfg.seq_len, stamp)
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class PackedData:
     train: torch.Tensor
     val: torch.Tensor
     info: dict = field(default_factory=dict)
+    base_train: torch.Tensor | None = None  # `train` before train-only documents were appended
+    train_only_stamp: tuple | None = None  # `files_stamp` of the train-only files `train` holds
 
 
 # --- reading and cleaning -------------------------------------------------------------------
@@ -95,6 +103,19 @@ def _files_under(folder: Path) -> list[Path]:
     return files
 
 
+def _read_path(path: Path) -> list[Document]:
+    """The non-empty cleaned documents of one existing file or folder."""
+    docs = []
+    for f in _files_under(path) if path.is_dir() else [path]:
+        if f.suffix.lower() in JSONL_SUFFIXES:
+            docs.extend(_read_jsonl(f))
+        else:
+            text = clean_text(_read_text(f))
+            if text:
+                docs.append(Document(str(f), text))
+    return docs
+
+
 def read_documents(paths: list[str | Path]) -> list[Document]:
     """All non-empty cleaned documents of `paths` (files and folders), in a stable order.
 
@@ -106,14 +127,7 @@ def read_documents(paths: list[str | Path]) -> list[Document]:
         path = Path(raw_path)
         if not path.exists():
             raise DataError(f"data path {path} does not exist")
-        files = _files_under(path) if path.is_dir() else [path]
-        for f in files:
-            if f.suffix.lower() in JSONL_SUFFIXES:
-                docs.extend(_read_jsonl(f))
-            else:
-                text = clean_text(_read_text(f))
-                if text:
-                    docs.append(Document(str(f), text))
+        docs.extend(_read_path(path))
     if not docs:
         raise DataError(f"no text found in {', '.join(str(p) for p in paths)} (all files empty)")
     return docs
@@ -195,3 +209,36 @@ def build_dataset(cfg: DataConfig, tokenizer, seed: int) -> PackedData:
             "val_sequences": int(val.shape[0]), "seq_len": cfg.seq_len,
             "val_sources": sorted({d.source for d in val_docs})[:20]}
     return PackedData(train=train, val=val, info=info)
+
+
+# --- train-only documents -------------------------------------------------------------------
+
+def files_stamp(paths: list[str | Path]) -> tuple:
+    """((path, mtime_ns, size) or (path, None, None) when missing) per path: changes when a file does."""
+    stamps = []
+    for raw in paths:
+        try:
+            st = Path(raw).stat()
+            stamps.append((str(raw), st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stamps.append((str(raw), None, None))
+    return tuple(stamps)
+
+
+def read_present_documents(paths: list[str | Path]) -> list[Document]:
+    """The cleaned documents of the files in `paths` that exist now (missing ones: not written yet)."""
+    return [doc for p in map(Path, paths) if p.exists() for doc in _read_path(p)]
+
+
+def add_training_documents(data: PackedData, docs: list[Document], tokenizer, seq_len: int,
+                           stamp: tuple | None = None) -> PackedData:
+    """`data` with `docs` packed into [K, seq_len] and appended to its base training split.
+
+    Replaces any train-only documents added before; `val` is untouched, so validation stays
+    comparable across layers. Short documents are joined (EOS between them) like any others.
+    """
+    base = data.base_train if data.base_train is not None else data.train
+    extra = pack_documents(docs, tokenizer, seq_len) if docs else base.new_empty((0, seq_len))
+    info = {**data.info, "train_only_documents": len(docs), "train_only_sequences": int(extra.shape[0])}
+    return PackedData(train=torch.cat([base, extra]) if extra.shape[0] else base, val=data.val, info=info,
+                      base_train=base, train_only_stamp=stamp)

@@ -28,7 +28,7 @@ from ..model import Artifact, conversion_order, convert, decoder_layers, set_dep
 from ..model.artifact import MANIFEST_NAME
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
-from .data import PackedData, build_dataset
+from .data import PackedData, add_training_documents, build_dataset, files_stamp, read_present_documents
 from .distill import fit_layer
 from .distributed import DistContext, init_distributed
 from .engine import read_user_config
@@ -42,8 +42,10 @@ LayerCallback = Callable[[int, int, dict], None]  # (layer index, depth now publ
 StepCallback = Callable[[int, int, float], None]  # (layer index, step, loss)
 
 # Config sections that must match an artifact's to resume it (paths, device, output and the
-# target depth may change between runs).
+# target depth may change between runs; so may train-only data, which only layers trained after
+# it appears see: published layers are never retrained).
 RESUME_KEYS = ("seed", "dtype", "order", "training", "dsla")
+NOT_RESUME_DATA_KEYS = ("paths", "train_only_paths")
 
 
 class ResumeError(ValueError):
@@ -90,7 +92,7 @@ class RunSummary:
 def _recipe(cfg: ConvertConfig) -> dict:
     dumped = cfg.model_dump(mode="json")
     recipe = {k: dumped[k] for k in RESUME_KEYS}
-    recipe["data"] = {k: v for k, v in dumped["data"].items() if k != "paths"}
+    recipe["data"] = {k: v for k, v in dumped["data"].items() if k not in NOT_RESUME_DATA_KEYS}
     return recipe
 
 
@@ -234,6 +236,8 @@ class Trainer:
         self._set(published_depth=resumed, target_depth=target)
         ds_user = read_user_config(cfg.deepspeed)
         for rank in range(resumed, target):
+            if cfg.data.train_only_paths:
+                self._refresh_train_only()
             result = self._train_layer(artifact, rank, ds_user, stop_event, on_step)
             if result is None:
                 summary.stopped = True
@@ -244,6 +248,19 @@ class Trainer:
             if on_layer is not None:
                 on_layer(result.layer, rank + 1, result.metrics)
         return summary
+
+    def _refresh_train_only(self) -> None:
+        """Re-pack the train-only documents into `self.data.train` when their files changed (rank 0 reads)."""
+        cfg, dist = self.config.data, self.dist
+        stamp = dist.broadcast_object(files_stamp(cfg.train_only_paths))
+        if stamp == self.data.train_only_stamp:
+            return
+        if self.tokenizer is None:
+            raise ValueError("data.train_only_paths needs a tokenizer (give one with the model)")
+        docs = dist.broadcast_object(read_present_documents(cfg.train_only_paths) if dist.is_main else None)
+        self.data = add_training_documents(self.data, docs, self.tokenizer, cfg.seq_len, stamp)
+        log.info("train-only data: %d documents -> %d extra training sequences",  # counts only, never the text
+                 self.data.info["train_only_documents"], self.data.info["train_only_sequences"])
 
     def _train_layer(self, artifact: Artifact, rank: int, ds_user: dict, stop_event, on_step) -> LayerResult | None:
         """Convert, fit, validate and publish layer order[rank]; None if stopped before the end."""
@@ -274,6 +291,8 @@ class Trainer:
                    "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
                    "train_tokens": fit.tokens, "train_tokens_per_s": fit.tokens_per_second,
                    "world_size": dist.world_size}
+        if cfg.data.train_only_paths:
+            metrics["train_only_sequences"] = self.data.info.get("train_only_sequences", 0)
         if dist.is_main:
             artifact.append_layer(model, layer, metrics)
         dist.barrier()  # the others wait until the layer is on disk

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,9 +92,11 @@ def test_trainer_section_maps_onto_the_trainer_config():
     assert parsed.training.loss.kl == t.w_kl
 
     data = policy.model_dump(mode="json")
-    data["trainer"]["serve_prompts_sample"] = True
-    with pytest.raises(TrainerSetupError, match="serve_prompts_sample"):
-        convert_config(type(policy).model_validate(data))
+    assert parsed.data.train_only_paths == []  # opted out: no served prompts
+    data["trainer"].update(serve_prompts_sample=True, serve_prompts_max=7)
+    opted_in = parse_config(convert_config(type(policy).model_validate(data)))
+    assert opted_in.data.train_only_paths == [Path(policy.artifact_dir) / "served-prompts.jsonl"]
+    assert opted_in.data.paths == parsed.data.paths  # validation still comes from the configured data only
     data["trainer"].update(serve_prompts_sample=False, seed=1)
     with pytest.raises(TrainerSetupError, match="trainer.seed"):
         convert_config(type(policy).model_validate(data))
