@@ -414,6 +414,8 @@ class Engine:
             req = self._live.get(request_id)
             if req is not None and not req.finished:
                 req.finish("abort")
+                # out of the queue / running set now, so this step neither admits nor runs it
+                self.scheduler.remove(req, self.pool)
                 changed.append(req)
         for fn, box in commands:
             try:

@@ -15,7 +15,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import CachePool
-from .outputs import QueueFullError
 from .request import Request, Status
 
 
@@ -38,12 +37,6 @@ class Scheduler:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
-
-    def add(self, req: Request) -> None:
-        if len(self.waiting) >= self.max_queue:
-            raise QueueFullError(f"the waiting queue is full ({self.max_queue} requests, max_queue); "
-                                 f"retry later")
-        self.waiting.append(req)
 
     def admit(self, pool: CachePool, hold: bool) -> list[Request]:
         """Move waiting requests into free slots (none when `hold`)."""

@@ -84,3 +84,24 @@ def test_stop_aborts_what_is_left():
     engine.stop()
     assert stream.result().outputs[0].finish_reason == "abort"
     assert not engine.has_unfinished()
+
+
+def test_a_request_aborted_before_its_first_step_never_runs():
+    engine = _engine()
+    queued = engine.add_request("x", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    engine.abort(queued.request_id)
+    outputs = list(queued)  # drives the engine (no loop thread)
+    final = outputs[-1]
+    assert [o.finished for o in outputs] == [True]  # one final output, nothing streamed before it
+    assert final.outputs[0].finish_reason == "abort" and final.outputs[0].token_ids == []
+    assert engine.pool.num_free == engine.pool.num_slots and not engine.has_unfinished()
+
+
+def test_a_running_request_aborted_between_steps_gets_no_more_tokens():
+    engine = _engine()
+    stream = engine.add_request("x", SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    first = next(stream)
+    produced = len(first.outputs[0].token_ids)
+    engine.abort(stream.request_id)
+    final = list(stream)[-1]
+    assert final.outputs[0].finish_reason == "abort" and len(final.outputs[0].token_ids) == produced
