@@ -102,6 +102,7 @@ class Engine:
             activation_reserve_bytes(self.model.config, prefill_chunk_tokens, max_num_seqs))
 
         self._inbox_lock = threading.Lock()
+        self._config_lock = threading.Lock()  # stats() (other threads) never sees a half-built cache
         self._inbox: deque[Request] = deque()
         self._aborts: set[str] = set()
         self._commands: deque[tuple[Callable, dict]] = deque()
@@ -133,19 +134,20 @@ class Engine:
 
     def _configure(self, depth: int) -> None:
         """Switch the model to `depth` and (re)build the cache and the runner. Nothing may be running."""
-        spec = cache_spec(self.model, depth, self.max_model_len)
-        plan = plan_memory(spec, depth, self._budget, self.max_num_seqs)
-        self.runner = self.graphs = None
-        self.pool = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        set_model_depth(self.model, depth)
-        self.depth = depth
-        self.plan: MemoryPlan = plan
-        self.pool = CachePool(spec, plan.max_seqs, self.device)
-        self._build_runner()
-        log.info("engine configured: %s", plan.describe())
+        with self._config_lock:
+            spec = cache_spec(self.model, depth, self.max_model_len)
+            plan = plan_memory(spec, depth, self._budget, self.max_num_seqs)
+            self.runner = self.graphs = None
+            self.pool = None
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            set_model_depth(self.model, depth)
+            self.depth = depth
+            self.plan: MemoryPlan = plan
+            self.pool = CachePool(spec, plan.max_seqs, self.device)
+            self._build_runner()
+            log.info("engine configured: %s", plan.describe())
 
     def _build_runner(self) -> None:
         self.runner = ModelRunner(self.model, self.pool, active_dsla_layers(self.model, self.depth))
@@ -557,6 +559,10 @@ class Engine:
     # ----------------------------------------------------------------------------------------------
     def stats(self) -> dict:
         """Load and latency figures for routing and autoscaling (plain JSON-able dict)."""
+        with self._config_lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> dict:
         pool = self.pool
         running = len(self.scheduler.running)
         with self._inbox_lock:
