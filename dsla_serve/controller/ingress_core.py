@@ -133,7 +133,7 @@ class IngressCore:
         """`Authorization: Bearer <key>` matches the configured key (always true without one)."""
         if self.api_key is None:
             return True
-        if not header or not header.startswith("Bearer "):
+        if not header or header[:7].lower() != "bearer ":  # the scheme name is case-insensitive (RFC 9110)
             return False
         return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.api_key.encode())
 

@@ -17,17 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..policies import SLO, PoolMetrics
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """q-th percentile (0..100) by linear interpolation; None for no values."""
-    xs = sorted(values)
-    if not xs:
-        return None
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+from ..replicas.metrics import percentile
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """States are fp32, or fp64 when the inputs are fp64 (used by the float64 tests)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .inputs import accumulation_dtype
 
 
 def naive_dsla(
@@ -43,7 +40,7 @@ def naive_dsla(
         raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({Hk})")
     scale = K**-0.5 if scale is None else scale
     out_dtype = q.dtype
-    acc = _state_dtype(q.dtype)
+    acc = accumulation_dtype(q.dtype)
     group = H // Hk
     q, g1, g2 = q.to(acc), g1.to(acc), g2.to(acc)
     k = k.to(acc).repeat_interleave(group, dim=2)

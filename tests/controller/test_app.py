@@ -237,6 +237,8 @@ def test_api_key_is_required(app):
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         wrong = anonymous.get("/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+        lower_case_scheme = anonymous.get("/v1/models", headers={"Authorization": f"bearer {KEY}"})
+        assert lower_case_scheme.status_code == 200
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{app}/v1", api_key="nope", max_retries=0).models.list()
 

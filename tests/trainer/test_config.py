@@ -99,4 +99,4 @@ def test_the_tiny_example_config_is_valid_and_its_paths_resolve():
     cfg = load_config(repo / "examples" / "convert-tiny.yaml")
     assert cfg.base_model == "tiny:llama" and cfg.depth == 2 and cfg.device == "cpu"
     assert cfg.output.resolve() == repo / "runs" / "convert-tiny"
-    assert [p.resolve() for p in cfg.data.paths] == [repo.parent / "shared" / "data" / "tinyshakespeare.txt"]
+    assert [p.resolve() for p in cfg.data.paths] == [(repo.parent / "shared" / "data" / "tinyshakespeare.txt").resolve()]
