@@ -247,7 +247,15 @@ class Engine:
         with self._inbox_lock:
             self._commands.append((fn, box))
         self._wakeup.set()
-        box["done"].wait()
+        while not box["done"].wait(timeout=0.5):
+            if not self.running_loop:  # the loop stopped before taking the command: run it here
+                with self._inbox_lock:
+                    orphaned = (fn, box) in self._commands
+                    if orphaned:
+                        self._commands.remove((fn, box))
+                if orphaned:
+                    with self._step_lock:
+                        return fn()
         if "error" in box:
             raise box["error"]
         return box["result"]

@@ -93,11 +93,14 @@ class RequestStream:
                 out = self._pop()
                 if out is not None:
                     return out
-                fut = loop.create_future()
-                self._waiters.append((loop, fut))
             if self._drive():  # no loop thread: step inline, then look again
                 await asyncio.sleep(0)
                 continue
+            with self._cond:  # a loop thread steps: wait for its next output (registered under the lock)
+                if self._done or self._items:
+                    continue
+                fut = loop.create_future()
+                self._waiters.append((loop, fut))
             await fut
 
     def result(self) -> RequestOutput:

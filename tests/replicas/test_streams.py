@@ -105,3 +105,43 @@ def test_a_running_request_aborted_between_steps_gets_no_more_tokens():
     engine.abort(stream.request_id)
     final = list(stream)[-1]
     assert final.outputs[0].finish_reason == "abort" and len(final.outputs[0].token_ids) == produced
+
+
+def test_async_stream_without_a_loop_thread_registers_no_waiters_while_it_drives():
+    engine = _engine(prefill_chunk_tokens=4)  # a 40-token prompt: 10 steps with no output
+    stream = engine.add_request("x" * 40, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    waiting_while_driving = []
+    drive = stream._drive
+
+    def observed_drive():
+        waiting_while_driving.append(len(stream._waiters))
+        return drive()
+
+    stream._drive = observed_drive
+
+    async def consume():
+        return [out async for out in stream]
+
+    outs = asyncio.run(consume())
+    assert len(outs) == 3 and outs[-1].finished
+    assert max(waiting_while_driving) == 0  # nobody waits on a future while this consumer steps inline
+
+
+def test_a_command_left_by_a_loop_that_stopped_runs_on_the_caller():
+    import threading
+
+    class LoopThatDiesAfterTheCheck:  # alive when _between_steps looks, gone before it takes commands
+        def __init__(self):
+            self.calls = 0
+
+        def is_alive(self):
+            self.calls += 1
+            return self.calls == 1
+
+    engine = _engine()
+    engine._thread = LoopThatDiesAfterTheCheck()
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(value=engine._between_steps(lambda: 42)), daemon=True)
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive() and result == {"value": 42} and not engine._commands
