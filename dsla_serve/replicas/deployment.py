@@ -22,6 +22,7 @@ or from the command line: `serve run dsla_serve.replicas.deployment:build_app mo
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -51,12 +52,13 @@ class EngineDeployment:
         self.engine.start()
         self.replica_id = serve_replica_id()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         unknown = set(user_config) - {"depth", "refresh_artifact"}
         if unknown:
             raise ValueError(f"unknown user_config key(s) {sorted(unknown)}; known: depth, refresh_artifact")
         if user_config.get("refresh_artifact", self.engine.artifact is not None):
-            self.engine.refresh_artifact()
+            # waits for the engine's next step boundary: off the replica's event loop, so streams go on
+            await asyncio.to_thread(self.engine.refresh_artifact)
         if "depth" in user_config:
             self.engine.set_depth(int(user_config["depth"]))
 
