@@ -16,13 +16,21 @@ from dsla_serve.model import DSLAConfig
 from dsla_serve.model.baselines import LAYER_KINDS
 from dsla_serve.quality.evaluate import EvalSettings
 from dsla_serve.quality.models import parse_depths
+from recipes.teacher.batches import MixtureConfig
 
 ORDER_METHODS = ("loss_delta", "entropy", "forward", "reverse", "random")
 
 
 @dataclass(frozen=True)
-class DistillSettings:
-    """One layer's training (the same for every layer and run) and the data it sees."""
+class LossWeights:
+    mse: float = 1.0
+    kl: float = 1.0
+    ce: float = 0.0
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """One layer's training (the same for every layer and run; a run may override train_qkvo)."""
 
     steps: int = 100
     lr: float = 1e-3
@@ -30,17 +38,19 @@ class DistillSettings:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     train_qkvo: bool = True
-    loss_mse: float = 1.0
-    loss_kl: float = 1.0
-    loss_ce: float = 0.0
-    batch_size: int = 8
-    seq_len: int = 2048
-    passkey_fraction: float = 0.25
-    passkey_min_len: int = 256
-    recall_fraction: float = 0.1
-    recall_pairs: tuple[int, int] = (4, 64)
+    loss: LossWeights = LossWeights()
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """How each layer is fitted (`fit`), the training rows it sees (`mixture`, the teacher recipe's
+    batch mixture) and how many validation windows score it. The JSON's `distill` section is flat: the
+    fields of FitSettings, loss_mse / loss_kl / loss_ce, the fields of MixtureConfig and
+    validation_windows."""
+
+    fit: FitSettings = FitSettings()
+    mixture: MixtureConfig = MixtureConfig(seq_len=2048, batch_size=8)
     validation_windows: int = 8
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,28 @@ def _build(cls, data: dict, where: str):
         raise ValueError(f"{where}: {e}") from None
 
 
+_LOSS_KEYS = {"loss_mse": "mse", "loss_kl": "kl", "loss_ce": "ce"}
+
+
+def _build_distill(data: dict, where: str) -> DistillSettings:
+    """The flat `distill` section -> DistillSettings (unknown keys named, like `_build`)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    fit_keys = {f.name for f in dataclasses.fields(FitSettings)} - {"loss"}
+    mixture_keys = {f.name for f in dataclasses.fields(MixtureConfig)}
+    known = fit_keys | mixture_keys | set(_LOSS_KEYS) | {"validation_windows"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    loss = _build(LossWeights, {_LOSS_KEYS[k]: v for k, v in data.items() if k in _LOSS_KEYS}, where)
+    fit = _build(FitSettings, {**{k: v for k, v in data.items() if k in fit_keys}, "loss": loss}, where)
+    default = DistillSettings().mixture
+    mixture = _build(MixtureConfig, {"seq_len": default.seq_len, "batch_size": default.batch_size,
+                                     **{k: v for k, v in data.items() if k in mixture_keys}}, where)
+    return DistillSettings(fit=fit, mixture=mixture,
+                           validation_windows=data.get("validation_windows", DistillSettings.validation_windows))
+
+
 def load_config(path: str | Path) -> QualityConfig:
     """Read and check a config; errors name the file and the field."""
     path = Path(path)
@@ -141,6 +173,6 @@ def load_config(path: str | Path) -> QualityConfig:
         missing = [n for n in e.runs if n not in names]
         if missing:
             raise ValueError(f"{path}: experiments.{k} names unknown run(s) {missing}")
-    return QualityConfig(distill=_build(DistillSettings, raw.get("distill", {}), f"{path}: distill"),
+    return QualityConfig(distill=_build_distill(raw.get("distill", {}), f"{path}: distill"),
                          order=_build(OrderSettings, raw.get("order", {}), f"{path}: order"),
                          eval=_build(EvalSettings, ev, f"{path}: eval"), runs=runs, experiments=experiments)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,25 +27,9 @@ from dsla_serve.trainer.losses import LayerOutputCapture, distillation_loss, tea
 from dsla_serve.trainer.schedule import lr_multiplier
 from dsla_serve.trainer.sensitivity import attention_entropy
 
+from .config import FitSettings, LossWeights
+
 Batches = Callable[[int], torch.Tensor]  # global step -> input_ids [B, T]
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    mse: float = 1.0
-    kl: float = 1.0
-    ce: float = 0.0
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    steps: int = 100
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    train_qkvo: bool = True
-    loss: LossWeights = LossWeights()
 
 
 def single_process(device: torch.device) -> DistContext:

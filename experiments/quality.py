@@ -31,11 +31,11 @@ from dsla_serve.model import DSLAConfig, set_depth
 from dsla_serve.quality.corpus import open_token_corpus
 from dsla_serve.quality.evaluate import evaluate
 from dsla_serve.quality.perplexity import windows_of
-from recipes.teacher.batches import BatchMixture, MixtureConfig
+from recipes.teacher.batches import BatchMixture
 
-from .config import QualityConfig, RunSpec, load_config
-from .conversion import (FitSettings, LossWeights, autocast, convert_layer, entropy_order, fit_layer,
-                         loss_delta_order, simple_order, validation)
+from .config import FitSettings, QualityConfig, RunSpec, load_config
+from .conversion import (autocast, convert_layer, entropy_order, fit_layer, loss_delta_order, simple_order,
+                         validation)
 from .report import write_report
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -80,14 +80,10 @@ class Campaign:
         self.val_docs = [d for _, d in corpus.docs("validation")]
         d = cfg.distill
         self.mixture = BatchMixture(self.tokenizer, corpus.stream("train"), [x for _, x in corpus.docs("train")],
-                                    MixtureConfig(seq_len=d.seq_len, batch_size=d.batch_size,
-                                                  passkey_fraction=d.passkey_fraction,
-                                                  passkey_min_len=d.passkey_min_len,
-                                                  recall_fraction=d.recall_fraction, recall_pairs=d.recall_pairs,
-                                                  seed=d.seed))
-        wins = windows_of(self.val_docs, d.seq_len, d.validation_windows)
+                                    d.mixture)
+        wins = windows_of(self.val_docs, d.mixture.seq_len, d.validation_windows)
         if not wins:
-            raise ValueError(f"no validation document has {d.seq_len} tokens (distill.seq_len)")
+            raise ValueError(f"no validation document has {d.mixture.seq_len} tokens (distill.seq_len)")
         self.val_seqs = torch.as_tensor(np.stack(wins).astype(np.int64))
         self.meta = {"teacher": str(teacher_dir), "data": str(data_dir), "device": str(device),
                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -97,10 +93,9 @@ class Campaign:
         return self.mixture.batch(step)[0]
 
     def fit_settings(self, run: RunSpec | None = None, steps: int | None = None) -> FitSettings:
-        d = self.cfg.distill
-        qkvo = d.train_qkvo if run is None or run.train_qkvo is None else run.train_qkvo
-        return FitSettings(steps=steps or d.steps, lr=d.lr, warmup_steps=d.warmup_steps, min_lr_ratio=d.min_lr_ratio,
-                           grad_clip=d.grad_clip, train_qkvo=qkvo, loss=LossWeights(d.loss_mse, d.loss_kl, d.loss_ce))
+        fit = self.cfg.distill.fit
+        qkvo = fit.train_qkvo if run is None or run.train_qkvo is None else run.train_qkvo
+        return dataclasses.replace(fit, steps=steps or fit.steps, train_qkvo=qkvo)
 
     def evaluate(self, model) -> dict:
         with autocast(self.device):
@@ -135,7 +130,7 @@ class Campaign:
         if method == "loss_delta":
             # probes use the default DSLA layer, so every run shares one measured order
             return loss_delta_order(self.teacher, self.batches, self.val_seqs, self.fit_settings(steps=oc.probe_steps),
-                                    DSLAConfig(), self.device, seed=self.cfg.distill.seed)
+                                    DSLAConfig(), self.device, seed=self.cfg.distill.mixture.seed)
         return simple_order(method, self.num_layers, oc.random_seed), {}
 
     # --- one run -------------------------------------------------------------------------------
@@ -152,7 +147,7 @@ class Campaign:
         t_run = time.perf_counter()
         for rank in range(chain):
             layer, depth, t0 = order[rank], rank + 1, time.perf_counter()
-            convert_layer(model, layer, spec.kind, config, seed=self.cfg.distill.seed * 1000 + rank)
+            convert_layer(model, layer, spec.kind, config, seed=self.cfg.distill.mixture.seed * 1000 + rank)
             bar = tqdm(total=settings.steps, desc=f"{spec.name} depth {depth} (layer {layer})", unit="step",
                        mininterval=10)
             losses = fit_layer(model, layer, depth, self.batches, rank * settings.steps, settings, self.device,
