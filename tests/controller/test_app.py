@@ -18,6 +18,8 @@ import httpx
 import openai
 import pytest
 
+from tests.polling import wait_for
+
 from .helpers import make_artifact, policy_dict, ray_env, write_policy
 
 ray = pytest.importorskip("ray")
@@ -87,16 +89,6 @@ def status(http) -> dict:
     response = http.get("/v1/dsla/status")
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_for(predicate, timeout: float, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def complete(http, max_tokens=24, **extra) -> httpx.Response:

@@ -1,13 +1,14 @@
 """The Ray trainer actor: publishes layers in the background, reports progress, stops safely."""
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from dsla_serve.model import Artifact
 from dsla_serve.model.loading import load_model_and_tokenizer
+
+from tests.polling import wait_for
 
 from .helpers import config_dict
 
@@ -38,16 +39,6 @@ class Collector:
         return self.events
 
 
-def _wait_for(predicate, timeout=120.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
-
-
 def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, tmp_path):
     from dsla_serve.trainer.actor import TrainerActor
 
@@ -60,8 +51,9 @@ def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, 
     assert ray.get(actor.start.remote()) is False  # already running
 
     # progress answers while training runs; wait for the first published layer and a few steps more
-    _wait_for(lambda: ray.get(actor.progress.remote())["published_depth"] >= 1)
-    _wait_for(lambda: (p := ray.get(actor.progress.remote()))["phase"] == "training" and p["step"] >= 3)
+    wait_for(lambda: ray.get(actor.progress.remote())["published_depth"] >= 1, timeout=120, every=0.1)
+    wait_for(lambda: (p := ray.get(actor.progress.remote()))["phase"] == "training" and p["step"] >= 3,
+             timeout=120, every=0.1)
     progress = ray.get(actor.stop.remote(60.0))
     assert progress["phase"] == "stopped" and not progress["running"] and progress["error"] is None
     depth = progress["published_depth"]
@@ -69,8 +61,8 @@ def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, 
 
     published = ray.get(actor.published.remote())
     assert [p["depth"] for p in published] == list(range(1, depth + 1))
-    events = _wait_for(lambda: ray.get(collector.get.remote()) if len(ray.get(collector.get.remote())) == depth
-                       else None, timeout=10)
+    events = wait_for(lambda: ray.get(collector.get.remote()) if len(ray.get(collector.get.remote())) == depth
+                      else None, timeout=10, every=0.1)
     assert [(layer, d) for layer, d, _ in events] == [(p["layer"], p["depth"]) for p in published]
 
     # the artifact holds exactly the published layers, whole: it loads and verifies
