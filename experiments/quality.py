@@ -5,12 +5,15 @@ tables and plots.
     python -m experiments.quality ... --experiments 2_baselines      # only the runs of one experiment
     python -m experiments.quality --out runs/quality --report-only   # tables and plots from saved results
     python -m experiments.quality --smoke ...                        # tiny settings for a CPU check
+    python -m experiments.quality ... --workers 4                    # runs in 4 processes (one GPU)
 
 Each run (a chained conversion: layer kind, order, gate settings) is written to <out>/runs/<name>.json
 when it completes, and skipped when the command is repeated, so a long campaign is split over
 several commands: with --time-budget-min a command starts no run it does not expect to finish in
 time, and exits with code 75 while runs remain. Orders are computed once (<out>/orders.json); the
-teacher is evaluated once (<out>/teacher.json). Every command ends by (re)writing the report:
+teacher is evaluated once (<out>/teacher.json). With --workers N the teacher and the orders are done
+first, then the runs are shared among N processes: the model is small enough that one process
+leaves a GPU mostly idle between its kernel launches. Every command ends by (re)writing the report:
 <out>/summary.md, <out>/summary.json (with the issue's targets checked) and the PNG plots.
 """
 
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from saved results")
     p.add_argument("--smoke", action="store_true", help="tiny settings (configs/quality-smoke.json) for a CPU check")
+    p.add_argument("--workers", type=int, default=1, help="processes that share the runs (default: 1)")
     return p
 
 
@@ -182,8 +186,45 @@ def selected_runs(cfg: QualityConfig, experiments: str | None, runs: str | None)
     return [cfg.run(n) for n in wanted]
 
 
+def share_runs(runs: list[RunSpec], num_layers: int, workers: int) -> list[list[RunSpec]]:
+    """Runs dealt to `workers` groups, longest chains first, each to the least loaded group."""
+    groups: list[list[RunSpec]] = [[] for _ in range(min(workers, len(runs)))]
+    load = [0] * len(groups)
+    for spec in sorted(runs, key=lambda r: -r.depths(num_layers)[0]):
+        i = load.index(min(load))
+        groups[i].append(spec)
+        load[i] += spec.depths(num_layers)[0]
+    return groups
+
+
+def run_in_workers(args, campaign: Campaign, todo: list[RunSpec], t_start: float) -> int:
+    """Run `todo` in --workers child processes of this command; 75 if any of them left runs undone."""
+    import subprocess
+
+    for method in dict.fromkeys(r.order for r in todo):
+        campaign.order(method)  # before the workers start, so that none of them computes one
+    children = []
+    for group in share_runs(todo, campaign.num_layers, args.workers):
+        cmd = [sys.executable, "-m", "experiments.quality", "--out", str(args.out), "--teacher", str(args.teacher),
+               "--data", str(args.data), "--device", args.device, "--runs", ",".join(r.name for r in group)]
+        if args.config or args.smoke:
+            cmd += ["--config", str(args.config or CONFIGS / "quality-smoke.json")]
+        if args.time_budget_min is not None:
+            left = args.time_budget_min - (time.perf_counter() - t_start) / 60
+            cmd += ["--time-budget-min", f"{max(left, 0.0):.2f}"]
+        print(f"worker {len(children)}: {', '.join(r.name for r in group)}", flush=True)
+        children.append(subprocess.Popen(cmd))
+    codes = [c.wait() for c in children]
+    failed = [c for c in codes if c not in (0, EXIT_INCOMPLETE)]
+    if failed:
+        raise SystemExit(f"a worker failed (exit codes {codes})")
+    return EXIT_INCOMPLETE if EXIT_INCOMPLETE in codes else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
     config_path = args.config or CONFIGS / ("quality-smoke.json" if args.smoke else "quality.json")
     cfg = load_config(config_path)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     campaign.teacher_result()
     todo = [r for r in selected_runs(cfg, args.experiments, args.runs)
             if not (args.out / "runs" / f"{r.name}.json").is_file()]
+    if args.workers > 1 and len(todo) > 1:
+        code = run_in_workers(args, campaign, todo, t_start)
+        write_report(cfg, args.out)
+        left = [r.name for r in todo if not (args.out / "runs" / f"{r.name}.json").is_file()]
+        if left:
+            print(f"{len(left)} run(s) left ({', '.join(left)}): repeat the command", flush=True)
+            return EXIT_INCOMPLETE
+        print(f"all selected runs done in {time.perf_counter() - t_start:.0f} s; report in {args.out / 'summary.md'}")
+        return code
     longest = 0.0
     remaining = list(todo)
     for spec in todo:

@@ -52,6 +52,22 @@ def test_smoke_campaign_runs_every_experiment_and_resumes(teacher_dir, token_cor
     assert (out / "runs" / "gla.json").stat().st_mtime_ns == before
 
 
+def test_workers_share_the_runs_and_compute_orders_once(teacher_dir, token_corpus_dir, tmp_path):
+    out = tmp_path / "results"
+    args = ["--smoke", "--teacher", str(teacher_dir), "--data", str(token_corpus_dir), "--out", str(out),
+            "--runs", "dsla,gla,dsla_low_rank", "--workers", "2"]
+    assert quality.main(args) == 0
+    for name in ("dsla", "gla", "dsla_low_rank"):
+        assert json.loads((out / "runs" / f"{name}.json").read_text())["complete"]
+    assert set(json.loads((out / "orders.json").read_text())) == {"loss_delta", "entropy"}
+    cfg = load_config(quality.CONFIGS / "quality-smoke.json")
+    groups = quality.share_runs([cfg.run(n) for n in ("dsla", "gla", "linear", "swa")], 8, 3)
+    assert sorted(len(g) for g in groups) == [1, 1, 2] and {r.name for g in groups for r in g} == \
+        {"dsla", "gla", "linear", "swa"}
+    with pytest.raises(SystemExit, match="--workers must be >= 1"):
+        quality.main(args[:-1] + ["0"])
+
+
 def _ev(ppl, last, passkey):
     return {"perplexity": {"overall": {"ppl": ppl}, "buckets": [{"lo": 0, "hi": 1024, "ppl": ppl},
                                                                  {"lo": 1024, "hi": 4096, "ppl": last}]},

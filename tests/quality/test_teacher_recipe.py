@@ -85,17 +85,37 @@ def _mixture(tokenizer, token_corpus_dir, **kw):
 
 def test_batches_depend_only_on_seed_and_step(tokenizer, token_corpus_dir):
     mix = _mixture(tokenizer, token_corpus_dir, passkey_fraction=0.4, recall_fraction=0.3)
-    a, kinds = mix.batch(5)
-    assert a.shape == (8, 256) and a.dtype == torch.int64
+    a, kinds, answers = mix.batch(5)
+    assert a.shape == answers.shape == (8, 256) and a.dtype == torch.int64 and answers.dtype == torch.bool
     assert torch.equal(a, mix.batch(5)[0]) and not torch.equal(a, mix.batch(6)[0])
     all_kinds = [k for s in range(10) for k in mix.batch(s)[1]]
     assert {"text", "passkey", "recall"} == set(all_kinds)
-    for row, kind in zip(a, kinds):
+    for row, kind, answer in zip(a, kinds, answers):
         text = tokenizer.decode(row)
-        if kind == "passkey":
+        marked = tokenizer.decode(row[answer])
+        if kind == "passkey":  # the answer is the key stated earlier, right after the question
             assert "What is the pass key? The pass key is" in text
-        if kind == "recall":
+            key = marked.strip()
+            assert len(key) == 5 and key.isdigit() and f"The pass key is {key}." in text
+            assert text.index("What is the pass key? The pass key is" + marked) > text.index(key)
+        if kind == "recall":  # every marked value is the value of a stated pair
             assert text.startswith("Remember these codes:")
+            pairs, recall = text.split("Recall:")
+            values = marked.split()
+            assert values and all(v.isdigit() and f" {v}" in pairs for v in values)
+        if kind == "text":
+            assert not answer.any()
+
+
+def test_passkey_episodes_ramp_from_short_to_long(tokenizer, token_corpus_dir):
+    mix = _mixture(tokenizer, token_corpus_dir, passkey_fraction=1.0, recall_fraction=0.0, passkey_ramp_steps=10)
+    assert [mix.passkey_max_len(s) for s in (0, 4, 9, 10, 50)] == [140, 192, 256, 256, 256]
+    for step in (0, 4):
+        ids, _, answers = mix.batch(step)
+        ends = [int(a.nonzero().max()) + 1 for a in answers]  # the episode ends with its answer
+        assert max(ends) <= mix.passkey_max_len(step) and min(ends) >= 128
+    with pytest.raises(ValueError, match="passkey_ramp_steps"):
+        MixtureConfig(passkey_ramp_steps=-1)
     with pytest.raises(ValueError, match="sum to at most 1"):
         MixtureConfig(passkey_fraction=0.8, recall_fraction=0.3)
 
