@@ -1,6 +1,6 @@
 """GPU benchmark of the DSLA Triton kernels: correctness first, then one table of medians.
 
-    python benchmarks/kernels.py [--out DIR] [--sweep] [--skip-fla]
+    python benchmarks/kernels.py [--out DIR] [--sweep [forward]] [--skip-fla] [--prefill-only]
 
 1. Correctness (NaN-poisoned outputs: torch fills every new empty tensor with NaN while deterministic
    algorithms are on, so an unwritten element fails):
@@ -13,8 +13,9 @@
    forward+backward against SDPA causal (flash) and flash-linear-attention's `chunk_gla` called
    twice; decode steps against `fused_recurrent_gla` called twice, with state bandwidth as a fraction
    of the measured copy bandwidth; a B=1 decode step replayed in a CUDA graph.
-3. With --sweep (after the table): launch-setting variants of the forward and backward kernels, each
-   checked against the default settings' result. The settings in force are recorded as "tuning_used".
+3. With --sweep (after the table): launch-setting variants of the forward and backward kernels (only
+   the forward with `--sweep forward`), each checked against the default settings' result. The
+   settings in force are recorded as "tuning_used". --prefill-only leaves out the decode timings.
 
 Writes kernels.json (environment, checks, timings) under --out (default: $OUT or benchmarks/results).
 """
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dsla_serve.kernels.chunk import chunk_dsla_torch  # noqa: E402
 from dsla_serve.kernels.fused import chunk as fused_chunk  # noqa: E402
-from dsla_serve.kernels.fused import chunk_bwd, chunk_fwd, recurrent, states  # noqa: E402
+from dsla_serve.kernels.fused import chunk_bwd, chunk_fwd, chunk_scores, recurrent, states  # noqa: E402
 from dsla_serve.kernels.naive import naive_dsla  # noqa: E402
 from dsla_serve.kernels.recurrent import recurrent_dsla_pool_torch  # noqa: E402
 from dsla_serve.kernels.triton_ops import (  # noqa: E402
@@ -328,8 +329,10 @@ def kernel_breakdown() -> list[dict]:
         h1, h2, _ = states.forward_states(k, v, g1, g2, layout, H, None, True, dt)
         dh1, dh2, _ = states.backward_states(q, g1, g2, do, mix, scale, layout, None, False, dt)
         row = dict(B=B, T=T)
+        A = chunk_scores.chunk_scores(q, k, g1, g2, mix, scale, layout, dt)
         row["forward_states_ms"] = bench(lambda: states.forward_states(k, v, g1, g2, layout, H, None, True, dt))
-        row["chunk_output_ms"] = bench(lambda: chunk_fwd.chunk_output(q, k, v, g1, g2, mix, h1, h2, scale,
+        row["chunk_scores_ms"] = bench(lambda: chunk_scores.chunk_scores(q, k, g1, g2, mix, scale, layout, dt))
+        row["chunk_output_ms"] = bench(lambda: chunk_fwd.chunk_output(q, v, g1, g2, mix, h1, h2, A, scale,
                                                                       layout, torch.bfloat16))
         row["backward_states_ms"] = bench(lambda: states.backward_states(q, g1, g2, do, mix, scale, layout,
                                                                          None, False, dt))
@@ -337,7 +340,7 @@ def kernel_breakdown() -> list[dict]:
                                                                     scale, layout))
         rows.append(row)
         log(f"  breakdown B={B} T={T}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("ms")))
-        del x, flat, h1, h2, dh1, dh2
+        del x, flat, h1, h2, dh1, dh2, A
         torch.cuda.empty_cache()
     return rows
 
@@ -416,13 +419,15 @@ def import_fla():
 # 3. launch-setting sweep
 
 
-TABLES = {"states.FORWARD_TUNING": states.FORWARD_TUNING, "chunk_fwd.TUNING": chunk_fwd.TUNING,
+TABLES = {"states.FORWARD_TUNING": states.FORWARD_TUNING, "chunk_scores.TUNING": chunk_scores.TUNING,
+          "chunk_fwd.TUNING": chunk_fwd.TUNING,
           "states.BACKWARD_TUNING": states.BACKWARD_TUNING, "chunk_bwd.TUNING": chunk_bwd.TUNING}
 FORWARD_VARIANTS = [
     ("default", {}),
-    ("out w8", {"chunk_fwd.TUNING": dict(num_warps=8)}),
-    ("out bv64 w8", {"chunk_fwd.TUNING": dict(bv=64, num_warps=8)}),
-    ("states bk32 bv32", {"states.FORWARD_TUNING": dict(bv=32)}),
+    ("scores bk64 w1", {"chunk_scores.TUNING": dict(bk=64)}),
+    ("scores bk32 w2", {"chunk_scores.TUNING": dict(num_warps=2)}),
+    ("scores bk32 w4", {"chunk_scores.TUNING": dict(num_warps=4)}),
+    ("out bk32", {"chunk_fwd.TUNING": dict(bk=32)}),
 ]
 BACKWARD_VARIANTS = [
     ("default", {}),
@@ -446,7 +451,7 @@ def settings(changes: dict):
             TABLES[name].update(old)
 
 
-def sweep() -> list[dict]:
+def sweep(backward: bool = True) -> list[dict]:
     """Time launch-setting variants of the forward (at the longest sweep shape) and the backward."""
     rows = []
     B, T = SWEEP_SHAPES[-1]
@@ -461,6 +466,8 @@ def sweep() -> list[dict]:
             except Exception as e:  # noqa: BLE001
                 rows.append(dict(part="forward", variant=name, settings=changes, B=B, T=T, error=repr(e)[:300]))
         log(f"  sweep {rows[-1]}")
+    if not backward:
+        return rows
     B, T = SWEEP_SHAPES[0]
     x = make_inputs(B, T, H, H, D, D, torch.bfloat16, seed=32)
     leaves = {n: t.detach().requires_grad_() for n, t in x.items()}
@@ -480,6 +487,27 @@ def sweep() -> list[dict]:
             except Exception as e:  # noqa: BLE001
                 rows.append(dict(part="fwd+bwd", variant=name, settings=changes, B=B, T=T, error=repr(e)[:300]))
         log(f"  sweep {rows[-1]}")
+    return rows
+
+
+def compile_report() -> list[dict]:
+    """Registers, spills, shared memory and warps of every compiled variant of the forward kernels."""
+    rows = []
+    kernels = {"forward_states": states._forward_states_kernel,
+               "chunk_scores": chunk_scores._chunk_scores_kernel,
+               "chunk_output": chunk_fwd._chunk_output_kernel}
+    for name, fn in kernels.items():
+        for entry in list(getattr(fn, "device_caches", {}).values()):
+            caches = [e for e in (entry if isinstance(entry, tuple) else (entry,)) if isinstance(e, dict)]
+            for key, kern in (caches[0].items() if caches else []):
+                try:
+                    kern._init_handles()
+                except Exception:  # noqa: BLE001 - already initialised, or another triton version
+                    pass
+                md = kern.metadata
+                rows.append(dict(kernel=name, num_warps=md.num_warps, num_stages=md.num_stages, shared=md.shared,
+                                 n_regs=getattr(kern, "n_regs", None), n_spills=getattr(kern, "n_spills", None),
+                                 key=str(key)[-160:]))
     return rows
 
 
@@ -538,11 +566,20 @@ def print_table(res: dict) -> None:  # noqa: C901 - one flat report
             lines.append(f"B={r['B']}".ljust(12) + f"{r['state_MB']:>9.1f}{r['floor_us']:>10.1f}{r['dsla_step_us']:>9.1f}"
                          + f"{r['dsla_bw_frac']:>9.2f}{g:>11.1f}{r.get('gla2_bw_frac', float('nan')):>9.2f}"
                          + f"{g / r['dsla_step_us']:>8.2f}x")
+    br = res.get("kernel_breakdown", [])
+    if br:
+        lines.append("")
+        for r in br:
+            lines.append(f"per launch (ms) B={r['B']} T={r['T'] // 1024}k: "
+                         + ", ".join(f"{k[:-3]} {v:.3f}" for k, v in r.items() if k.endswith("_ms")))
     gr = res.get("decode_graph")
     if gr and "graph_us_per_layer_step" in gr:
         lines.append(f"decode B=1 in a CUDA graph of {gr['layers']} layer-steps: {gr['graph_us_per_layer_step']:.1f} us "
                      f"per layer-step (eager single step {gr['eager_single_step_us']:.1f} us; graph vs eager "
                      f"error {gr['graph_vs_eager_rel_err']:.1e})")
+    for r in res.get("compile_report", []):
+        lines.append(f"  compiled {r['kernel']:<18} warps {r['num_warps']} stages {r['num_stages']} regs {r['n_regs']} "
+                     f"spills {r['n_spills']} shared {r['shared']}")
     sw = res.get("sweep", [])
     if sw:
         lines.append("")
@@ -558,10 +595,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"),
                     help="folder for kernels.json (default: $OUT, else benchmarks/results)")
-    ap.add_argument("--sweep", action="store_true", help="afterwards, time launch-setting variants")
+    ap.add_argument("--sweep", nargs="?", const="all", choices=["all", "forward"],
+                    help="afterwards, time launch-setting variants (of the forward only with 'forward')")
     ap.add_argument("--sweep-deadline", type=float, default=300.0,
                     help="skip the sweep if the rest took longer than this many seconds")
     ap.add_argument("--skip-fla", action="store_true", help="do not compare with flash-linear-attention")
+    ap.add_argument("--prefill-only", action="store_true", help="leave out the decode timings")
     ap.add_argument("--no-small-checks", action="store_true",
                     help="skip the small-shape checks against naive_dsla (keep those at the benchmark shapes)")
     args = ap.parse_args(argv)
@@ -597,14 +636,16 @@ def main(argv=None) -> int:
     if "prefill" in res and "ceilings" in res:
         for r in res["prefill"]:
             r["floor"] = prefill_floor(r["B"], r["T"], res["ceilings"])
-    section("decode", lambda: time_decode(args.skip_fla, res["ceilings"]))
-    section("decode_graph", time_decode_graph)
+    if not args.prefill_only:
+        section("decode", lambda: time_decode(args.skip_fla, res["ceilings"]))
+        section("decode_graph", time_decode_graph)
     section("kernel_breakdown", kernel_breakdown)
-    save()
+    section("compile_report", compile_report)
     print_table(res)
     if args.sweep:  # last, so that a failing variant cannot cost the table above
         if time.time() - started < args.sweep_deadline:
-            section("sweep", sweep)
+            section("sweep", lambda: sweep(backward=args.sweep == "all"))
+            section("compile_report", compile_report)
             print_table(res)
         else:
             log(f"sweep skipped: {time.time() - started:.0f}s already spent (--sweep-deadline {args.sweep_deadline:.0f})")

@@ -25,9 +25,10 @@ def ops():
     from triton.runtime.interpreter import InterpretedFunction
 
     from dsla_serve.kernels import triton_ops
-    from dsla_serve.kernels.fused import chunk_fwd, recurrent
+    from dsla_serve.kernels.fused import chunk_fwd, chunk_scores, recurrent
 
     assert isinstance(chunk_fwd._chunk_output_kernel, InterpretedFunction)
+    assert isinstance(chunk_scores._chunk_scores_kernel, InterpretedFunction)
     assert isinstance(recurrent._recurrent_kernel, InterpretedFunction)
     return triton_ops
 
@@ -117,9 +118,10 @@ def test_chunk_matches_naive_forward_states_and_gradients(ops, T, H, HK, chunk, 
 
 def test_chunk_with_several_key_and_value_tiles(ops):
     """Small launch tiles (16) against K=32, V=48: several key and value tiles, a ragged last one."""
-    from dsla_serve.kernels.fused import chunk_bwd, chunk_fwd, states
+    from dsla_serve.kernels.fused import chunk_bwd, chunk_fwd, chunk_scores, states
 
-    tiles = [(chunk_fwd.TUNING, dict(bv=16)), (chunk_bwd.TUNING, dict(bk=16, bv=16)),
+    tiles = [(chunk_fwd.TUNING, dict(bk=16, bv=16)), (chunk_scores.TUNING, dict(bk=16)),
+             (chunk_bwd.TUNING, dict(bk=16, bv=16)),
              (states.FORWARD_TUNING, dict(bk=16, bv=16)), (states.BACKWARD_TUNING, dict(bk=16, bv=16))]
     saved = [dict(table) for table, _ in tiles]
     B, T, H, HK, K, V = 1, 45, 2, 1, 32, 48
@@ -141,15 +143,17 @@ def test_chunk_with_several_key_and_value_tiles(ops):
         assert rel(got[name], want[name]) < TOL32, name
 
 
-def test_chunk_handles_strong_decays_and_mix_of_shape_2(ops):
+@pytest.mark.parametrize("T, chunk", [(48, 32), (100, 64)])
+def test_chunk_handles_strong_decays_and_mix_of_shape_2(ops, T, chunk):
     """Per-token log-decays down to about -8 (decay 3e-4) stay finite and exact (the kernels' limit is
-    about -11: exponents span up to 8 tokens of decay); mix [2] gets a [2] gradient."""
-    B, T, H, K, V = 1, 48, 2, 16, 16
+    about -11: exponents span up to 8 tokens of decay); mix [2] gets a [2] gradient. With 64-token
+    chunks the score kernel also chains decays across the sub-chunks between a key and a query block."""
+    B, H, K, V = 1, 2, 16, 16
     x = make_inputs(B, T, H, H, K, V, strong=True, seed=3)
     x["mix"] = torch.tensor([0.3, 0.7])
     assert -11 < x["g2"].min() < -7
     dout = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(2))
-    got = run_with_grads(ops.chunk_dsla_triton, x, None, dout, None, chunk_size=32)
+    got = run_with_grads(ops.chunk_dsla_triton, x, None, dout, None, chunk_size=chunk)
     want = run_with_grads(naive_dsla, f64(x), None, f64(dout), None)
     assert got["dmix"].shape == (2,)
     for name in want:

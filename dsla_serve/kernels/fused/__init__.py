@@ -1,8 +1,9 @@
 """Fused dual-state DSLA kernels in Triton.
 
 Files: `layout` (sequence/chunk/boundary bookkeeping), `common` (shared jit helpers), `states`
-(chunk-level state passes, forward and backward), `chunk_fwd` (outputs), `chunk_bwd` (gradients),
-`chunk` (the autograd op), `recurrent` + `decode` (token-by-token and state-pool decode).
+(chunk-level state passes, forward and backward), `chunk_scores` (intra-chunk score blocks),
+`chunk_fwd` (outputs), `chunk_bwd` (gradients), `chunk` (the autograd op), `recurrent` + `decode`
+(token-by-token and state-pool decode).
 """
 
 from .chunk import chunk_dsla_triton

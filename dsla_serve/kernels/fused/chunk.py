@@ -1,8 +1,9 @@
 """`chunk_dsla_triton`: chunked dual-state DSLA on Triton, differentiable.
 
-Forward = two launches: the chunk-level state pass (both states at every chunk boundary) and the
-per-chunk output kernel. Backward recomputes the boundary states (nothing of size T*K*V is kept
-between forward and backward), runs the reverse state pass, then the dq, dk and dv kernels.
+Forward = three launches: the chunk-level state pass (both states at every chunk boundary), the
+intra-chunk score kernel (the mixed causal score block of every chunk) and the per-chunk output
+kernel. Backward recomputes the boundary states (nothing of size T*K*V is kept between forward and
+backward), runs the reverse state pass, then the dq, dk and dv kernels.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from .checks import check_states, check_tensors, mix_table
 from .chunk_bwd import chunk_backward
 from .chunk_fwd import chunk_output
+from .chunk_scores import chunk_scores
 from .common import SUB_CHUNK, dot_dtype
 from .layout import ChunkLayout
 from .states import backward_states, forward_states
@@ -34,7 +36,8 @@ class ChunkDSLAFunction(torch.autograd.Function):
         init = (init1.contiguous(), init2.contiguous()) if init1 is not None else None
         dt = dot_dtype(q)
         h1, h2, final = forward_states(kf, vf, g1f, g2f, layout, H, init, output_final_state, dt)
-        o = chunk_output(qf, kf, vf, g1f, g2f, mixf, h1, h2, scale, layout, q.dtype)
+        A = chunk_scores(qf, kf, g1f, g2f, mixf, scale, layout, dt)
+        o = chunk_output(qf, vf, g1f, g2f, mixf, h1, h2, A, scale, layout, q.dtype)
         ctx.save_for_backward(qf, kf, vf, g1f, g2f, mix, init[0] if init else None, init[1] if init else None)
         ctx.layout, ctx.scale, ctx.shape = layout, scale, q.shape
         if final is None:

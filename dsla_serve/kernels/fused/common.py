@@ -4,8 +4,8 @@ Conventions of every kernel in this package:
 - Inputs are contiguous [B*T, heads, dim] token-major tensors; query head h reads key/value head
   h // (H // HK) (GQA).
 - Log-decays are scaled to base 2 (times log2(e)) so every decay is one `exp2`. The chunk-level state
-  passes sum them with masked matmuls (`row_sums`), the per-chunk kernels with scans over sub-chunks
-  (`sub_chunk_decays`).
+  passes and the forward score/output kernels sum them with masked matmuls (`row_sums`, `col_sums`),
+  the backward per-chunk kernels with scans over sub-chunks (`sub_chunk_decays`).
 - SUB_CHUNK rows share one reference point, so an exponent spans at most 8 tokens: exact for
   per-token log-decays down to about -11 (fp32 range), far beyond logsigmoid(.)/16 gates.
 - "Dot dtype" is the element type of the boundary-state buffers: bf16 for bf16 inputs on CUDA, fp32
@@ -72,6 +72,19 @@ def row_sums(weights, g, DT: tl.constexpr, G_FP32: tl.constexpr):
         return tl.dot(weights.to(tl.float32), g, input_precision="ieee")
     else:
         return tl.dot(weights.to(DT), g.to(DT))
+
+
+@triton.jit
+def col_sums(g_t, weights_t, DT: tl.constexpr, G_FP32: tl.constexpr):
+    """`row_sums` for a transposed tile: [BK, BC] fp32 whose column s is sum_u g_t[:, u] * weights_t[u, s].
+
+    g_t is [BK, BU] (log-decays with the token axis last), weights_t [BU, BC] of 0, 1 or -1; the
+    result is already in the layout of a matmul's right-hand operand, so nothing is transposed.
+    """
+    if G_FP32:
+        return tl.dot(g_t.to(tl.float32), weights_t.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(g_t.to(DT), weights_t.to(DT))
 
 
 @triton.jit
