@@ -80,16 +80,26 @@ def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel
 
 
 def plot_training_curve(steps: list[int], train_loss: list[float], path: str | Path,
-                        val_steps: list[int] | None = None, val_loss: list[float] | None = None) -> Path:
-    """Training loss per step and, when given, validation loss at its evaluation steps."""
+                        val_steps: list[int] | None = None, val_loss: list[float] | None = None,
+                        answer_loss: list[float | None] | None = None, title: str = "Teacher training",
+                        stage_starts: dict[str, int] | None = None) -> Path:
+    """Training loss per step; when given, validation loss at its evaluation steps, the loss on
+    retrieval answer tokens per step (None where a batch had none), and stage boundaries {name: step}."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, train_loss, linewidth=1, label="train loss")
+    if answer_loss:
+        pts = [(s, a) for s, a in zip(steps, answer_loss) if a is not None]
+        if pts:
+            ax.plot(*zip(*pts), linewidth=0.8, alpha=0.8, label="train loss on answer tokens")
     if val_steps:
-        ax.plot(val_steps, val_loss, marker="o", label="validation loss")
+        ax.plot(val_steps, val_loss, marker="o", markersize=3, label="validation loss")
+    for name, start in (stage_starts or {}).items():
+        ax.axvline(start, color="grey", linestyle="--", linewidth=0.8)
+        ax.text(start, ax.get_ylim()[1], f" {name}", va="top", fontsize=8, color="grey")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title("Teacher training")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

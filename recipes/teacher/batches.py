@@ -7,7 +7,9 @@ Each row is `seq_len` tokens. With probability `passkey_fraction` it starts with
 a random length in [passkey_min_len, L] (filler from training books), with probability
 `recall_fraction` with an associative-recall episode of a random number of pairs; the rest of such a
 row, after an EOS, and every other row are a random window of the training stream (books joined by
-EOS). L grows linearly from passkey_min_len to seq_len over the first `passkey_ramp_steps` steps
+EOS); with `pack_episodes` an episode row holds as many episodes of its kind as fit, so short
+episodes give dense retrieval signal. With probability `copy_fraction` a row starts with a copy episode: n random tokens, then the
+same n again (the plainest induction task, from which copying is learnt first). L grows linearly from passkey_min_len to seq_len over the first `passkey_ramp_steps` steps
 (short episodes first: copying is learnt at short range, then stretched).
 
 A batch also marks its answer tokens (the passkey digits asked for at the end, the recalled values):
@@ -33,14 +35,19 @@ class MixtureConfig:
     passkey_min_len: int = 256
     recall_fraction: float = 0.1
     recall_pairs: tuple[int, int] = (4, 64)
+    copy_fraction: float = 0.0
+    copy_len: tuple[int, int] = (16, 256)
+    pack_episodes: bool = False
     passkey_ramp_steps: int = 0
     seed: int = 0
 
     def __post_init__(self):
-        if not (0 <= self.passkey_fraction and 0 <= self.recall_fraction
-                and self.passkey_fraction + self.recall_fraction <= 1):
-            raise ValueError(f"passkey_fraction ({self.passkey_fraction}) and recall_fraction "
-                             f"({self.recall_fraction}) must be >= 0 and sum to at most 1")
+        fractions = (self.passkey_fraction, self.recall_fraction, self.copy_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ValueError(f"passkey_fraction ({self.passkey_fraction}), recall_fraction ({self.recall_fraction}) "
+                             f"and copy_fraction ({self.copy_fraction}) must be >= 0 and sum to at most 1")
+        if self.copy_fraction > 0 and not 1 <= self.copy_len[0] <= self.copy_len[1] <= self.seq_len // 2:
+            raise ValueError(f"copy_len must satisfy 1 <= lo <= hi <= seq_len / 2, got {self.copy_len}")
         if not 0 < self.passkey_min_len <= self.seq_len:
             raise ValueError(f"passkey_min_len must be in (0, seq_len={self.seq_len}], got {self.passkey_min_len}")
         if self.passkey_ramp_steps < 0:
@@ -48,7 +55,7 @@ class MixtureConfig:
 
 
 class BatchMixture:
-    """`batch(step)` -> (input_ids [B, seq_len] int64, kinds [B] of 'text' | 'passkey' | 'recall',
+    """`batch(step)` -> (input_ids [B, seq_len] int64, kinds [B] of 'text' | 'passkey' | 'recall' | 'copy',
     answers [B, seq_len] bool: True at the answer tokens of the episodes)."""
 
     def __init__(self, tokenizer, stream: np.ndarray, documents: list[np.ndarray], config: MixtureConfig):
@@ -58,6 +65,8 @@ class BatchMixture:
         self.stream = stream
         self.config = config
         self.eos = int(tokenizer.eos_token_id)
+        self.first_plain_id = 1 + max(i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, self.eos)
+                                      if i is not None)
         self.passkeys = PasskeyBuilder(tokenizer, documents)
         if config.passkey_fraction > 0 and self.passkeys.min_length() > config.passkey_min_len:
             raise ValueError(f"passkey_min_len {config.passkey_min_len} is below the shortest possible episode "
@@ -67,17 +76,28 @@ class BatchMixture:
         start = int(rng.integers(len(self.stream) - n + 1))
         return np.asarray(self.stream[start:start + n], dtype=np.int64)
 
-    def _episode_row(self, episode: np.ndarray, spans, kind: str,
-                     rng: np.random.Generator) -> tuple[np.ndarray, str, np.ndarray]:
-        """The episode, then EOS and book text up to seq_len; answers marks the (start, length) spans."""
+    def _episode_row(self, make, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str, np.ndarray]:
+        """Episodes from `make(rng) -> (ids, answer spans)`, each followed by EOS, then book text up to
+        seq_len; with `pack_episodes` as many whole episodes as fit, else one. Returns (ids, kind, answers)."""
         n = self.config.seq_len
-        episode = episode[:n]
-        answers = np.zeros(n, dtype=bool)
-        for start, length in spans:
-            answers[start:min(start + length, n)] = True
-        if len(episode) >= n - 1:
-            return np.concatenate([episode, self._text(n - len(episode), rng)]), kind, answers
-        return np.concatenate([episode, [self.eos], self._text(n - len(episode) - 1, rng)]), kind, answers
+        parts, answers, pos = [], np.zeros(n, dtype=bool), 0
+        while pos < n - 1:
+            episode, spans = make(rng)
+            if parts and pos + len(episode) > n:
+                break
+            episode = np.asarray(episode[:n - pos], dtype=np.int64)
+            for start, length in spans:
+                answers[pos + start:min(pos + start + length, n)] = True
+            parts.append(episode)
+            pos += len(episode)
+            if pos < n:
+                parts.append(np.array([self.eos], dtype=np.int64))
+                pos += 1
+            if not self.config.pack_episodes:
+                break
+        if pos < n:
+            parts.append(self._text(n - pos, rng))
+        return np.concatenate(parts), kind, answers
 
     def passkey_max_len(self, step: int) -> int:
         """The longest passkey episode drawn at `step` (the short-to-long ramp)."""
@@ -86,17 +106,30 @@ class BatchMixture:
             return c.seq_len
         return c.passkey_min_len + (c.seq_len - c.passkey_min_len) * (step + 1) // c.passkey_ramp_steps
 
+    def _passkey(self, rng: np.random.Generator, step: int):
+        length = int(rng.integers(self.config.passkey_min_len, self.passkey_max_len(step) + 1))
+        ep = self.passkeys.build(length, rng)
+        return ep.input_ids, [(ep.answer_start, ep.answer_length)]
+
+    def _recall(self, rng: np.random.Generator):
+        pairs = int(rng.integers(self.config.recall_pairs[0], self.config.recall_pairs[1] + 1))
+        ep = build_recall_episode(self.tokenizer, pairs, rng)
+        return ep.input_ids, ep.answer_spans
+
+    def _copy(self, rng: np.random.Generator):
+        n = int(rng.integers(self.config.copy_len[0], self.config.copy_len[1] + 1))
+        segment = rng.integers(self.first_plain_id, len(self.tokenizer), size=n)
+        return np.concatenate([segment, segment]), [(n + 1, n - 1)]
+
     def row(self, rng: np.random.Generator, step: int = 0) -> tuple[np.ndarray, str, np.ndarray]:
         c = self.config
         u = rng.random()
         if u < c.passkey_fraction:
-            length = int(rng.integers(c.passkey_min_len, self.passkey_max_len(step) + 1))
-            ep = self.passkeys.build(length, rng)
-            return self._episode_row(ep.input_ids, [(ep.answer_start, ep.answer_length)], "passkey", rng)
+            return self._episode_row(lambda r: self._passkey(r, step), "passkey", rng)
         if u < c.passkey_fraction + c.recall_fraction:
-            pairs = int(rng.integers(c.recall_pairs[0], c.recall_pairs[1] + 1))
-            ep = build_recall_episode(self.tokenizer, pairs, rng)
-            return self._episode_row(ep.input_ids, ep.answer_spans, "recall", rng)
+            return self._episode_row(self._recall, "recall", rng)
+        if u < c.passkey_fraction + c.recall_fraction + c.copy_fraction:
+            return self._episode_row(self._copy, "copy", rng)
         return self._text(c.seq_len, rng), "text", np.zeros(c.seq_len, dtype=bool)
 
     def batch(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:

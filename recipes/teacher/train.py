@@ -44,7 +44,7 @@ EXIT_INCOMPLETE = 75  # stopped by the time budget; rerun the same command to re
 SMOKE = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, seq_len=256, batch_size=4,
              steps=8, warmup=2, eval_every=4, eval_windows=2, checkpoint_every=4, passkey_min_len=128,
              recall_min_pairs=2, recall_max_pairs=8, final_passkey_lengths="128,256", final_episodes=4,
-             final_recall_pairs="4,8", final_windows=4)
+             final_recall_pairs="4,8", final_windows=4, copy_max_len=64)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,12 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recall-fraction", type=float, default=0.15, help="rows that start with a recall episode")
     t.add_argument("--recall-min-pairs", type=int, default=4)
     t.add_argument("--recall-max-pairs", type=int, default=64)
+    t.add_argument("--copy-fraction", type=float, default=0.1,
+                   help="rows that start with a copy episode (random tokens, then the same again)")
+    t.add_argument("--copy-min-len", type=int, default=16)
+    t.add_argument("--copy-max-len", type=int, default=256)
+    t.add_argument("--no-pack-episodes", dest="pack_episodes", action="store_false",
+                   help="one episode per episode row (default: as many as fit)")
     t.add_argument("--passkey-ramp-steps", type=int, default=None,
                    help="passkey episodes grow from --passkey-min-len to --seq-len over these steps "
                         "(default: a third of --steps; 0 = full length from the start)")
     t.add_argument("--answer-loss-weight", type=float, default=1.0,
                    help="weight of the mean loss over retrieval answer tokens, added to the mean over all tokens")
     r = p.add_argument_group("running")
+    io.add_argument("--init-from", type=Path, default=None,
+                    help="start from this model folder's weights (a previous stage, e.g. short rows first)")
     r.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     r.add_argument("--time-budget-min", type=float, default=14.0,
                    help="stop (with a checkpoint) once this many minutes of this invocation have passed")
@@ -130,6 +138,24 @@ def build_model(args, tokenizer):
     config._attn_implementation = "sdpa"
     torch.manual_seed(args.seed)
     return LlamaForCausalLM(config)
+
+
+def init_weights(model, folder: Path) -> None:
+    """Load a saved model folder's weights into `model` (same architecture; fp32 kept)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise SystemExit(f"--init-from {folder}: no model.safetensors there")
+    weights = load_file(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights and k != "lm_head.weight"]  # lm_head is tied to the embeddings
+    unexpected = [k for k in weights if k not in own]
+    resized = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    if missing or unexpected or resized:
+        raise SystemExit(f"--init-from {folder}: another architecture (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, other shapes {resized[:3]})")
+    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
 
 
 def learning_rate(step: int, args) -> float:
@@ -250,12 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         seq_len=args.seq_len, batch_size=args.batch_size, passkey_fraction=args.passkey_fraction,
         passkey_min_len=args.passkey_min_len, recall_fraction=args.recall_fraction,
         recall_pairs=(args.recall_min_pairs, args.recall_max_pairs), passkey_ramp_steps=args.passkey_ramp_steps,
+        copy_fraction=args.copy_fraction, pack_episodes=args.pack_episodes, copy_len=(args.copy_min_len, args.copy_max_len),
         seed=args.seed))
     val_windows = windows_of(val_docs, args.seq_len, args.eval_windows)
     if not val_windows:
         raise SystemExit(f"no validation book has {args.seq_len} tokens; lower --seq-len")
 
-    model = build_model(args, tokenizer).to(device)
+    model = build_model(args, tokenizer)
+    if args.init_from is not None:
+        init_weights(model, args.init_from)
+    model = model.to(device)
     model.train()
     optimizer = make_optimizer(model, args, device)
     state = load_checkpoint(args.out, model, optimizer) or {"step": 0, "elapsed_s": 0.0, "log": {
@@ -319,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["final"] = final_evaluation(args.out, val_docs, args, device)
     (args.out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_training_curve(log["step"], log["loss"], args.out / "training_curve.png", log["val_step"], log["val_loss"])
+    plot_training_curve(log["step"], log["loss"], args.out / "training_curve.png", log["val_step"], log["val_loss"],
+                        answer_loss=log["answer_loss"])
     remove_checkpoint(args.out)
     ppl = report["final"].get("perplexity", {}).get("overall", {}).get("ppl")
     pk = {r["length"]: r["accuracy"] for r in report["final"].get("passkey", {}).get("rows", [])}

@@ -120,6 +120,46 @@ def test_passkey_episodes_ramp_from_short_to_long(tokenizer, token_corpus_dir):
         MixtureConfig(passkey_fraction=0.8, recall_fraction=0.3)
 
 
+def test_copy_episodes_and_packed_rows(tokenizer, token_corpus_dir):
+    mix = _mixture(tokenizer, token_corpus_dir, passkey_fraction=0.0, recall_fraction=0.0, copy_fraction=1.0,
+                   copy_len=(4, 16), pack_episodes=True)
+    ids, kinds, answers = mix.batch(0)
+    assert set(kinds) == {"copy"}
+    eos = tokenizer.eos_token_id
+    for row, answer in zip(ids.tolist(), answers):
+        pos, episodes = 0, 0
+        while eos in row[pos:]:  # segment, the same segment, EOS; repeated until the row is full
+            end = row.index(eos, pos)
+            half = (end - pos) // 2
+            first, second = row[pos:pos + half], row[pos + half:end]
+            assert first == second and 4 <= half <= 16
+            assert answer[pos + half + 1:end].all() and not answer[pos:pos + half + 1].any()
+            pos, episodes = end + 1, episodes + 1
+        assert episodes >= 256 // 34 - 1 and min(row[:pos]) >= 0
+    one = _mixture(tokenizer, token_corpus_dir, passkey_fraction=0.0, recall_fraction=1.0, pack_episodes=False)
+    packed = _mixture(tokenizer, token_corpus_dir, passkey_fraction=0.0, recall_fraction=1.0, pack_episodes=True)
+    count = lambda m: sum(tokenizer.decode(r).count("Remember these codes:") for r in m.batch(3)[0])  # noqa: E731
+    assert count(one) == 8 and count(packed) > 8  # one episode per row, or more where they fit
+    with pytest.raises(ValueError, match="copy_len"):
+        MixtureConfig(seq_len=64, copy_fraction=0.5, copy_len=(8, 40))
+
+
+def test_init_from_loads_a_previous_stage(tokenizer, tmp_path):
+    args = train.parse_args(["--smoke"])
+    first = train.build_model(args, tokenizer)
+    first.save_pretrained(tmp_path / "stage1")
+    args.seed = 1
+    second = train.build_model(args, tokenizer)
+    assert not torch.equal(first.model.embed_tokens.weight, second.model.embed_tokens.weight)
+    train.init_weights(second, tmp_path / "stage1")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    wider = train.build_model(train.parse_args(["--smoke", "--intermediate", "256"]), tokenizer)
+    with pytest.raises(SystemExit, match="another architecture"):
+        train.init_weights(wider, tmp_path / "stage1")
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        train.init_weights(wider, tmp_path)
+
+
 def _train_args(tokenizer_dir, data_dir, out, *extra):
     return ["--smoke", "--tokenizer", str(tokenizer_dir), "--data", str(data_dir), "--out", str(out),
             "--quiet", "--recall-min-pairs", "2", "--recall-max-pairs", "6", *extra]
@@ -164,3 +204,27 @@ def test_resumed_training_equals_an_uninterrupted_run(tokenizer_dir, token_corpu
     la = json.loads((whole / "training.json").read_text())["log"]
     lb = json.loads((split / "training.json").read_text())["log"]
     assert la == lb
+
+
+def test_two_stage_script_trains_both_stages_and_plots(tokenizer_dir, token_corpus_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from recipes.teacher.plot import joined_logs
+
+    repo = Path(train.__file__).resolve().parents[2]
+    env = {**os.environ, "TEACHER_RUN": str(tmp_path / "run"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    args = ["--smoke", "--steps", "3", "--tokenizer", str(tokenizer_dir), "--data", str(token_corpus_dir), "--quiet",
+            "--recall-min-pairs", "2", "--recall-max-pairs", "4", "--final-episodes", "1", "--final-windows", "1",
+            "--passkey-min-len", "128", "--copy-max-len", "64"]
+    proc = subprocess.run([str(repo / "recipes" / "teacher" / "train.sh"), *args], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stage1, stage2 = tmp_path / "run" / "stage1", tmp_path / "run" / "model"
+    assert json.loads((stage2 / "training.json").read_text())["settings"]["init_from"] == str(stage1)
+    assert (stage2 / "training_stages.png").read_bytes()[:4] == b"\x89PNG"
+    log = joined_logs([stage1, stage2], ["a", "b"])
+    assert log["step"] == [0, 1, 2, 3, 4, 5] and log["starts"] == {"a": 0, "b": 3}
+    assert log["val_step"] == [3, 6]
