@@ -38,6 +38,7 @@ class FitSettings:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     train_qkvo: bool = True
+    calibrate_output: bool = True
     loss: LossWeights = LossWeights()
 
 

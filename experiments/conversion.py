@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dsla_serve.model import DSLAConfig, convert, decoder_layers
+from dsla_serve.trainer.calibration import calibrate_output_scale
 from dsla_serve.trainer.distill import trainable_parameters
 from dsla_serve.trainer.distributed import DistContext
 from dsla_serve.trainer.evaluate import validate
@@ -58,6 +59,10 @@ def fit_layer(model, layer_idx: int, depth: int, batches: Batches, first_step: i
     params = trainable_parameters(model, layer_idx, settings.train_qkvo)
     if not params:  # e.g. a sliding window with shared projections: nothing to fit
         return []
+    if settings.calibrate_output:
+        model.eval()
+        with autocast(device):
+            calibrate_output_scale(model, layer_idx, batches(first_step).to(device))
     optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
     losses = []
     model.eval()

@@ -379,6 +379,8 @@ class Artifact:
 
     def _load_into(self, twin: DSLAAttention, tensors: dict[str, torch.Tensor], entry: LayerEntry) -> None:
         params = twin.own_parameters()
+        if "output_scale" not in tensors:  # layers written before the output gain existed: gain 1
+            params = {n: p for n, p in params.items() if n != "output_scale"}
         file = self._path / entry.file
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         if missing or unexpected:

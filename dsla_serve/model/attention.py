@@ -89,6 +89,11 @@ class DSLAAttention(nn.Module):
                                            config.recency_gate_bias, w.dtype, w.device)
         self.mix_logits = nn.Parameter(
             torch.tensor(config.mix_init, dtype=torch.float32, device=w.device).repeat(self.num_heads, 1))
+        # A gain per head on the read-out before W_o (the spec's y = W_o o, reparametrised: a column
+        # scaling of W_o). Without a normaliser the states sum hundreds of k^T v where softmax averages,
+        # so a converted layer starts hundreds of times too loud; the trainer sets this gain from one
+        # batch before fitting (`dsla_serve.trainer.calibration`) so that W_o itself can stay shared.
+        self.output_scale = nn.Parameter(torch.ones(self.num_heads, dtype=torch.float32, device=w.device))
 
     def extra_repr(self) -> str:
         return (f"layer={self.layer_idx}, heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
@@ -113,6 +118,11 @@ class DSLAAttention(nn.Module):
     def mix(self) -> torch.Tensor:
         """[H, 2] non-negative read-out weights (softmax of the learned logits)."""
         return torch.softmax(self.mix_logits.float(), dim=-1)
+
+    def read_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """o [..., H, V] per-head outputs -> [..., hidden]: W_o (output_scale * o) in `dtype`."""
+        o = o * self.output_scale.to(o.dtype)[:, None]
+        return self.o_proj(o.flatten(-2).to(dtype))
 
     def project(self, x: torch.Tensor):
         """x: [B, T, hidden] -> q [B,T,H,K], k [B,T,Hk,K], v [B,T,Hk,V], g1, g2 [B,T,H,K] fp32 log-decays."""
@@ -149,4 +159,4 @@ class DSLAAttention(nn.Module):
         o, new_state = op(q, k, v, g1, g2, self.mix(), initial_state=state, output_final_state=cache is not None)
         if cache is not None:
             set_dsla_state(cache, self.layer_idx, new_state, T)
-        return self.o_proj(o.reshape(B, T, -1).to(hidden_states.dtype)), None
+        return self.read_out(o, hidden_states.dtype), None

@@ -126,7 +126,7 @@ class LinearAttention(_Baseline):
             set_dsla_state(cache, self.layer_idx, new_state, T)
         numerator, denominator = o2[:, :, :H].float(), o2[:, :, H:, :1].float()
         o = numerator / (denominator + self.eps)  # the op's query scale cancels in the ratio
-        return self.o_proj(o.reshape(B, T, -1).to(hidden_states.dtype)), None
+        return self.read_out(o, hidden_states.dtype), None
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +186,7 @@ class SlidingWindowAttention(_Baseline):
                                            attn_mask=mask[:, None], scale=self.scaling)
         if cache is not None:
             set_dsla_state(cache, self.layer_idx, self._window_state(k, v, keep), T)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), None
+        return self.read_out(o.transpose(1, 2), hidden_states.dtype), None
 
     def _window_state(self, k, v, keep):
         """The last `window` positions of k, v [B, Hk, S, D] and keep [B, S], left-padded as invalid."""

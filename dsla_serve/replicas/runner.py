@@ -185,4 +185,4 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return twin.o_proj(o.reshape(N, -1).to(x.dtype))
+        return twin.read_out(o, x.dtype)

@@ -123,6 +123,8 @@ class TrainingConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(1.0, gt=0.0, description="gradient norm clipping (null: none)")
     train_qkvo: bool = Field(False, description="also train private copies of q/k/v/o (untied projections)")
+    calibrate_output: bool = Field(True, description="set the new layer's output gain by least squares on "
+                                   "one batch before fitting (see dsla_serve.trainer.calibration)")
     loss: LossWeights = LossWeights()
     eval_batch_size: int = Field(8, ge=1, description="sequences per forward pass during validation")
 

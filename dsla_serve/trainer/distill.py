@@ -22,6 +22,7 @@ import torch
 from ..model import dsla_layers
 from .distributed import DistContext
 from .engine import build_engine, complete_config, release_engine
+from .calibration import calibrate_output_scale
 from .losses import LayerOutputCapture, distillation_loss, teacher_logits
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
@@ -107,6 +108,9 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
     steps = training.steps if steps is None else steps
     start = time.perf_counter()
     params = trainable_parameters(model, layer_idx, training.train_qkvo)
+    if training.calibrate_output:  # the same rows on every process, so every rank sets the same gain
+        model.eval()
+        calibrate_output_scale(model, layer_idx, train[:training.micro_batch_size].to(dist.device))
     dtype = next(iter(model.parameters())).dtype
     ds_config = complete_config(ds_user, training, dtype, dist.world_size)
     schedule = BatchSchedule(train.shape[0], micro_batch=training.micro_batch_size,

@@ -166,6 +166,26 @@ def test_refuses_tensors_of_the_wrong_shape_even_with_a_matching_hash(published)
     refused(published.path, tiny(), r"layer_0\.safetensors: tensors do not match a DSLA layer")
 
 
+def test_a_layer_written_before_the_output_gain_loads_with_gain_one(published, trained):
+    from safetensors.torch import load_file, save
+
+    file = published.path / "layer_2.safetensors"
+    tensors = load_file(file)
+    assert "output_scale" in tensors
+    del tensors["output_scale"]
+    data = save(tensors)
+    file.write_bytes(data)
+    manifest = json.loads((published.path / "manifest.json").read_text())
+    manifest["layers"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    (published.path / "manifest.json").write_text(json.dumps(manifest))
+    fresh = Artifact.open(published.path).apply(tiny(), depth=1)
+    assert torch.equal(dsla_layers(fresh)[2].output_scale, torch.ones(4))
+    with torch.no_grad():
+        dsla_layers(trained)[2].output_scale.fill_(1.0)
+    set_depth(trained, 1)
+    assert torch.equal(logits(fresh), logits(trained))
+
+
 def test_refuses_an_unknown_manifest_version(published):
     manifest = json.loads((published.path / "manifest.json").read_text())
     manifest["manifest_version"] = 2

@@ -28,13 +28,32 @@ def test_untie_projections_copies_qkvo():
     attn = tiny().model.layers[0].self_attn
     twin = DSLAAttention(attn)
     assert set(twin.own_parameters()) == {"gate_history.up.weight", "gate_history.up.bias", "gate_recency.up.weight",
-                                          "gate_recency.up.bias", "mix_logits"}
+                                          "gate_recency.up.bias", "mix_logits", "output_scale"}
     twin.untie_projections()
     assert twin.q_proj is not attn.q_proj and torch.equal(twin.q_proj.weight, attn.q_proj.weight)
     with torch.no_grad():
         twin.q_proj.weight.add_(1.0)
     assert not torch.equal(twin.q_proj.weight, attn.q_proj.weight)
     assert {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"} <= set(twin.own_parameters())
+
+
+def test_output_scale_is_a_per_head_gain_before_o_proj():
+    torch.manual_seed(0)
+    attn = tiny().model.layers[0].self_attn
+    twin = DSLAAttention(attn)
+    x = torch.randn(2, 9, twin.hidden_size)
+    base = twin(x)[0]
+    gains = torch.tensor([0.5, 2.0, 0.0, 1.0])
+    with torch.no_grad():
+        twin.output_scale.copy_(gains)
+        w = twin.o_proj.weight.clone()
+        scaled = twin(x)[0]
+        twin.output_scale.fill_(1.0)
+        twin.o_proj.weight.mul_(gains.repeat_interleave(twin.head_dim))  # the same gain as W_o columns
+        by_columns = twin(x)[0]
+        twin.o_proj.weight.copy_(w)
+    torch.testing.assert_close(scaled, by_columns)
+    assert not torch.allclose(scaled, base)
 
 
 def test_unsupported_attention_is_named():

@@ -56,7 +56,7 @@ def test_forward_shape_and_parameters(kind):
     assert y.shape == x.shape and weights is None and torch.isfinite(y).all()
     assert isinstance(layer, DSLAAttention) and layer.KIND == kind
     own = set(layer.own_parameters())
-    assert own == ({"gate_history.up.weight", "gate_history.up.bias"} if kind == "gla" else set())
+    assert own == ({"gate_history.up.weight", "gate_history.up.bias"} if kind == "gla" else set()) | {"output_scale"}
     layer.untie_projections()
     assert {"q_proj.weight", "o_proj.weight"} <= set(layer.own_parameters())
 
