@@ -99,7 +99,8 @@ def test_config_errors_name_the_field(tmp_path):
     bad.write_text(json.dumps({"runs": [{"name": "x"}], "experiments": {"e": {"title": "t", "runs": ["y"]}}}))
     with pytest.raises(ValueError, match=r"experiments.e names unknown run\(s\) \['y'\]"):
         load_config(bad)
-    load_config(quality.CONFIGS / "quality.json")  # the shipped config is valid
+    for shipped in ("quality.json", "quality-cpu.json"):  # the shipped configs are valid
+        load_config(quality.CONFIGS / shipped)
 
 
 def test_gpu_side_code_imports_without_pydantic_deepspeed_or_ray():
