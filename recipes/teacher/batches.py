@@ -3,17 +3,17 @@
 A batch depends only on (seed, step), never on what came before, so a resumed run sees exactly the
 batches an uninterrupted run would, and every run of the recipe trains on the same data.
 
-Each row is `seq_len` tokens. With probability `passkey_fraction` it starts with a passkey episode of
-a random length in [passkey_min_len, L] (filler from training books), with probability
-`recall_fraction` with an associative-recall episode of a random number of pairs; the rest of such a
-row, after an EOS, and every other row are a random window of the training stream (books joined by
-EOS); with `pack_episodes` an episode row holds as many episodes of its kind as fit, so short
-episodes give dense retrieval signal. With probability `copy_fraction` a row starts with a copy episode: n random tokens, then the
-same n again (the plainest induction task, from which copying is learnt first). L grows linearly from passkey_min_len to seq_len over the first `passkey_ramp_steps` steps
-(short episodes first: copying is learnt at short range, then stretched).
+Each row is `seq_len` tokens. A row starts with episodes of one kind with probability
+`passkey_fraction` (a number stated early in a passage of training-book text, asked for at the end),
+`recall_fraction` (word:number pairs, then every word again) or `copy_fraction` (n random tokens, then
+the same n again: the plainest induction task, from which copying is learnt first); after the
+episodes, each followed by EOS, the row is filled with a random window of the training stream (books
+joined by EOS), and every other row is such a window alone. With `pack_episodes` a row holds as many
+whole episodes of its kind as fit, else one. Passkey lengths are drawn from [passkey_min_len, L],
+with L growing linearly from passkey_min_len to seq_len over the first `passkey_ramp_steps` steps.
 
-A batch also marks its answer tokens (the passkey digits asked for at the end, the recalled values):
-they are a few dozen of the batch's ~65k tokens, so the trainer weights their loss separately.
+A batch also marks its answer tokens (the passkey digits asked for at the end, the recalled values,
+the second copy): a tiny share of the batch's tokens, so the trainer weights their loss separately.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Train the reference teacher: a small Llama (GQA, RoPE, 4k context) on the training books.
 
-    python -m recipes.teacher.train                      # full recipe (GPU); see recipes/teacher/README.md
+    recipes/teacher/train.sh                             # the recipe: two stages of this script (GPU)
+    python -m recipes.teacher.train                      # one stage with these defaults
     python -m recipes.teacher.train --smoke --device cpu # tiny settings, a minute on a laptop CPU
 
 Plain PyTorch: AdamW, linear warmup then cosine decay, bf16 autocast on CUDA (fp32 master weights),
@@ -8,9 +9,9 @@ gradient clipping, seeded initialisation and seeded batches (`batches.BatchMixtu
 passkey and associative-recall episodes mixed in, so the teacher learns to retrieve at 1k-4k tokens).
 
 The loss is the mean next-token cross-entropy over all tokens plus --answer-loss-weight times the mean
-over the episodes' answer tokens alone. Without that second term the answers are ~0.1% of the tokens
-and a 1000-step run never learns to copy (first run: passkey 0% at every length, the key not even
-copied five tokens after it was stated).
+over the episodes' answer tokens alone (a tiny share of the tokens: without the second term they
+barely move the weights). `--init-from` starts from an earlier stage's weights; README.md says why
+the recipe needs a stage of short rows packed with episodes before the 4096-token one.
 
 Writes to --out: a standard Hugging Face model folder (config.json, model.safetensors in --save-dtype,
 tokenizer files) that `from_pretrained` loads, `training.json` (settings, the loss curve, validation
@@ -88,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a third of --steps; 0 = full length from the start)")
     t.add_argument("--answer-loss-weight", type=float, default=1.0,
                    help="weight of the mean loss over retrieval answer tokens, added to the mean over all tokens")
-    r = p.add_argument_group("running")
     io.add_argument("--init-from", type=Path, default=None,
                     help="start from this model folder's weights (a previous stage, e.g. short rows first)")
+    r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     r.add_argument("--time-budget-min", type=float, default=14.0,
                    help="stop (with a checkpoint) once this many minutes of this invocation have passed")
