@@ -217,7 +217,8 @@ def train_step(model, optimizer, mixture: BatchMixture, step: int, args, device)
     batch, _, answers = mixture.batch(step)
     batch, answers = batch.to(device, non_blocking=True), answers.to(device, non_blocking=True)
     n_tokens = batch.shape[0] * (batch.shape[1] - 1)
-    n_answers = max(1, int(answers[:, 1:].sum()))
+    answer_count = int(answers[:, 1:].sum())
+    n_answers = max(1, answer_count)
     total, total_answer = torch.zeros((), device=device), torch.zeros((), device=device)
     for x, a in zip(batch.split(args.micro_batch), answers.split(args.micro_batch)):
         all_sum, answer_sum = token_losses(model, x, a, device)
@@ -228,8 +229,7 @@ def train_step(model, optimizer, mixture: BatchMixture, step: int, args, device)
     torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    has_answers = bool(answers[:, 1:].any())
-    return float(total), (float(total_answer) if has_answers else None)
+    return float(total), (float(total_answer) if answer_count else None)
 
 
 def _ints(text: str) -> tuple[int, ...]:
