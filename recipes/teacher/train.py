@@ -37,7 +37,7 @@ from dsla_serve.quality.corpus import open_token_corpus
 from dsla_serve.quality.perplexity import windows_of
 
 from . import paths
-from .batches import BatchMixture, MixtureConfig
+from .batches import BatchMixture, MixtureConfig, prefetched_batches
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 
 EXIT_INCOMPLETE = 75  # stopped by the time budget; rerun the same command to resume
@@ -45,7 +45,7 @@ EXIT_INCOMPLETE = 75  # stopped by the time budget; rerun the same command to re
 SMOKE = dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, seq_len=256, batch_size=4,
              steps=8, warmup=2, eval_every=4, eval_windows=2, checkpoint_every=4, passkey_min_len=128,
              recall_min_pairs=2, recall_max_pairs=8, final_passkey_lengths="128,256", final_episodes=4,
-             final_recall_pairs="4,8", final_windows=4, copy_max_len=64)
+             final_recall_pairs="4,8", final_windows=4, copy_max_len=64, loader_workers=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop (with a checkpoint) once this many minutes of this invocation have passed")
     r.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of this invocation")
+    r.add_argument("--loader-workers", type=int, default=4,
+                   help="processes that build batches ahead of the training step (0: in the training process)")
     r.add_argument("--eval-every", type=int, default=100, help="validation loss every N steps")
     r.add_argument("--eval-windows", type=int, default=16, help="validation windows for the periodic loss")
     r.add_argument("--checkpoint-every", type=int, default=250)
@@ -206,18 +208,19 @@ def token_losses(model, x: torch.Tensor, answers: torch.Tensor, device) -> tuple
     return losses.sum(), (losses * mask).sum()
 
 
-def train_step(model, optimizer, mixture: BatchMixture, step: int, args, device) -> tuple[float, float | None]:
-    """One optimizer step over --batch-size rows (in --micro-batch pieces).
+def train_step(model, optimizer, batch: torch.Tensor, answers: torch.Tensor, step: int, args,
+               device) -> tuple[float, float | None]:
+    """One optimizer step over the rows batch [--batch-size, T] (in --micro-batch pieces); answers [same]
+    bool marks the episodes' answer tokens.
 
     Returns (mean loss over all tokens, mean loss over answer tokens or None if the batch had none);
     the optimised loss is the first plus --answer-loss-weight times the second.
     """
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, args)
-    batch, _, answers = mixture.batch(step)
+    answer_count = int(answers[:, 1:].sum())  # counted before the copy: no wait on the device
     batch, answers = batch.to(device, non_blocking=True), answers.to(device, non_blocking=True)
     n_tokens = batch.shape[0] * (batch.shape[1] - 1)
-    answer_count = int(answers[:, 1:].sum())
     n_answers = max(1, answer_count)
     total, total_answer = torch.zeros((), device=device), torch.zeros((), device=device)
     for x, a in zip(batch.split(args.micro_batch), answers.split(args.micro_batch)):
@@ -302,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     budget_s = args.time_budget_min * 60
     stopped = False
+    batches = prefetched_batches(mixture, start, args.steps, args.loader_workers, pin_memory=device.type == "cuda")
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", disable=args.quiet)
     for step in bar:
         if time.perf_counter() - t0 > budget_s or (args.stop_after is not None and step - start >= args.stop_after):
             stopped = True
             break
-        loss, answer_loss = train_step(model, optimizer, mixture, step, args, device)
+        ids, answers = next(batches)
+        loss, answer_loss = train_step(model, optimizer, ids, answers, step, args, device)
         log["step"].append(step)
         log["loss"].append(loss)
         log["answer_loss"].append(answer_loss)
@@ -315,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             log["val_step"].append(step + 1)
             log["val_loss"].append(validation_loss(model, val_windows, device, args.micro_batch))
+            bar.write(f"step {step + 1}: loss {loss:.4f}, answer loss "
+                      f"{'-' if answer_loss is None else f'{answer_loss:.4f}'}, validation loss {log['val_loss'][-1]:.4f}, "
+                      f"{(step + 1 - start) * tokens_per_step / (time.perf_counter() - t0):,.0f} tokens/s")
         if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
             save_checkpoint(args.out, model, optimizer, {"step": step + 1, "log": log,
                                                          "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0})
@@ -322,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(loss=f"{loss:.3f}", answer=f"{answer_loss:.2f}" if answer_loss is not None else "-",
                         tok_s=f"{(step + 1 - start) * tokens_per_step / elapsed:,.0f}")
     bar.close()
+    del batches  # stops the loader's workers
     done = len(log["step"]) and log["step"][-1] + 1 == args.steps
     run_s = time.perf_counter() - t0
     steps_run = (log["step"][-1] + 1 - start) if log["step"] else 0

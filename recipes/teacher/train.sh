@@ -14,7 +14,7 @@ if [ ! -f "$RUN/stage1/config.json" ]; then
     --eval-every 500 --checkpoint-every 1000 --final-passkey-lengths 256,512 --final-recall-pairs 8,16 \
     --final-episodes 50 --final-windows 64 --save-dtype float32 "$@"
 fi
-python -m recipes.teacher.train --out "$RUN/model" --init-from "$RUN/stage1" --steps 1500 \
-  --passkey-ramp-steps 500 --copy-fraction 0.1 "$@"
+python -m recipes.teacher.train --out "$RUN/model" --init-from "$RUN/stage1" --steps 800 \
+  --passkey-ramp-steps 400 --copy-fraction 0.1 "$@"
 python -m recipes.teacher.plot "$RUN/stage1" "$RUN/model" --labels "stage 1: 512-token rows,stage 2: 4096-token rows" \
   --out "$RUN/model/training_stages.png"

@@ -12,7 +12,7 @@ from dsla_serve.model.tiny_tokenizer import build_byte_tokenizer
 from dsla_serve.quality.books import read_book, save_split
 from dsla_serve.quality.corpus import load_documents, open_token_corpus, save_token_corpus, slim_token_corpus
 from recipes.teacher import train, train_tokenizer
-from recipes.teacher.batches import BatchMixture, MixtureConfig
+from recipes.teacher.batches import BatchMixture, MixtureConfig, prefetched_batches
 from recipes.teacher.train_tokenizer import train_bpe
 
 
@@ -105,6 +105,16 @@ def test_batches_depend_only_on_seed_and_step(tokenizer, token_corpus_dir):
             assert values and all(v.isdigit() and f" {v}" in pairs for v in values)
         if kind == "text":
             assert not answer.any()
+
+
+def test_prefetched_batches_are_the_batches_of_their_steps(tokenizer, token_corpus_dir):
+    mix = _mixture(tokenizer, token_corpus_dir, passkey_fraction=0.4, recall_fraction=0.3)
+    direct = [mix.batch(step) for step in range(3, 9)]
+    for workers in (0, 2):  # built in the loop, or ahead in worker processes
+        got = list(prefetched_batches(mix, 3, 9, workers))
+        assert len(got) == len(direct)
+        assert all(torch.equal(ids, d[0]) and torch.equal(answers, d[2]) for (ids, answers), d in zip(got, direct))
+    assert list(prefetched_batches(mix, 9, 9, 2)) == []
 
 
 def test_passkey_episodes_ramp_from_short_to_long(tokenizer, token_corpus_dir):
