@@ -12,7 +12,7 @@ while [ ! -f "$RUNS/pipeline.done" ] && [ ! -f "$RUNS/pipeline.failed" ] && [ "$
 done
 wanted=(pipeline.log gpu-smoke.log teacher.log quality.log quality-budget.log quality quality-budget
         teacher/model/training.json teacher/model/training_curve.png teacher/model/training_stages.png
-        teacher/stage1/training.json teacher/stage1/training_curve.png)
+        teacher/stage1/training.json teacher/stage2/training.json teacher/stage3/training.json)
 present=()
 for p in "${wanted[@]}"; do [ -e "$RUNS/$p" ] && present+=("$p"); done
 [ ${#present[@]} -gt 0 ] && tar -C "$RUNS" -czf "$OUT/results.tgz" "${present[@]}"

@@ -27,7 +27,7 @@ python3 -c 'import torch, triton, transformers; print("torch", torch.__version__
 
 # The campaign's code on this GPU at toy sizes, beside the teacher's training (the GPU has room for both):
 # a failure here shows up in the first call's output while there is still time to fix it.
-( python3 -m pytest -q -p no:cacheprovider tests/quality/test_experiments.py > "$RUNS/gpu-smoke.log" 2>&1
+[ -n "${SKIP_SMOKE:-}" ] || ( python3 -m pytest -q -p no:cacheprovider tests/quality/test_experiments.py > "$RUNS/gpu-smoke.log" 2>&1
   echo "exit code $?" >> "$RUNS/gpu-smoke.log" ) &
 
 mkdir -p "$RUNS"
@@ -45,7 +45,7 @@ wait  # the smoke test
 
 log "campaign: experiments.quality (configs/quality.json)"
 python3 -m experiments.quality --teacher "$RUNS/teacher/model" --data "$RUNS/quality-data" --out "$RUNS/quality" \
-  --workers 5 "${quality_args[@]}" > "$RUNS/quality.log" 2>&1 || fail "campaign (see quality.log)"
+  --workers "${QUALITY_WORKERS:-5}" "${quality_args[@]}" > "$RUNS/quality.log" 2>&1 || fail "campaign (see quality.log)"
 
 log "budget study: experiments.quality (configs/quality-budget.json)"
 mkdir -p "$RUNS/quality-budget"

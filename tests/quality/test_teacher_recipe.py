@@ -218,6 +218,7 @@ def test_resumed_training_equals_an_uninterrupted_run(tokenizer_dir, token_corpu
 
 def test_two_stage_script_trains_both_stages_and_plots(tokenizer_dir, token_corpus_dir, tmp_path):
     import os
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -232,9 +233,18 @@ def test_two_stage_script_trains_both_stages_and_plots(tokenizer_dir, token_corp
     proc = subprocess.run([str(repo / "recipes" / "teacher" / "train.sh"), *args], env=env, cwd=repo,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stage1, stage2 = tmp_path / "run" / "stage1", tmp_path / "run" / "model"
-    assert json.loads((stage2 / "training.json").read_text())["settings"]["init_from"] == str(stage1)
-    assert (stage2 / "training_stages.png").read_bytes()[:4] == b"\x89PNG"
-    log = joined_logs([stage1, stage2], ["a", "b"])
-    assert log["step"] == [0, 1, 2, 3, 4, 5] and log["starts"] == {"a": 0, "b": 3}
-    assert log["val_step"] == [3, 6]
+    stages = [tmp_path / "run" / s for s in ("stage1", "stage2", "stage3", "model")]
+    for before, stage in zip(stages, stages[1:]):
+        assert json.loads((stage / "training.json").read_text())["settings"]["init_from"] == str(before)
+    assert json.loads((stages[2] / "training.json").read_text())["settings"]["seed"] == 1
+    assert (stages[-1] / "training_stages.png").read_bytes()[:4] == b"\x89PNG"
+    log = joined_logs(stages, ["a", "b", "c", "d"])
+    assert log["step"] == list(range(12)) and log["starts"] == {"a": 0, "b": 3, "c": 6, "d": 9}
+    assert log["val_step"] == [3, 6, 9, 12]
+    # a rerun skips every complete stage; stage 1 is not needed once stage 2 is complete
+    shutil.rmtree(stages[0])
+    stamp = (stages[-1] / "model.safetensors").stat().st_mtime_ns
+    proc = subprocess.run([str(repo / "recipes" / "teacher" / "train.sh"), *args], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not stages[0].exists() and (stages[-1] / "model.safetensors").stat().st_mtime_ns == stamp
