@@ -30,7 +30,8 @@ complete stage3 || python -m recipes.teacher.train --out "$RUN/stage3" --init-fr
   "${SHORT_ROWS[@]}" --steps 2500 --lr 1e-3 --answer-loss-weight 3 \
   --passkey-fraction 0.4 --recall-fraction 0.3 --copy-fraction 0.05 "$@"
 complete model || python -m recipes.teacher.train --out "$RUN/model" --init-from "$RUN/stage3" --seed 1 \
-  --steps 400 --lr 1e-3 --warmup 50 --passkey-ramp-steps 200 --answer-loss-weight 2 --copy-fraction 0.1 "$@"
+  --steps 400 --lr 1e-3 --warmup 50 --passkey-ramp-steps 200 --answer-loss-weight 3 --passkey-fraction 0.4 \
+  --recall-fraction 0.2 --copy-fraction 0.02 "$@"
 
 stages=() labels=()
 for s in stage1:"stage 1: 512-token rows" stage2:"stage 2: 4096-token rows" \
