@@ -35,9 +35,10 @@ if [ ! -f "$RUNS/teacher/model/training.json" ]; then  # written last, once the 
   log "teacher: recipes/teacher/train.sh"
   TEACHER_RUN="$RUNS/teacher" recipes/teacher/train.sh --quiet --time-budget-min 60 "${teacher_args[@]}" > "$RUNS/teacher.log" 2>&1 \
     || fail "teacher training (see teacher.log)"
-  rm -f "$RUNS"/teacher.tar.part-*
+  rm -f "$RUNS"/teacher.tar.part-* "$RUNS/teacher.tar.ready"
   # in 15 MB parts: a device call returns files of at most 16 MiB
-  tar -C "$RUNS/teacher" --exclude checkpoint -cf - model | split -b 15M - "$RUNS/teacher.tar.part-"
+  tar -C "$RUNS/teacher" --exclude checkpoint -cf - model | split -b 15M - "$RUNS/teacher.tar.part-" \
+    && touch "$RUNS/teacher.tar.ready"
 fi
 log "teacher saved: $(python3 -c "import json; f = json.load(open('$RUNS/teacher/model/training.json'))['final']; \
 print('ppl', round(f['perplexity']['overall']['ppl'], 2), 'passkey', [r['accuracy'] for r in f['passkey']['rows']])")"
