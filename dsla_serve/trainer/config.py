@@ -122,7 +122,8 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(1.0, gt=0.0, description="gradient norm clipping (null: none)")
-    train_qkvo: bool = Field(False, description="also train private copies of q/k/v/o (untied projections)")
+    train_qkvo: bool = Field(True, description="also train private copies of q/k/v/o (untied projections); "
+                             "without them the gates alone lose far more (docs/quality.md)")
     calibrate_output: bool = Field(True, description="set the new layer's output gain by least squares on "
                                    "one batch before fitting (see dsla_serve.trainer.calibration)")
     loss: LossWeights = LossWeights()
