@@ -79,7 +79,7 @@ class DataConfig(_Strict):
 class OrderConfig(_Strict):
     """How the conversion order (a permutation of the decoder layers) is chosen."""
 
-    method: Literal["entropy", "loss_delta", "forward", "reverse", "list"] = "entropy"
+    method: Literal["entropy", "loss_delta", "forward", "reverse", "list"] = "loss_delta"
     layers: list[int] | None = Field(None, description="the explicit order (method: list); may be a prefix")
     calibration_sequences: int = Field(32, ge=1, description="sequences scored by entropy and loss_delta")
     probe_steps: int = Field(20, ge=1, description="optimiser steps fitting each probed layer (loss_delta)")
@@ -135,8 +135,8 @@ class DSLAFields(_Strict):
 
     tau: float = Field(16.0, gt=0.0)
     gate_rank: int | None = Field(None, ge=1)
-    history_gate_bias: float = 4.0
-    recency_gate_bias: float = -1.1
+    history_gate_bias: float = 0.0
+    recency_gate_bias: float = 0.0
     mix_init: tuple[float, float] = (0.0, 0.0)
 
     def to_dsla_config(self) -> DSLAConfig:

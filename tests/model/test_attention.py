@@ -64,11 +64,17 @@ def test_unsupported_attention_is_named():
         DSLAAttention(GPT2Attention())
 
 
-def test_initial_gates_give_a_slow_and_a_fast_state():
-    twin = DSLAAttention(tiny().model.layers[0].self_attn)
+def _initial_decays(config=None) -> tuple[float, float]:
+    twin = DSLAAttention(tiny().model.layers[0].self_attn, config)
     _, _, _, g1, g2 = twin.project(torch.randn(1, 3, 64))
-    decay_history, decay_recency = g1.exp().mean().item(), g2.exp().mean().item()
-    assert 0.998 < decay_history < 1.0 and 0.9 < decay_recency < 0.93
+    return g1.exp().mean().item(), g2.exp().mean().item()
+
+
+def test_initial_gates_paper_default_and_specialised():
+    history, recency = _initial_decays()  # the paper's init: both biases 0, decay exp(logsigmoid(0) / 16)
+    assert abs(history - 0.958) < 0.005 and abs(recency - 0.958) < 0.005
+    history, recency = _initial_decays(DSLAConfig(history_gate_bias=4.0, recency_gate_bias=-1.1))
+    assert 0.998 < history < 1.0 and 0.9 < recency < 0.93  # a slow and a fast state
 
 
 def test_log_sigmoid_is_logsigmoid():

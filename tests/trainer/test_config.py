@@ -28,7 +28,7 @@ def test_relative_paths_resolve_against_the_yaml_directory(tmp_path):
     assert cfg.output == tmp_path / "out" / "artifact"
     assert cfg.data.paths == [tmp_path / "texts", Path("/abs/book.txt")]
     assert cfg.deepspeed == tmp_path / "ds.json"
-    assert cfg.base_model == "tiny:llama" and cfg.order.method == "entropy" and cfg.training.steps == 5
+    assert cfg.base_model == "tiny:llama" and cfg.order.method == "loss_delta" and cfg.training.steps == 5
 
 
 def test_a_local_model_directory_resolves_but_a_hub_id_is_kept(tmp_path):
