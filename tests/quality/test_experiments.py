@@ -120,3 +120,24 @@ def test_gpu_side_code_imports_without_pydantic_deepspeed_or_ray():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_layer_probe_converts_each_layer_alone_and_resumes(teacher_dir, token_corpus_dir, tmp_path):
+    from experiments import layer_probe
+
+    out = tmp_path / "probe"
+    args = ["--teacher", str(teacher_dir), "--data", str(token_corpus_dir), "--out", str(out),
+            "--config", str(quality.CONFIGS / "quality-smoke.json"), "--kinds", "dsla,gla"]
+    assert layer_probe.main(args) == 0
+    for kind in ("dsla", "gla"):
+        for layer in (0, 1):
+            probe = json.loads((out / "probes" / f"{kind}_{layer}.json").read_text())
+            assert (probe["kind"], probe["layer"]) == (kind, layer) and probe["validation"]["ppl_ratio"] > 0
+            assert probe["eval"]["passkey"]["rows"] and probe["eval"]["perplexity"]["overall"]["ppl"] > 0
+    rows = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| 0", "| 1"] and "- | - | -" not in "".join(rows)
+    before = (out / "probes" / "gla_1.json").stat().st_mtime_ns
+    assert layer_probe.main(args + ["--layers", "1"]) == 0  # done probes are not repeated
+    assert (out / "probes" / "gla_1.json").stat().st_mtime_ns == before
+    with pytest.raises(SystemExit, match="the teacher has layers 0..1"):
+        layer_probe.main(args + ["--layers", "2"])
