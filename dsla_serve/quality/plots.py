@@ -94,14 +94,19 @@ def plot_training_curve(steps: list[int], train_loss: list[float], path: str | P
             ax.plot(*zip(*pts), linewidth=0.8, alpha=0.8, label="train loss on answer tokens")
     if val_steps:
         ax.plot(val_steps, val_loss, marker="o", markersize=3, label="validation loss")
-    for name, start in (stage_starts or {}).items():
+    top = ax.get_ylim()[1]
+    for i, (name, start) in enumerate((stage_starts or {}).items()):
         ax.axvline(start, color="grey", linestyle="--", linewidth=0.8)
-        ax.text(start, ax.get_ylim()[1], f" {name}", va="top", fontsize=8, color="grey")
+        # one label per line, staggered downwards, so labels of short stages do not overlap
+        ax.text(start, top, "\n" * i + f" {name}", va="top", fontsize=8, color="grey")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if stage_starts:  # the stage labels take the top of the plot
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8)
+    else:
+        ax.legend()
     return _save(fig, path)
 
 
