@@ -19,6 +19,7 @@ read -r -a teacher_args <<< "${TEACHER_ARGS:-}"
 read -r -a quality_args <<< "${QUALITY_ARGS:-}"
 read -r -a budget_args <<< "${BUDGET_ARGS:-}"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+mkdir -p "$RUNS"
 rm -f "$RUNS/pipeline.done" "$RUNS/pipeline.failed"
 fail() { log "FAILED: $*"; echo "$*" > "$RUNS/pipeline.failed"; exit 1; }
 
@@ -30,7 +31,6 @@ python3 -c 'import torch, triton, transformers; print("torch", torch.__version__
 [ -n "${SKIP_SMOKE:-}" ] || ( python3 -m pytest -q -p no:cacheprovider tests/quality/test_experiments.py > "$RUNS/gpu-smoke.log" 2>&1
   echo "exit code $?" >> "$RUNS/gpu-smoke.log" ) &
 
-mkdir -p "$RUNS"
 if [ ! -f "$RUNS/teacher/model/training.json" ]; then  # written last, once the teacher is saved and measured
   log "teacher: recipes/teacher/train.sh"
   TEACHER_RUN="$RUNS/teacher" recipes/teacher/train.sh --quiet --time-budget-min 60 "${teacher_args[@]}" > "$RUNS/teacher.log" 2>&1 \
