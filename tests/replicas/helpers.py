@@ -30,11 +30,16 @@ def tokenizer():
 
 @torch.no_grad()
 def hf_greedy(model, depth: int, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Hugging Face `generate` (greedy, no EOS stop) of the same model at `depth`."""
+    """Hugging Face `generate` (greedy, EOS neither stops nor is suppressed: the engine's `ignore_eos`)
+    of the same model at `depth`."""
     set_depth(model, depth)
     ids = torch.tensor([prompt_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None  # generate falls back to it
+    try:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=0)
+    finally:
+        model.generation_config.eos_token_id = eos
     return out[0, len(prompt_ids):].tolist()
 
 
