@@ -32,12 +32,13 @@ def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
 class GateProjection(nn.Module):
     """hidden -> H*K gate logits, full rank (one Linear) or low rank (hidden -> r -> H*K).
 
-    The output-side weight starts at zero, so every token starts with the decay set by the bias;
-    the gradient still reaches it (d logits / d W = x).
+    The output-side weight starts at zero (`init_std` 0), so every token starts with the decay set by
+    the bias; the gradient still reaches it (d logits / d W = x). `init_std` > 0 draws it from
+    N(0, init_std^2) instead.
     """
 
     def __init__(self, hidden_size: int, out_features: int, rank: int | None, bias_value: float,
-                 dtype: torch.dtype, device: torch.device | str | None):
+                 dtype: torch.dtype, device: torch.device | str | None, init_std: float = 0.0):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
         self.down = None if rank is None else nn.Linear(hidden_size, rank, bias=False, **kw)
@@ -45,7 +46,10 @@ class GateProjection(nn.Module):
         with torch.no_grad():
             if self.down is not None:
                 nn.init.normal_(self.down.weight, std=hidden_size**-0.5)
-            self.up.weight.zero_()
+            if init_std > 0:
+                nn.init.normal_(self.up.weight, std=init_std)
+            else:
+                self.up.weight.zero_()
             self.up.bias.fill_(bias_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +88,9 @@ class DSLAAttention(nn.Module):
         w = attn.q_proj.weight
         gate_out = self.num_heads * self.head_dim
         self.gate_history = GateProjection(self.hidden_size, gate_out, config.gate_rank,
-                                           config.history_gate_bias, w.dtype, w.device)
+                                           config.history_gate_bias, w.dtype, w.device, config.gate_init_std)
         self.gate_recency = GateProjection(self.hidden_size, gate_out, config.gate_rank,
-                                           config.recency_gate_bias, w.dtype, w.device)
+                                           config.recency_gate_bias, w.dtype, w.device, config.gate_init_std)
         self.mix_logits = nn.Parameter(
             torch.tensor(config.mix_init, dtype=torch.float32, device=w.device).repeat(self.num_heads, 1))
         # A gain per head on the read-out before W_o (the spec's y = W_o o, reparametrised: a column

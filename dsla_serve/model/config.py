@@ -13,18 +13,22 @@ class DSLAConfig:
     tau: divisor of the log-sigmoid gates (the paper's 16): g = logsigmoid(W x + b) / tau.
     gate_rank: None = full-rank gate projections (hidden -> H*K, as the paper); an int r = low rank
         (hidden -> r -> H*K), far fewer parameters.
-    history_gate_bias, recency_gate_bias: initial biases of the two gates. The default 0 for both (the
-        paper's initialisation) starts each state at a per-token decay of exp(logsigmoid(0) / 16) ~=
-        0.958 (half-life ~ 16 tokens); the gates learn their own. A specialised start (4.0: decay
-        0.9989, half-life ~ 630 tokens; -1.1: decay 0.917, half-life ~ 8) lost to it on the reference
-        teacher: +28.8% perplexity at half depth against +16.0% (docs/quality.md).
+    history_gate_bias: initial bias of the slow (history) gate. 4.0 gives a per-token decay of
+        exp(logsigmoid(4) / 16) ~= 0.9989 (half-life ~ 630 tokens).
+    recency_gate_bias: initial bias of the fast (recency) gate. -1.1 gives a decay of ~ 0.917
+        (half-life ~ 8 tokens).
+    gate_init_std: std of the gate projections' output weights at conversion. 0 (default): zero, so
+        every token starts at the decay its bias sets. With equal biases, full-rank gates and 0, the two
+        states are identical and stay so (their gradients are identical too): one state computed twice.
+        The paper initialises the gate projections randomly; that needs a value > 0.
     mix_init: initial logits of the two read-out weights (softmax over the pair, per head).
     """
 
     tau: float = 16.0
     gate_rank: int | None = None
-    history_gate_bias: float = 0.0
-    recency_gate_bias: float = 0.0
+    history_gate_bias: float = 4.0
+    recency_gate_bias: float = -1.1
+    gate_init_std: float = 0.0
     mix_init: tuple[float, float] = field(default=(0.0, 0.0))
 
     def __post_init__(self):
@@ -32,6 +36,8 @@ class DSLAConfig:
             raise ValueError(f"DSLAConfig.tau must be > 0, got {self.tau}")
         if self.gate_rank is not None and self.gate_rank < 1:
             raise ValueError(f"DSLAConfig.gate_rank must be None or >= 1, got {self.gate_rank}")
+        if self.gate_init_std < 0:
+            raise ValueError(f"DSLAConfig.gate_init_std must be >= 0, got {self.gate_init_std}")
         if len(self.mix_init) != 2:
             raise ValueError(f"DSLAConfig.mix_init must have 2 values, got {self.mix_init!r}")
         object.__setattr__(self, "mix_init", tuple(float(x) for x in self.mix_init))

@@ -135,8 +135,9 @@ class DSLAFields(_Strict):
 
     tau: float = Field(16.0, gt=0.0)
     gate_rank: int | None = Field(None, ge=1)
-    history_gate_bias: float = 0.0
-    recency_gate_bias: float = 0.0
+    history_gate_bias: float = 4.0
+    recency_gate_bias: float = -1.1
+    gate_init_std: float = Field(0.0, ge=0.0)
     mix_init: tuple[float, float] = (0.0, 0.0)
 
     def to_dsla_config(self) -> DSLAConfig:

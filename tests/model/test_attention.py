@@ -64,17 +64,27 @@ def test_unsupported_attention_is_named():
         DSLAAttention(GPT2Attention())
 
 
-def _initial_decays(config=None) -> tuple[float, float]:
-    twin = DSLAAttention(tiny().model.layers[0].self_attn, config)
+def test_initial_gates_give_a_slow_and_a_fast_state():
+    twin = DSLAAttention(tiny().model.layers[0].self_attn)
     _, _, _, g1, g2 = twin.project(torch.randn(1, 3, 64))
-    return g1.exp().mean().item(), g2.exp().mean().item()
+    decay_history, decay_recency = g1.exp().mean().item(), g2.exp().mean().item()
+    assert 0.998 < decay_history < 1.0 and 0.9 < decay_recency < 0.93
 
 
-def test_initial_gates_paper_default_and_specialised():
-    history, recency = _initial_decays()  # the paper's init: both biases 0, decay exp(logsigmoid(0) / 16)
-    assert abs(history - 0.958) < 0.005 and abs(recency - 0.958) < 0.005
-    history, recency = _initial_decays(DSLAConfig(history_gate_bias=4.0, recency_gate_bias=-1.1))
-    assert 0.998 < history < 1.0 and 0.9 < recency < 0.93  # a slow and a fast state
+def test_equal_biases_with_zero_gate_weights_are_one_state_twice_until_gate_init_std_breaks_it():
+    attn, x = tiny().model.layers[0].self_attn, torch.randn(1, 5, 64)
+    same = DSLAAttention(attn, DSLAConfig(history_gate_bias=0.0, recency_gate_bias=0.0))
+    _, _, _, g1, g2 = same.project(x)
+    assert torch.equal(g1, g2)
+    same(x)[0].square().sum().backward()  # identical gradients: training never separates the two states
+    assert same.gate_history.up.weight.grad.abs().sum() > 0
+    assert torch.equal(same.gate_history.up.weight.grad, same.gate_recency.up.weight.grad)
+    torch.manual_seed(0)
+    paper = DSLAAttention(attn, DSLAConfig(history_gate_bias=0.0, recency_gate_bias=0.0, gate_init_std=0.02))
+    _, _, _, g1, g2 = paper.project(x)
+    assert not torch.allclose(g1, g2) and abs(paper.gate_history.up.weight.std().item() - 0.02) < 0.002
+    with pytest.raises(ValueError, match="gate_init_std"):
+        DSLAConfig(gate_init_std=-0.1)
 
 
 def test_log_sigmoid_is_logsigmoid():
