@@ -14,7 +14,7 @@ class DSLAConfig:
     gate_rank: None = full-rank gate projections (hidden -> H*K, as the paper); an int r = low rank
         (hidden -> r -> H*K), far fewer parameters.
     history_gate_bias: initial bias of the slow (history) gate. 4.0 gives a per-token decay of
-        exp(logsigmoid(4) / 16) ~= 0.9989 (half-life ~ 630 tokens).
+        exp(logsigmoid(4) / 16) ~= 0.9989 (half-life ~ 610 tokens).
     recency_gate_bias: initial bias of the fast (recency) gate. -1.1 gives a decay of ~ 0.917
         (half-life ~ 8 tokens).
     gate_init_std: std of the gate projections' output weights at conversion. 0 (default): zero, so
