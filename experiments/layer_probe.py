@@ -42,24 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment config JSON: its distill and eval sections are used (default: %(default)s)")
     p.add_argument("--kinds", default="dsla,gla", help="comma list of layer kinds (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma list of layer indices (default: all)")
+    p.add_argument("--dsla", default="{}", help='DSLAConfig fields to change, as JSON, e.g. '
+                   '\'{"history_gate_bias": 0, "recency_gate_bias": 0, "gate_init_std": 0.02}\' (default: none)')
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     return p
 
 
-def probe(campaign: Campaign, kind: str, layer: int) -> dict:
-    """Convert `layer` alone as `kind` (DSLAConfig defaults), fit it, and evaluate the model at depth 1."""
+def probe(campaign: Campaign, kind: str, layer: int, config: DSLAConfig) -> dict:
+    """Convert `layer` alone as `kind`, fit it, and evaluate the model at depth 1."""
     settings = campaign.fit_settings()
-    seed = campaign.cfg.distill.mixture.seed
     model = copy.deepcopy(campaign.teacher)
     t0 = time.perf_counter()
-    convert_layer(model, layer, kind, DSLAConfig(), seed=seed * 1000)
+    convert_layer(model, layer, kind, config, seed=campaign.cfg.distill.mixture.seed * 1000)
     losses = fit_layer(model, layer, 1, campaign.batches, 0, settings, campaign.device)
     val = validation(model, 1, layer, campaign.val_seqs, settings.loss, campaign.device)
     set_depth(model, 1)
-    result = {"kind": kind, "layer": layer, "first_loss": losses[0] if losses else None,
-              "last_loss": losses[-1] if losses else None, "validation": val, "eval": campaign.evaluate(model),
-              "seconds": round(time.perf_counter() - t0, 1), "meta": campaign.meta}
-    return result
+    return {"kind": kind, "layer": layer, "dsla_config": config.to_dict(),
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "validation": val, "eval": campaign.evaluate(model), "seconds": round(time.perf_counter() - t0, 1),
+            "meta": campaign.meta}
 
 
 def _cell(m: dict) -> str:
@@ -86,6 +87,10 @@ def write_summary(out: Path, kinds: list[str], layers: list[int]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
+    try:
+        config = DSLAConfig.from_dict({**DSLAConfig().to_dict(), **json.loads(args.dsla)})
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise SystemExit(f"--dsla {args.dsla!r}: {e}") from None
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.set_float32_matmul_precision("high")
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             path = args.out / "probes" / f"{kind}_{layer}.json"
             if path.is_file():
                 continue
-            result = probe(campaign, kind, layer)
+            result = probe(campaign, kind, layer, config)
             _write_json(path, result)
             m = metrics(result["eval"])
             print(f"{kind} layer {layer}: ppl {m['ppl']:.2f}, passkey {m.get('passkey')}, mqar {m.get('mqar')} "

@@ -141,3 +141,9 @@ def test_layer_probe_converts_each_layer_alone_and_resumes(teacher_dir, token_co
     assert (out / "probes" / "gla_1.json").stat().st_mtime_ns == before
     with pytest.raises(SystemExit, match="the teacher has layers 0..1"):
         layer_probe.main(args + ["--layers", "2"])
+    with pytest.raises(SystemExit, match="unknown DSLAConfig field"):
+        layer_probe.main(args + ["--dsla", '{"history_bias": 0}'])
+    paper = tmp_path / "paper"
+    assert layer_probe.main([*args[:5], str(paper), *args[6:], "--layers", "0", "--kinds", "dsla",
+                             "--dsla", '{"history_gate_bias": 0, "gate_init_std": 0.02}']) == 0
+    assert json.loads((paper / "probes" / "dsla_0.json").read_text())["dsla_config"]["gate_init_std"] == 0.02
