@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from dsla_serve.model import DSLAConfig, set_depth
+from dsla_serve.quality.models import resolve_device
 
 from .config import load_config
 from .conversion import convert_layer, fit_layer, validation
@@ -91,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         config = DSLAConfig.from_dict({**DSLAConfig().to_dict(), **json.loads(args.dsla)})
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise SystemExit(f"--dsla {args.dsla!r}: {e}") from None
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.set_float32_matmul_precision("high")
     args.out.mkdir(parents=True, exist_ok=True)
     campaign = Campaign(cfg, args.teacher, args.data, args.out, device)

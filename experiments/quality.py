@@ -33,6 +33,7 @@ import torch
 from dsla_serve.model import DSLAConfig, set_depth
 from dsla_serve.quality.corpus import open_token_corpus
 from dsla_serve.quality.evaluate import evaluate
+from dsla_serve.quality.models import resolve_device
 from dsla_serve.quality.perplexity import windows_of
 from recipes.teacher.batches import BatchMixture
 
@@ -233,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.teacher is None or args.data is None:
         raise SystemExit("--teacher and --data are needed unless --report-only")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.set_float32_matmul_precision("high")
     t_start = time.perf_counter()
     campaign = Campaign(cfg, args.teacher, args.data, args.out, device)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from dsla_serve.quality.corpus import open_token_corpus
+from dsla_serve.quality.models import resolve_device
 from dsla_serve.quality.perplexity import windows_of
 
 from . import paths
@@ -269,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dsla_serve.quality.plots import plot_training_curve
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.set_float32_matmul_precision("high")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     corpus = open_token_corpus(args.data, tokenizer)

@@ -4,9 +4,9 @@
 # weights. Stages 3-4 repeat the pair from stage 2's weights with new batches (seed 1), answer tokens
 # weighted more, and few copy rows. On the H200 run of 2026-12-03 stages 1-2 alone gave a good
 # language model (validation perplexity 48.5) that copies random tokens but retrieves nothing (passkey
-# and MQAR 0%): the answer loss sat at 0.48 from step 1400 to 4000, which is what copy answers at ~0
-# and passkey/recall digits at chance (ln 10 each) give, as copy rows hold ~3/4 of the answer tokens
-# and so of the answer term's gradient. Stage 3 gives passkey and recall ~3/4 of it instead.
+# and MQAR 0%): the answer loss sat at 0.48 from step 1400 to 4000, which is copy answers (71% of
+# stage 1's answer tokens, so of the answer term's gradient) solved and the recall/passkey answers
+# (29%) stuck at ~1.65 nats each. Stage 3 gives recall and passkey 79% of the answer tokens instead.
 #
 # Extra arguments go to every stage (e.g. --time-budget-min, --device). Rerunning resumes: a stage
 # whose folder holds training.json (written last) is skipped, a stage stopped by its time budget
