@@ -23,9 +23,13 @@ ORDER_METHODS = ("loss_delta", "entropy", "forward", "reverse", "random")
 
 @dataclass(frozen=True)
 class LossWeights:
+    """The trainer's three terms, plus `answer_kl`: the KL at the batch's answer tokens alone
+    (`dsla_serve.trainer.losses.answer_kl`), which the trainer's book-text batches cannot have."""
+
     mse: float = 1.0
     kl: float = 1.0
     ce: float = 0.0
+    answer_kl: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,15 @@ class OrderSettings:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One chained conversion. `dsla` overrides DSLAConfig fields; `train_qkvo` overrides the distill default."""
+    """One chained conversion. `dsla` overrides DSLAConfig fields; `train_qkvo` and `loss_answer_kl`
+    override the distill section's."""
 
     name: str
     kind: str = "dsla"
     order: str = "loss_delta"
     dsla: dict = field(default_factory=dict)
     train_qkvo: bool | None = None
+    loss_answer_kl: float | None = None
     depth: str = "L"
     eval_depths: tuple[str, ...] = ("L/4", "L/2", "3L/4", "L")
     label: str | None = None
@@ -123,7 +129,7 @@ def _build(cls, data: dict, where: str):
         raise ValueError(f"{where}: {e}") from None
 
 
-_LOSS_KEYS = {"loss_mse": "mse", "loss_kl": "kl", "loss_ce": "ce"}
+_LOSS_KEYS = {"loss_mse": "mse", "loss_kl": "kl", "loss_ce": "ce", "loss_answer_kl": "answer_kl"}
 
 
 def _build_distill(data: dict, where: str) -> DistillSettings:
@@ -164,6 +170,8 @@ def load_config(path: str | Path) -> QualityConfig:
             raise ValueError(f"{path}: run {r.name!r}: kind must be one of {LAYER_KINDS}, got {r.kind!r}")
         if r.order not in ORDER_METHODS:
             raise ValueError(f"{path}: run {r.name!r}: order must be one of {ORDER_METHODS}, got {r.order!r}")
+        if r.loss_answer_kl is not None and r.loss_answer_kl < 0:
+            raise ValueError(f"{path}: run {r.name!r}: loss_answer_kl must be >= 0, got {r.loss_answer_kl}")
         try:
             r.dsla_config()
         except (TypeError, ValueError) as e:

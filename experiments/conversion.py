@@ -24,13 +24,13 @@ from dsla_serve.trainer.calibration import calibrate_output_scale
 from dsla_serve.trainer.distill import trainable_parameters
 from dsla_serve.trainer.distributed import DistContext
 from dsla_serve.trainer.evaluate import validate
-from dsla_serve.trainer.losses import LayerOutputCapture, distillation_loss, teacher_logits
+from dsla_serve.trainer.losses import LayerOutputCapture, answer_kl, distillation_loss, teacher_logits
 from dsla_serve.trainer.schedule import lr_multiplier
 from dsla_serve.trainer.sensitivity import attention_entropy
 
 from .config import FitSettings, LossWeights
 
-Batches = Callable[[int], torch.Tensor]  # global step -> input_ids [B, T]
+Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # global step -> (input_ids [B, T], answers [B, T] bool)
 
 
 def single_process(device: torch.device) -> DistContext:
@@ -55,14 +55,15 @@ def convert_layer(model, layer_idx: int, kind: str, config: DSLAConfig, seed: in
 def fit_layer(model, layer_idx: int, depth: int, batches: Batches, first_step: int, settings: FitSettings,
               device: torch.device, progress=None) -> list[float]:
     """Train the twin of `layer_idx` (the newest, the model at `depth`) for `settings.steps` steps on
-    batches(first_step + s). Returns the loss of every step; leaves the model frozen."""
+    batches(first_step + s). The objective is the trainer's, plus `settings.loss.answer_kl` times the KL
+    at the batch's answer tokens. Returns the loss of every step; leaves the model frozen."""
     params = trainable_parameters(model, layer_idx, settings.train_qkvo)
     if not params:  # e.g. a sliding window with shared projections: nothing to fit
         return []
     if settings.calibrate_output:
         model.eval()
         with autocast(device):
-            calibrate_output_scale(model, layer_idx, batches(first_step).to(device))
+            calibrate_output_scale(model, layer_idx, batches(first_step)[0].to(device))
     optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
     losses = []
     model.eval()
@@ -73,17 +74,21 @@ def fit_layer(model, layer_idx: int, depth: int, batches: Batches, first_step: i
                                       min_ratio=settings.min_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = settings.lr * scale
-                ids = batches(first_step + step).to(device)
+                ids, answers = batches(first_step + step)
+                ids = ids.to(device)
+                w_answer = settings.loss.answer_kl
                 with autocast(device):
-                    teacher = teacher_logits(model, ids, depth) if settings.loss.kl > 0 else None
+                    teacher = teacher_logits(model, ids, depth) if settings.loss.kl > 0 or w_answer > 0 else None
                     logits = model(input_ids=ids, use_cache=False).logits
                     terms = distillation_loss(logits, ids, settings.loss, capture, teacher)
-                terms.total.backward()
+                    total = terms.total + w_answer * answer_kl(logits, teacher, answers) if w_answer > 0 \
+                        else terms.total
+                total.backward()
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 capture.clear()
-                losses.append(float(terms.total.detach()))
+                losses.append(float(total.detach()))
                 if progress is not None:
                     progress(step, losses[-1])
     finally:

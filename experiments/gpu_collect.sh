@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 RUNS=${GPU_PIPELINE_RUNS:-runs}
 limit=${1:-540}
-wanted=(pipeline.log gpu-smoke.log teacher.log quality.log quality-budget.log quality quality-budget
+wanted=(pipeline.log gpu-smoke.log teacher.log quality.log quality-budget.log layer-probe.log quality quality-budget layer-probe
         teacher/model/training.json teacher/model/training_curve.png teacher/model/training_stages.png
         teacher/stage1/training.json teacher/stage2/training.json teacher/stage3/training.json)
 
@@ -30,7 +30,7 @@ while [ ! -f "$RUNS/pipeline.done" ] && [ ! -f "$RUNS/pipeline.failed" ] && [ "$
 done
 snapshot
 shown() { [ -f "$RUNS/$1" ] && { echo "--- $1"; tr '\r' '\n' < "$RUNS/$1" | grep -v -E '[0-9]+%\|' | grep -v '^$' | tail -n "$2"; }; }
-shown gpu-smoke.log 4; shown teacher.log 14; shown quality.log 14; shown quality-budget.log 6; shown pipeline.log 12
+shown gpu-smoke.log 4; shown teacher.log 14; shown quality.log 14; shown quality-budget.log 6; shown layer-probe.log 6; shown pipeline.log 12
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 ls "$RUNS"/quality/runs "$RUNS"/quality-budget/runs 2>/dev/null | tr '\n' ' '; echo
 [ -f "$RUNS/pipeline.done" ] && echo "PIPELINE DONE"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 7 on one GPU lease, start to end: the reference teacher (recipes/teacher/train.sh), then the
-# quality campaign on it (configs/quality.json), then the budget study (configs/quality-budget.json).
+# quality campaign on it (configs/quality.json) beside the single-layer probes (experiments/layer_probe.py
+# at the campaign's settings), then the budget study (configs/quality-budget.json).
 #
 # It runs detached (`setsid`), so it outlives the 10-minute limit of one device call and never has to
 # reload or re-send the teacher between calls; `experiments/gpu_collect.sh` waits for it and copies
@@ -10,7 +11,8 @@
 #
 # A dry run on the CPU at toy sizes (each variable's words go last, so they win over the defaults):
 #   GPU_PIPELINE_RUNS=runs/dry TEACHER_ARGS="--smoke --steps 3 ..." QUALITY_ARGS=--smoke \
-#   BUDGET_ARGS="--config experiments/configs/quality-smoke.json --runs dsla,gla" experiments/gpu_pipeline.sh
+#   BUDGET_ARGS="--config experiments/configs/quality-smoke.json --runs dsla,gla" \
+#   PROBE_ARGS="--config experiments/configs/quality-smoke.json" experiments/gpu_pipeline.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -18,6 +20,7 @@ RUNS=${GPU_PIPELINE_RUNS:-runs}
 read -r -a teacher_args <<< "${TEACHER_ARGS:-}"
 read -r -a quality_args <<< "${QUALITY_ARGS:-}"
 read -r -a budget_args <<< "${BUDGET_ARGS:-}"
+read -r -a probe_args <<< "${PROBE_ARGS:-}"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 mkdir -p "$RUNS"
 rm -f "$RUNS/pipeline.done" "$RUNS/pipeline.failed"
@@ -44,6 +47,11 @@ log "teacher saved: $(python3 -c "import json; f = json.load(open('$RUNS/teacher
 print('ppl', round(f['perplexity']['overall']['ppl'], 2), 'passkey', [r['accuracy'] for r in f['passkey']['rows']])")"
 wait  # the smoke test
 
+# The probes share the GPU with the campaign's workers from the start: one process leaves it mostly idle.
+log "single-layer probes (experiments.layer_probe, the campaign's settings), beside the campaign"
+python3 -m experiments.layer_probe --config experiments/configs/quality.json --teacher "$RUNS/teacher/model" \
+  --data "$RUNS/quality-data" --out "$RUNS/layer-probe" "${probe_args[@]}" > "$RUNS/layer-probe.log" 2>&1 &
+probes=$!
 log "campaign: experiments.quality (configs/quality.json)"
 python3 -m experiments.quality --teacher "$RUNS/teacher/model" --data "$RUNS/quality-data" --out "$RUNS/quality" \
   --workers "${QUALITY_WORKERS:-5}" "${quality_args[@]}" > "$RUNS/quality.log" 2>&1 || fail "campaign (see quality.log)"
@@ -54,5 +62,6 @@ cp "$RUNS/quality/teacher.json" "$RUNS/quality/orders.json" "$RUNS/quality-budge
 python3 -m experiments.quality --config experiments/configs/quality-budget.json --teacher "$RUNS/teacher/model" \
   --data "$RUNS/quality-data" --out "$RUNS/quality-budget" --workers 2 "${budget_args[@]}" > "$RUNS/quality-budget.log" 2>&1 \
   || fail "budget study (see quality-budget.log)"
+wait $probes || fail "single-layer probes (see layer-probe.log)"
 log "all done"
 touch "$RUNS/pipeline.done"

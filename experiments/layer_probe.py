@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -45,20 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="comma list of layer indices (default: all)")
     p.add_argument("--dsla", default="{}", help='DSLAConfig fields to change, as JSON, e.g. '
                    '\'{"history_gate_bias": 0, "recency_gate_bias": 0, "gate_init_std": 0.02}\' (default: none)')
+    p.add_argument("--loss-answer-kl", type=float, default=None,
+                   help="weight of the KL at answer tokens while fitting (default: the config's loss_answer_kl)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     return p
 
 
-def probe(campaign: Campaign, kind: str, layer: int, config: DSLAConfig) -> dict:
-    """Convert `layer` alone as `kind`, fit it, and evaluate the model at depth 1."""
+def probe(campaign: Campaign, kind: str, layer: int, config: DSLAConfig, answer_kl: float | None = None) -> dict:
+    """Convert `layer` alone as `kind`, fit it (with `answer_kl` as the answer term's weight, when given),
+    and evaluate the model at depth 1."""
     settings = campaign.fit_settings()
+    if answer_kl is not None:
+        settings = dataclasses.replace(settings, loss=dataclasses.replace(settings.loss, answer_kl=answer_kl))
     model = copy.deepcopy(campaign.teacher)
     t0 = time.perf_counter()
     convert_layer(model, layer, kind, config, seed=campaign.cfg.distill.mixture.seed * 1000)
     losses = fit_layer(model, layer, 1, campaign.batches, 0, settings, campaign.device)
     val = validation(model, 1, layer, campaign.val_seqs, settings.loss, campaign.device)
     set_depth(model, 1)
-    return {"kind": kind, "layer": layer, "dsla_config": config.to_dict(),
+    return {"kind": kind, "layer": layer, "dsla_config": config.to_dict(), "fit": dataclasses.asdict(settings),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "validation": val, "eval": campaign.evaluate(model), "seconds": round(time.perf_counter() - t0, 1),
             "meta": campaign.meta}
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         config = DSLAConfig.from_dict({**DSLAConfig().to_dict(), **json.loads(args.dsla)})
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise SystemExit(f"--dsla {args.dsla!r}: {e}") from None
+    if args.loss_answer_kl is not None and args.loss_answer_kl < 0:
+        raise SystemExit(f"--loss-answer-kl must be >= 0, got {args.loss_answer_kl}")
     device = resolve_device(args.device)
     torch.set_float32_matmul_precision("high")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             path = args.out / "probes" / f"{kind}_{layer}.json"
             if path.is_file():
                 continue
-            result = probe(campaign, kind, layer, config)
+            result = probe(campaign, kind, layer, config, args.loss_answer_kl)
             _write_json(path, result)
             m = metrics(result["eval"])
             print(f"{kind} layer {layer}: ppl {m['ppl']:.2f}, passkey {m.get('passkey')}, mqar {m.get('mqar')} "

@@ -94,13 +94,17 @@ class Campaign:
                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                      "torch": torch.__version__, "num_layers": self.num_layers}
 
-    def batches(self, step: int) -> torch.Tensor:
-        return self.mixture.batch(step)[0]
+    def batches(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids [B, T], answers [B, T] bool) of distillation step `step`."""
+        ids, _, answers = self.mixture.batch(step)
+        return ids, answers
 
     def fit_settings(self, run: RunSpec | None = None, steps: int | None = None) -> FitSettings:
         fit = self.cfg.distill.fit
         qkvo = fit.train_qkvo if run is None or run.train_qkvo is None else run.train_qkvo
-        return dataclasses.replace(fit, steps=steps or fit.steps, train_qkvo=qkvo)
+        loss = fit.loss if run is None or run.loss_answer_kl is None else \
+            dataclasses.replace(fit.loss, answer_kl=run.loss_answer_kl)
+        return dataclasses.replace(fit, steps=steps or fit.steps, train_qkvo=qkvo, loss=loss)
 
     def evaluate(self, model) -> dict:
         with autocast(self.device):

@@ -16,6 +16,7 @@ from .config import QualityConfig
 
 PPL_TARGET_RATIO = 1.05  # DSLA at L/2 within 5% of the teacher's validation perplexity
 PASSKEY_TARGET = 0.90  # passkey accuracy at 4k for DSLA at L/2
+ANSWER_TERM_PAIR = ("dsla_answer", "gla_answer")  # DSLA and the single state, fitted with the answer-token KL
 
 
 def metrics(ev: dict) -> dict:
@@ -99,10 +100,12 @@ def _experiment_plots(key: str, exp, runs: dict, done: list[str], labels: dict, 
     return plots
 
 
-def check_targets(teacher_m: dict | None, runs: dict, num_layers: int | None) -> list[dict]:
-    """The issue's targets, each {target, status: met | missed | not measured, detail}."""
+def check_targets(teacher_m: dict | None, runs: dict, num_layers: int | None, dsla_run: str = "dsla",
+                  gla_run: str = "gla") -> list[dict]:
+    """The issue's targets, each {target, status: met | missed | not measured, detail}, for DSLA run
+    `dsla_run` against single-state run `gla_run`."""
     out = []
-    dsla, gla = runs.get("dsla"), runs.get("gla")
+    dsla, gla = runs.get(dsla_run), runs.get(gla_run)
     half = str(num_layers // 2) if num_layers else None
 
     def at(run, depth):
@@ -157,8 +160,17 @@ def write_report(cfg: QualityConfig, out: Path) -> Path:
     targets = check_targets(teacher_m, runs, num_layers)
     md += ["## Targets", "", "| target | status | detail |", "|---|---|---|"]
     md += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in targets]
+    if all(n in runs for n in ANSWER_TERM_PAIR):  # the same targets when both are fitted with the answer term
+        answer_targets = check_targets(teacher_m, runs, num_layers, *ANSWER_TERM_PAIR)
+        md += ["", f"With the answer term (`{ANSWER_TERM_PAIR[0]}` vs `{ANSWER_TERM_PAIR[1]}`):", "",
+               "| target | status | detail |", "|---|---|---|"]
+        md += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in answer_targets]
+    else:
+        answer_targets = None
     md += ["", "## Orders", ""] + [f"- `{k}`: {v['order']}" for k, v in orders.items()] + [""]
     summary = {"teacher": teacher_m, "targets": targets, "orders": orders, "experiments": {}}
+    if answer_targets is not None:
+        summary["targets_answer_term"] = answer_targets
     for key, exp in cfg.experiments.items():
         md += [f"## {key}: {exp.title}", "", exp.question, ""] + _table(teacher_m, runs, exp.runs, labels) + [""]
         done = [n for n in exp.runs if n in runs]

@@ -2,6 +2,9 @@
 
     loss = w_mse * relMSE(y_dsla, y_attn) + w_kl * KL(p_teacher || p_student) + w_ce * CE(next token)
 
+(`answer_kl`, the KL at answer tokens alone, is an extra term for batches that mark answers: the
+quality experiments' episode mixture adds it; book text has none.)
+
 - y_dsla [B, T, hidden]: the new layer's attention output in the student forward;
   y_attn: the *original* softmax attention of that layer on the *same* input (the student's hidden
   state at that layer), run beside it under no_grad. This compares the layer's own output; the
@@ -86,6 +89,22 @@ def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     """KL(p_teacher || p_student) summed over the vocabulary, averaged over tokens. Logits [B, T, V]."""
     s = F.log_softmax(student_logits.float(), dim=-1).flatten(0, -2)
     t = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, -2)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+def answer_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """KL(p_teacher || p_student) averaged over the positions that predict an answer token only.
+
+    student_logits, teacher_logits [B, T, V]; answers [B, T] bool, True at answer tokens (e.g. the
+    passkey digits of an episode), so the logits at t count where answers[:, t + 1] is True. Answers are
+    a fraction of a percent of a batch's tokens: in the all-token KL they hardly move the gradient, as a
+    mean of their own they do. Returns an fp32 zero (with graph) when the batch holds no answer.
+    """
+    predicts = answers[:, 1:].to(student_logits.device)
+    if not bool(predicts.any()):
+        return student_logits.sum().float() * 0.0
+    s = F.log_softmax(student_logits[:, :-1][predicts].float(), dim=-1)
+    t = F.log_softmax(teacher_logits[:, :-1][predicts].float(), dim=-1)
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 

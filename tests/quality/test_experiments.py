@@ -42,7 +42,10 @@ def test_smoke_campaign_runs_every_experiment_and_resumes(teacher_dir, token_cor
     assert sorted(orders["loss_delta"]["order"]) == [0, 1] and set(orders["loss_delta"]["scores"]) == {"0", "1"}
     summary = json.loads((out / "summary.json").read_text())
     assert [t["status"] in ("met", "missed") for t in summary["targets"]] == [True, True, True]
-    assert set(summary["experiments"]) == {"1_depth", "2_baselines", "3_orders", "4_gates"}
+    assert set(summary["experiments"]) == {"1_depth", "2_baselines", "3_orders", "4_gates", "5_answer_term"}
+    answer_run = json.loads((out / "runs" / "dsla_answer.json").read_text())
+    assert answer_run["fit"]["loss"]["answer_kl"] == 1.0
+    assert json.loads((out / "runs" / "dsla.json").read_text())["fit"]["loss"]["answer_kl"] == 0.0
     md = (out / "summary.md").read_text()
     assert "| teacher | 0 |" in md and "not yet run" not in md
     for png in ("2_baselines_long_ppl.png", "1_depth_passkey.png", "dsla_position.png"):
@@ -96,6 +99,9 @@ def test_config_errors_name_the_field(tmp_path):
     bad.write_text(json.dumps({"runs": [{"name": "x", "kind": "lstm"}]}))
     with pytest.raises(ValueError, match="run 'x': kind must be one of"):
         load_config(bad)
+    bad.write_text(json.dumps({"runs": [{"name": "x", "loss_answer_kl": -1}]}))
+    with pytest.raises(ValueError, match="run 'x': loss_answer_kl must be >= 0"):
+        load_config(bad)
     bad.write_text(json.dumps({"runs": [{"name": "x"}], "experiments": {"e": {"title": "t", "runs": ["y"]}}}))
     with pytest.raises(ValueError, match=r"experiments.e names unknown run\(s\) \['y'\]"):
         load_config(bad)
@@ -147,3 +153,34 @@ def test_layer_probe_converts_each_layer_alone_and_resumes(teacher_dir, token_co
     assert layer_probe.main([*args[:5], str(paper), *args[6:], "--layers", "0", "--kinds", "dsla",
                              "--dsla", '{"history_gate_bias": 0, "gate_init_std": 0.02}']) == 0
     assert json.loads((paper / "probes" / "dsla_0.json").read_text())["dsla_config"]["gate_init_std"] == 0.02
+    answer = tmp_path / "answer"
+    assert layer_probe.main([*args[:5], str(answer), *args[6:], "--layers", "1", "--kinds", "gla",
+                             "--loss-answer-kl", "0.5"]) == 0
+    assert json.loads((answer / "probes" / "gla_1.json").read_text())["fit"]["loss"]["answer_kl"] == 0.5
+
+
+def test_fit_layer_adds_the_answer_kl_to_the_trainer_objective(teacher_dir, token_corpus_dir, tmp_path):
+    """With the trainer's terms off, the loss fitted is the answer term alone: the KL at answer tokens."""
+    import dataclasses
+
+    import torch
+
+    from dsla_serve.trainer.losses import answer_kl, teacher_logits
+    from experiments.config import FitSettings, LossWeights
+    from experiments.conversion import convert_layer, fit_layer
+
+    cfg = load_config(quality.CONFIGS / "quality-smoke.json")
+    campaign = quality.Campaign(cfg, teacher_dir, token_corpus_dir, tmp_path, torch.device("cpu"))
+    ids, answers = campaign.batches(0)
+    assert answers.any() and not answers.all()
+    only_answers = FitSettings(steps=1, warmup_steps=0, calibrate_output=False,
+                               loss=LossWeights(mse=0.0, kl=0.0, ce=0.0, answer_kl=1.0))
+    for settings in (only_answers, dataclasses.replace(only_answers, loss=LossWeights(mse=0.0, kl=0.0, ce=0.0))):
+        model = campaign.teacher.__class__(campaign.teacher.config)
+        model.load_state_dict(campaign.teacher.state_dict())
+        convert_layer(model, 1, "dsla", cfg.run("dsla").dsla_config(), seed=0)
+        with torch.no_grad():
+            expected = answer_kl(model(input_ids=ids).logits, teacher_logits(model, ids, 1), answers)
+        losses = fit_layer(model, 1, 1, campaign.batches, 0, settings, torch.device("cpu"))
+        assert losses[0] == pytest.approx(settings.loss.answer_kl * float(expected), rel=1e-4, abs=1e-7)
+    assert float(expected) > 0
