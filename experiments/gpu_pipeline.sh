@@ -56,12 +56,14 @@ log "campaign: experiments.quality (configs/quality.json)"
 python3 -m experiments.quality --teacher "$RUNS/teacher/model" --data "$RUNS/quality-data" --out "$RUNS/quality" \
   --workers "${QUALITY_WORKERS:-5}" "${quality_args[@]}" > "$RUNS/quality.log" 2>&1 || fail "campaign (see quality.log)"
 
-log "budget study: experiments.quality (configs/quality-budget.json)"
-mkdir -p "$RUNS/quality-budget"
-cp "$RUNS/quality/teacher.json" "$RUNS/quality/orders.json" "$RUNS/quality-budget/"  # the same teacher, the same order
-python3 -m experiments.quality --config experiments/configs/quality-budget.json --teacher "$RUNS/teacher/model" \
-  --data "$RUNS/quality-data" --out "$RUNS/quality-budget" --workers 2 "${budget_args[@]}" > "$RUNS/quality-budget.log" 2>&1 \
-  || fail "budget study (see quality-budget.log)"
+if [ -z "${SKIP_BUDGET:-}" ]; then
+  log "budget study: experiments.quality (configs/quality-budget.json)"
+  mkdir -p "$RUNS/quality-budget"
+  cp "$RUNS/quality/teacher.json" "$RUNS/quality/orders.json" "$RUNS/quality-budget/"  # the same teacher and order
+  python3 -m experiments.quality --config experiments/configs/quality-budget.json --teacher "$RUNS/teacher/model" \
+    --data "$RUNS/quality-data" --out "$RUNS/quality-budget" --workers 2 "${budget_args[@]}" > "$RUNS/quality-budget.log" 2>&1 \
+    || fail "budget study (see quality-budget.log)"
+fi
 wait $probes || fail "single-layer probes (see layer-probe.log)"
 log "all done"
 touch "$RUNS/pipeline.done"
