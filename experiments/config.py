@@ -101,12 +101,22 @@ class ExperimentSpec:
 
 
 @dataclass(frozen=True)
+class TargetPair:
+    """A DSLA run and a single-state run that the issue's targets are checked on (in the report)."""
+
+    dsla: str = "dsla"
+    single: str = "gla"
+    label: str = "DSLA vs the single gated state"
+
+
+@dataclass(frozen=True)
 class QualityConfig:
     distill: DistillSettings
     order: OrderSettings
     eval: EvalSettings
     runs: tuple[RunSpec, ...]
     experiments: dict
+    targets: tuple[TargetPair, ...] = (TargetPair(),)
 
     def run(self, name: str) -> RunSpec:
         for r in self.runs:
@@ -155,7 +165,7 @@ def load_config(path: str | Path) -> QualityConfig:
     """Read and check a config; errors name the file and the field."""
     path = Path(path)
     raw = json.loads(path.read_text())
-    unknown = sorted(set(raw) - {"distill", "order", "eval", "runs", "experiments", "comment"})
+    unknown = sorted(set(raw) - {"distill", "order", "eval", "runs", "experiments", "targets", "comment"})
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}")
     ev = dict(raw.get("eval", {}))
@@ -182,6 +192,12 @@ def load_config(path: str | Path) -> QualityConfig:
         missing = [n for n in e.runs if n not in names]
         if missing:
             raise ValueError(f"{path}: experiments.{k} names unknown run(s) {missing}")
+    targets = tuple(_build(TargetPair, t, f"{path}: targets[{i}]") for i, t in enumerate(raw.get("targets", [])))
+    for i, t in enumerate(targets):
+        missing = [n for n in (t.dsla, t.single) if n not in names]
+        if missing:
+            raise ValueError(f"{path}: targets[{i}] names unknown run(s) {missing}")
     return QualityConfig(distill=_build_distill(raw.get("distill", {}), f"{path}: distill"),
                          order=_build(OrderSettings, raw.get("order", {}), f"{path}: order"),
-                         eval=_build(EvalSettings, ev, f"{path}: eval"), runs=runs, experiments=experiments)
+                         eval=_build(EvalSettings, ev, f"{path}: eval"), runs=runs, experiments=experiments,
+                         targets=targets or (TargetPair(),))

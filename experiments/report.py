@@ -16,7 +16,6 @@ from .config import QualityConfig
 
 PPL_TARGET_RATIO = 1.05  # DSLA at L/2 within 5% of the teacher's validation perplexity
 PASSKEY_TARGET = 0.90  # passkey accuracy at 4k for DSLA at L/2
-ANSWER_TERM_PAIR = ("dsla_answer", "gla_answer")  # DSLA and the single state, fitted with the answer-token KL
 
 
 def metrics(ev: dict) -> dict:
@@ -119,7 +118,7 @@ def check_targets(teacher_m: dict | None, runs: dict, num_layers: int | None, ds
                     "detail": f"ppl {m_half['ppl']:.3f} vs teacher {teacher_m['ppl']:.3f}: {100 * (ratio - 1):+.2f}%"})
     else:
         out.append({"target": "DSLA at L/2 within 5% of the teacher's validation perplexity", "status": "not measured",
-                    "detail": "needs teacher.json and runs/dsla.json"})
+                    "detail": f"needs teacher.json and runs/{dsla_run}.json"})
     if dsla and gla and num_layers:
         rows, ok = [], True
         for d in sorted({int(x) for x in dsla["evals"]} & {int(x) for x in gla["evals"]}):
@@ -137,7 +136,8 @@ def check_targets(teacher_m: dict | None, runs: dict, num_layers: int | None, ds
                     "detail": "; ".join(rows)})
     else:
         out.append({"target": "DSLA better than the single state at every depth >= L/2", "status": "not measured",
-                    "detail": "needs runs/dsla.json and runs/gla.json"})
+                    "detail": "needs " + " and ".join(f"runs/{n}.json" for n in (dsla_run, gla_run) if n not in runs)
+                              if num_layers else "needs teacher.json"})
     if m_half and m_half.get("passkey"):
         longest = max(m_half["passkey"], key=int)
         acc = m_half["passkey"][longest]
@@ -157,20 +157,16 @@ def write_report(cfg: QualityConfig, out: Path) -> Path:
     if teacher:
         md += [f"Teacher `{teacher['meta']['teacher']}` ({num_layers} layers) on {teacher['meta']['device']}"
                f" ({teacher['meta'].get('gpu') or 'cpu'}), torch {teacher['meta']['torch']}.", ""]
-    targets = check_targets(teacher_m, runs, num_layers)
-    md += ["## Targets", "", "| target | status | detail |", "|---|---|---|"]
-    md += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in targets]
-    if all(n in runs for n in ANSWER_TERM_PAIR):  # the same targets when both are fitted with the answer term
-        answer_targets = check_targets(teacher_m, runs, num_layers, *ANSWER_TERM_PAIR)
-        md += ["", f"With the answer term (`{ANSWER_TERM_PAIR[0]}` vs `{ANSWER_TERM_PAIR[1]}`):", "",
-               "| target | status | detail |", "|---|---|---|"]
-        md += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in answer_targets]
-    else:
-        answer_targets = None
-    md += ["", "## Orders", ""] + [f"- `{k}`: {v['order']}" for k, v in orders.items()] + [""]
-    summary = {"teacher": teacher_m, "targets": targets, "orders": orders, "experiments": {}}
-    if answer_targets is not None:
-        summary["targets_answer_term"] = answer_targets
+    md += ["## Targets", ""]
+    pairs = []
+    for pair in cfg.targets:  # the first pair's are the summary's "targets"
+        checked = check_targets(teacher_m, runs, num_layers, pair.dsla, pair.single)
+        pairs.append({"label": pair.label, "dsla": pair.dsla, "single": pair.single, "targets": checked})
+        md += [f"{pair.label} (`{pair.dsla}` vs `{pair.single}`):", "", "| target | status | detail |", "|---|---|---|"]
+        md += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in checked] + [""]
+    md += ["## Orders", ""] + [f"- `{k}`: {v['order']}" for k, v in orders.items()] + [""]
+    summary = {"teacher": teacher_m, "targets": pairs[0]["targets"], "target_pairs": pairs, "orders": orders,
+               "experiments": {}}
     for key, exp in cfg.experiments.items():
         md += [f"## {key}: {exp.title}", "", exp.question, ""] + _table(teacher_m, runs, exp.runs, labels) + [""]
         done = [n for n in exp.runs if n in runs]

@@ -61,8 +61,12 @@ def plot_accuracy(series: dict[str, tuple[list, list]], path: str | Path, xlabel
 
 def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel: str, title: str,
                   reference: float | None = None, reference_label: str = "teacher") -> Path:
-    """series: {label: (depths, values)}; an optional horizontal reference line (the teacher's value)."""
+    """series: {label: (depths, values)}; an optional reference line (the teacher's value). When every
+    series holds the same single depth, a line plot says nothing: one horizontal bar per series instead."""
     plt = _pyplot()
+    depths = {tuple(xs) for xs, _ in series.values()}
+    if len(depths) == 1 and len(next(iter(depths))) == 1:
+        return _plot_one_depth(plt, series, path, ylabel, title, reference, reference_label)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
@@ -76,6 +80,28 @@ def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _plot_one_depth(plt, series, path, xlabel, title, reference, reference_label) -> Path:
+    import textwrap
+
+    labels = list(series)
+    values = [series[k][1][0] for k in labels]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(labels)))
+    ax.barh(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
+    ax.set_yticks(range(len(labels)), [textwrap.fill(k, 45) for k in labels], fontsize=7)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
+    if reference is not None:
+        ax.axvline(reference, color="black", linestyle="--", linewidth=1)
+        ax.text(reference, -0.5, f" {reference_label} {reference:.3g}", fontsize=7, va="bottom")
+    ax.set_xlim(0, 1.15 * max(values + ([reference] if reference is not None else [])))
+    ax.set_xlabel(xlabel)
+    ax.set_title(textwrap.fill(f"{title} (depth {next(iter(series.values()))[0][0]})", 70), fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
     return _save(fig, path)
 
 

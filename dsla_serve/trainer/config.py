@@ -130,15 +130,18 @@ class TrainingConfig(_Strict):
     eval_batch_size: int = Field(8, ge=1, description="sequences per forward pass during validation")
 
 
-class DSLAFields(_Strict):
-    """The `DSLAConfig` of the converted layers."""
+_DSLA_DEFAULTS = DSLAConfig()
 
-    tau: float = Field(16.0, gt=0.0)
-    gate_rank: int | None = Field(None, ge=1)
-    history_gate_bias: float = 4.0
-    recency_gate_bias: float = -1.1
-    gate_init_std: float = Field(0.0, ge=0.0)
-    mix_init: tuple[float, float] = (0.0, 0.0)
+
+class DSLAFields(_Strict):
+    """The `DSLAConfig` of the converted layers (defaults: DSLAConfig's)."""
+
+    tau: float = Field(_DSLA_DEFAULTS.tau, gt=0.0)
+    gate_rank: int | None = Field(_DSLA_DEFAULTS.gate_rank, ge=1)
+    history_gate_bias: float = _DSLA_DEFAULTS.history_gate_bias
+    recency_gate_bias: float = _DSLA_DEFAULTS.recency_gate_bias
+    gate_init_std: float = Field(_DSLA_DEFAULTS.gate_init_std, ge=0.0)
+    mix_init: tuple[float, float] = _DSLA_DEFAULTS.mix_init
 
     def to_dsla_config(self) -> DSLAConfig:
         return DSLAConfig(**self.model_dump())

@@ -21,12 +21,15 @@ def free_port() -> int:
 def make_artifact(path: Path, ratios: list[float], order: list[int] = ORDER) -> Path:
     """An artifact of `tiny:llama` with len(ratios) layers published (randomly initialised DSLA layers),
     each with its measured `ppl_ratio` in the manifest, as the trainer writes it."""
+    import torch
+
     from dsla_serve.model import Artifact, DSLAConfig, convert
     from dsla_serve.model.loading import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer("tiny:llama")
     artifact = Artifact.create(path, model, base_model_id="tiny:llama", config=DSLAConfig(), order=order)
     for rank, ratio in enumerate(ratios):
+        torch.manual_seed(rank)  # the gates' random init: the same artifact every time
         convert(model, [order[rank]], DSLAConfig())
         artifact.append_layer(model, order[rank], {"ppl_ratio": ratio, "val_loss": 5.0})
     return path

@@ -64,16 +64,29 @@ def test_unsupported_attention_is_named():
         DSLAAttention(GPT2Attention())
 
 
-def test_initial_gates_give_a_slow_and_a_fast_state():
-    twin = DSLAAttention(tiny().model.layers[0].self_attn)
+SPECIALISED = DSLAConfig(history_gate_bias=4.0, recency_gate_bias=-1.1, gate_init_std=0.0)
+
+
+def test_specialised_gates_give_a_slow_and_a_fast_state():
+    twin = DSLAAttention(tiny().model.layers[0].self_attn, SPECIALISED)
     _, _, _, g1, g2 = twin.project(torch.randn(1, 3, 64))
     decay_history, decay_recency = g1.exp().mean().item(), g2.exp().mean().item()
     assert 0.998 < decay_history < 1.0 and 0.9 < decay_recency < 0.93
 
 
+def test_default_gates_are_the_papers_init_two_distinct_states_at_a_short_half_life():
+    torch.manual_seed(0)
+    layer = DSLAAttention(tiny().model.layers[0].self_attn)
+    _, _, _, g1, g2 = layer.project(torch.randn(1, 5, 64))
+    assert not torch.allclose(g1, g2)  # the random gate weights separate the states
+    assert abs(layer.gate_history.up.weight.std().item() - 0.02) < 0.002
+    for g in (g1, g2):  # both start near exp(logsigmoid(0) / 16) ~= 0.958
+        assert 0.94 < g.exp().mean().item() < 0.97
+
+
 def test_equal_biases_with_zero_gate_weights_are_one_state_twice_until_gate_init_std_breaks_it():
     attn, x = tiny().model.layers[0].self_attn, torch.randn(1, 5, 64)
-    same = DSLAAttention(attn, DSLAConfig(history_gate_bias=0.0, recency_gate_bias=0.0))
+    same = DSLAAttention(attn, DSLAConfig(history_gate_bias=0.0, recency_gate_bias=0.0, gate_init_std=0.0))
     _, _, _, g1, g2 = same.project(x)
     assert torch.equal(g1, g2)
     same(x)[0].square().sum().backward()  # identical gradients: training never separates the two states

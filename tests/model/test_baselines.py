@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dsla_serve.kernels import naive_dsla
-from dsla_serve.model import DSLAAttention, set_depth
+from dsla_serve.model import DSLAAttention, DSLAConfig, set_depth
 from dsla_serve.model.baselines import (GatedLinearAttention, LinearAttention, SlidingWindowAttention, layer_class,
                                          layer_kind, non_default_settings)
 from dsla_serve.model.surgery import attach_twin
@@ -78,7 +78,8 @@ def test_single_state_equals_dsla_with_mix_one_zero():
 
 def test_gla_gate_bias_sets_initial_decay():
     model = tiny()
-    gla = GatedLinearAttention(model.model.layers[0].self_attn, gate_bias=2.0)
+    zero_weights = DSLAConfig(gate_init_std=0.0)  # so every token's decay is the bias's
+    gla = GatedLinearAttention(model.model.layers[0].self_attn, zero_weights, gate_bias=2.0)
     x, _ = _inputs(model)
     g = gla.project(x)[3]
     torch.testing.assert_close(g, torch.full_like(g, F.logsigmoid(torch.tensor(2.0)).item() / 16))

@@ -43,11 +43,14 @@ def test_smoke_campaign_runs_every_experiment_and_resumes(teacher_dir, token_cor
     summary = json.loads((out / "summary.json").read_text())
     assert [t["status"] in ("met", "missed") for t in summary["targets"]] == [True, True, True]
     assert set(summary["experiments"]) == {"1_depth", "2_baselines", "3_orders", "4_gates", "5_answer_term"}
-    answer_run = json.loads((out / "runs" / "dsla_answer.json").read_text())
-    assert answer_run["fit"]["loss"]["answer_kl"] == 1.0
-    assert json.loads((out / "runs" / "dsla.json").read_text())["fit"]["loss"]["answer_kl"] == 0.0
+    dsla = json.loads((out / "runs" / "dsla.json").read_text())
+    assert dsla["fit"]["loss"]["answer_kl"] == 1.0 and dsla["dsla_config"]["gate_init_std"] == 0.02  # the defaults
+    assert json.loads((out / "runs" / "dsla_no_answer.json").read_text())["fit"]["loss"]["answer_kl"] == 0.0
+    assert json.loads((out / "runs" / "dsla_specialised.json").read_text())["dsla_config"]["history_gate_bias"] == 4.0
+    assert [(p["dsla"], p["single"]) for p in summary["target_pairs"]] == [("dsla", "gla"), ("dsla_no_answer", "gla")]
+    assert summary["target_pairs"][0]["targets"] == summary["targets"]
     md = (out / "summary.md").read_text()
-    assert "| teacher | 0 |" in md and "not yet run" not in md
+    assert "| teacher | 0 |" in md and "not yet run" not in md and "Without the answer term (DSLA only)" in md
     for png in ("2_baselines_long_ppl.png", "1_depth_passkey.png", "dsla_position.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     before = (out / "runs" / "gla.json").stat().st_mtime_ns
@@ -105,8 +108,11 @@ def test_config_errors_name_the_field(tmp_path):
     bad.write_text(json.dumps({"runs": [{"name": "x"}], "experiments": {"e": {"title": "t", "runs": ["y"]}}}))
     with pytest.raises(ValueError, match=r"experiments.e names unknown run\(s\) \['y'\]"):
         load_config(bad)
-    for shipped in ("quality.json", "quality-cpu.json"):  # the shipped configs are valid
-        load_config(quality.CONFIGS / shipped)
+    bad.write_text(json.dumps({"runs": [{"name": "x"}], "targets": [{"dsla": "x", "single": "gla"}]}))
+    with pytest.raises(ValueError, match=r"targets\[0\] names unknown run\(s\) \['gla'\]"):
+        load_config(bad)
+    for shipped in sorted(quality.CONFIGS.glob("*.json")):  # the shipped configs are valid
+        load_config(shipped)
 
 
 def test_gpu_side_code_imports_without_pydantic_deepspeed_or_ray():

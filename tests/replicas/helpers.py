@@ -15,7 +15,9 @@ def tiny_converted(arch: str = "llama", seed: int = 0, order=ORDER, **config):
     """A tiny random model (hidden 64, 4 layers, 4 query / 2 KV heads, byte vocab 259) with every layer
     of `order` converted, DSLA gates and mix randomized so DSLA layers matter, at depth 0."""
     model = build_tiny_model(arch, seed=seed, **config)
-    convert(model, order)
+    with torch.random.fork_rng(devices=[]):  # the gates' random init, the same for the same seed
+        torch.manual_seed(seed)
+        convert(model, order)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for twin in dsla_layers(model).values():
