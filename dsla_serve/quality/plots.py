@@ -5,6 +5,7 @@ Every function takes plain data (labels and numbers, as found in the results JSO
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
@@ -65,8 +66,8 @@ def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel
     series holds the same single depth, a line plot says nothing: one horizontal bar per series instead."""
     plt = _pyplot()
     depths = {tuple(xs) for xs, _ in series.values()}
-    if len(depths) == 1 and len(next(iter(depths))) == 1:
-        return _plot_one_depth(plt, series, path, ylabel, title, reference, reference_label)
+    if len(depths) == 1 and len(only := next(iter(depths))) == 1:
+        return _plot_one_depth(plt, series, only[0], path, ylabel, title, reference, reference_label)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
@@ -83,9 +84,7 @@ def plot_by_depth(series: dict[str, tuple[list, list]], path: str | Path, ylabel
     return _save(fig, path)
 
 
-def _plot_one_depth(plt, series, path, xlabel, title, reference, reference_label) -> Path:
-    import textwrap
-
+def _plot_one_depth(plt, series, depth, path, xlabel, title, reference, reference_label) -> Path:
     labels = list(series)
     values = [series[k][1][0] for k in labels]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(labels)))
@@ -99,7 +98,7 @@ def _plot_one_depth(plt, series, path, xlabel, title, reference, reference_label
         ax.text(reference, -0.5, f" {reference_label} {reference:.3g}", fontsize=7, va="bottom")
     ax.set_xlim(0, 1.15 * max(values + ([reference] if reference is not None else [])))
     ax.set_xlabel(xlabel)
-    ax.set_title(textwrap.fill(f"{title} (depth {next(iter(series.values()))[0][0]})", 70), fontsize=9)
+    ax.set_title(textwrap.fill(f"{title} (depth {depth})", 70), fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return _save(fig, path)
