@@ -18,7 +18,7 @@ from dsla_serve.quality.evaluate import EvalSettings
 from dsla_serve.quality.models import parse_depths
 from recipes.teacher.batches import MixtureConfig
 
-ORDER_METHODS = ("loss_delta", "entropy", "forward", "reverse", "random")
+ORDER_METHODS = ("loss_delta", "retrieval_delta", "entropy", "forward", "reverse", "random")
 
 
 @dataclass(frozen=True)
@@ -64,19 +64,21 @@ class OrderSettings:
     calibration_sequences: int = 8
     calibration_len: int = 1024
     random_seed: int = 0
+    answer_batches: int = 8  # retrieval_delta: held-out episode batches (distill.batch_size rows each) per probe
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One chained conversion. `dsla` overrides DSLAConfig fields; `train_qkvo` and `loss_answer_kl`
-    override the distill section's."""
+    """One chained conversion. `dsla` overrides DSLAConfig fields; `train_qkvo`, `loss_answer_kl` and
+    `steps` (per layer) override the distill section's."""
 
     name: str
     kind: str = "dsla"
-    order: str = "loss_delta"
+    order: str = "retrieval_delta"
     dsla: dict = field(default_factory=dict)
     train_qkvo: bool | None = None
     loss_answer_kl: float | None = None
+    steps: int | None = None
     depth: str = "L"
     eval_depths: tuple[str, ...] = ("L/4", "L/2", "3L/4", "L")
     label: str | None = None
@@ -182,6 +184,8 @@ def load_config(path: str | Path) -> QualityConfig:
             raise ValueError(f"{path}: run {r.name!r}: order must be one of {ORDER_METHODS}, got {r.order!r}")
         if r.loss_answer_kl is not None and r.loss_answer_kl < 0:
             raise ValueError(f"{path}: run {r.name!r}: loss_answer_kl must be >= 0, got {r.loss_answer_kl}")
+        if r.steps is not None and (not isinstance(r.steps, int) or r.steps < 1):
+            raise ValueError(f"{path}: run {r.name!r}: steps must be a whole number >= 1, got {r.steps!r}")
         try:
             r.dsla_config()
         except (TypeError, ValueError) as e:

@@ -125,10 +125,32 @@ def entropy_order(model, calibration: torch.Tensor, device: torch.device,
     return sorted(scores, key=lambda i: (-scores[i], i)), scores
 
 
+def answer_divergence(model, depth: int, episodes: list[tuple[torch.Tensor, torch.Tensor]],
+                      device: torch.device) -> float:
+    """Mean over `episodes` [(input_ids [B, T], answers [B, T] bool)] of the KL to the teacher (depth 0)
+    at the answer tokens, for the model at `depth`: how much retrieval the converted layers lost."""
+    values = []
+    with torch.no_grad(), autocast(device):
+        for ids, answers in episodes:
+            if not bool(answers[:, 1:].any()):
+                continue
+            ids = ids.to(device)
+            teacher = teacher_logits(model, ids, depth)
+            values.append(float(answer_kl(model(input_ids=ids, use_cache=False).logits, teacher, answers)))
+    if not values:
+        raise ValueError("no episode batch holds an answer token: raise the passkey or recall fraction")
+    return sum(values) / len(values)
+
+
 def loss_delta_order(model, batches: Batches, val: torch.Tensor, settings: FitSettings, config: DSLAConfig,
-                     device: torch.device, seed: int = 0) -> tuple[list[int], dict]:
+                     device: torch.device, seed: int = 0,
+                     episodes: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[list[int], dict]:
     """Smallest rise of the validation objective first (the trainer's `loss_delta` method): each layer is
-    converted alone on a copy of the model, fitted for `settings.steps` steps, and scored."""
+    converted alone on a copy of the model, fitted for `settings.steps` steps, and scored.
+
+    With `episodes` (held-out retrieval batches, see `answer_divergence`) the score adds the KL at their
+    answer tokens (the `retrieval_delta` order): the text objective alone cannot see that a layer
+    carries retrieval, since answers are a fraction of a percent of the tokens."""
     scores = {}
     for layer in range(len(decoder_layers(model))):
         t0 = time.perf_counter()
@@ -137,7 +159,9 @@ def loss_delta_order(model, batches: Batches, val: torch.Tensor, settings: FitSe
         fit_layer(probe, layer, 1, batches, 0, settings, device)
         v = validation(probe, 1, layer, val, settings.loss, device)
         scores[layer] = v["objective"] - settings.loss.ce * v["teacher_ce"]
+        if episodes is not None:
+            scores[layer] += answer_divergence(probe, 1, episodes, device)
         del probe
-        print(f"  loss_delta probe of layer {layer}: {scores[layer]:.4f} ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
+        print(f"  {'retrieval' if episodes is not None else 'loss'}_delta probe of layer {layer}: "
+              f"{scores[layer]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return sorted(scores, key=lambda i: (scores[i], i)), scores

@@ -8,16 +8,13 @@ set -u
 cd "$(dirname "$0")/.."
 RUNS=${GPU_PIPELINE_RUNS:-runs}
 limit=${1:-540}
-wanted=(pipeline.log gpu-smoke.log teacher.log quality.log quality-budget.log layer-probe.log quality quality-budget layer-probe
-        teacher/model/training.json teacher/model/training_curve.png teacher/model/training_stages.png
-        teacher/stage1/training.json teacher/stage2/training.json teacher/stage3/training.json)
+# Everything under $RUNS except what was carried in or is sent apart: the corpora, the tokenizer, the
+# teacher's weights and checkpoints (parts below). Any results folder a command line adds comes back too.
+excluded=(--exclude=./quality-data --exclude=./teacher/data --exclude=./teacher/tokenizer --exclude='*.safetensors'
+          --exclude=checkpoint --exclude='./teacher.tar.*' --exclude=./teacher.sent)
 
 snapshot() {
-  local present=() p
-  for p in "${wanted[@]}"; do [ -e "$RUNS/$p" ] && present+=("$p"); done
-  if [ ${#present[@]} -gt 0 ]; then
-    tar -C "$RUNS" -czf "$OUT/.results.tgz" "${present[@]}" 2>/dev/null && mv "$OUT/.results.tgz" "$OUT/results.tgz"
-  fi
+  tar -C "$RUNS" -czf "$OUT/.results.tgz" "${excluded[@]}" . 2>/dev/null && mv "$OUT/.results.tgz" "$OUT/results.tgz"
   if [ -f "$RUNS/teacher.tar.ready" ] && [ ! -f "$RUNS/teacher.sent" ]; then
     cp "$RUNS"/teacher.tar.part-* "$OUT/" && touch "$RUNS/teacher.sent"
   fi
@@ -30,7 +27,9 @@ while [ ! -f "$RUNS/pipeline.done" ] && [ ! -f "$RUNS/pipeline.failed" ] && [ "$
 done
 snapshot
 shown() { [ -f "$RUNS/$1" ] && { echo "--- $1"; tr '\r' '\n' < "$RUNS/$1" | grep -v -E '[0-9]+%\|' | grep -v '^$' | tail -n "$2"; }; }
-shown gpu-smoke.log 4; shown teacher.log 14; shown quality.log 14; shown quality-budget.log 6; shown layer-probe.log 6; shown pipeline.log 12
+shown gpu-smoke.log 4; shown teacher.log 14; shown quality.log 14; shown quality-budget.log 6; shown layer-probe.log 6; for extra in "$RUNS"/*.log; do case ${extra##*/} in
+  gpu-smoke.log|teacher.log|quality.log|quality-budget.log|layer-probe.log|pipeline.log) ;; *) shown "${extra##*/}" 6 ;; esac; done
+shown pipeline.log 12
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 ls "$RUNS"/quality/runs "$RUNS"/quality-budget/runs 2>/dev/null | tr '\n' ' '; echo
 [ -f "$RUNS/pipeline.done" ] && echo "PIPELINE DONE"

@@ -81,7 +81,7 @@ class Campaign:
         self.teacher, self.tokenizer = load_model_and_tokenizer(str(teacher_dir), dtype="float32", device=device)
         self.teacher.requires_grad_(False)
         self.num_layers = self.teacher.config.num_hidden_layers
-        corpus = open_token_corpus(data_dir, self.tokenizer)
+        self.corpus = corpus = open_token_corpus(data_dir, self.tokenizer)
         self.val_docs = [d for _, d in corpus.docs("validation")]
         d = cfg.distill
         self.mixture = BatchMixture(self.tokenizer, corpus.stream("train"), [x for _, x in corpus.docs("train")],
@@ -99,12 +99,19 @@ class Campaign:
         ids, _, answers = self.mixture.batch(step)
         return ids, answers
 
+    def held_out_episodes(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`n` batches of the distillation mixture built from the validation books instead of the
+        training ones: (input_ids [B, T], answers [B, T] bool)."""
+        mixture = BatchMixture(self.tokenizer, self.corpus.stream("validation"), self.val_docs, self.cfg.distill.mixture)
+        return [(ids, answers) for ids, _, answers in map(mixture.batch, range(n))]
+
     def fit_settings(self, run: RunSpec | None = None, steps: int | None = None) -> FitSettings:
         fit = self.cfg.distill.fit
         qkvo = fit.train_qkvo if run is None or run.train_qkvo is None else run.train_qkvo
         loss = fit.loss if run is None or run.loss_answer_kl is None else \
             dataclasses.replace(fit.loss, answer_kl=run.loss_answer_kl)
-        return dataclasses.replace(fit, steps=steps or fit.steps, train_qkvo=qkvo, loss=loss)
+        steps = steps or (run.steps if run is not None and run.steps else fit.steps)
+        return dataclasses.replace(fit, steps=steps, train_qkvo=qkvo, loss=loss)
 
     def evaluate(self, model) -> dict:
         with autocast(self.device):
@@ -136,10 +143,11 @@ class Campaign:
             wins = windows_of(self.val_docs, oc.calibration_len, oc.calibration_sequences)
             calib = torch.as_tensor(np.stack(wins).astype(np.int64))
             return entropy_order(self.teacher, calib, self.device)
-        if method == "loss_delta":
+        if method in ("loss_delta", "retrieval_delta"):
             # probes use the default DSLA layer, so every run shares one measured order
+            episodes = self.held_out_episodes(oc.answer_batches) if method == "retrieval_delta" else None
             return loss_delta_order(self.teacher, self.batches, self.val_seqs, self.fit_settings(steps=oc.probe_steps),
-                                    DSLAConfig(), self.device, seed=self.cfg.distill.mixture.seed)
+                                    DSLAConfig(), self.device, seed=self.cfg.distill.mixture.seed, episodes=episodes)
         return simple_order(method, self.num_layers, oc.random_seed), {}
 
     # --- one run -------------------------------------------------------------------------------

@@ -190,3 +190,51 @@ def test_fit_layer_adds_the_answer_kl_to_the_trainer_objective(teacher_dir, toke
         losses = fit_layer(model, 1, 1, campaign.batches, 0, settings, torch.device("cpu"))
         assert losses[0] == pytest.approx(settings.loss.answer_kl * float(expected), rel=1e-4, abs=1e-7)
     assert float(expected) > 0
+
+
+def test_retrieval_delta_adds_the_held_out_answer_kl_to_each_loss_delta_probe(teacher_dir, token_corpus_dir, tmp_path):
+    """retrieval_delta = loss_delta's score + the answer-token KL, on episodes built from the validation
+    books, of the same probe (same seed, same fit)."""
+    import copy
+
+    import torch
+
+    from dsla_serve.model import DSLAConfig
+    from experiments.conversion import answer_divergence, convert_layer, fit_layer
+
+    cfg = load_config(quality.CONFIGS / "quality-smoke.json")
+    campaign = quality.Campaign(cfg, teacher_dir, token_corpus_dir, tmp_path, torch.device("cpu"))
+    episodes = campaign.held_out_episodes(2)
+    assert len(episodes) == 2 and any(answers.any() for _, answers in episodes)
+    assert not torch.equal(episodes[0][0], campaign.batches(0)[0])  # other books than the fitting batches
+    _, plain = campaign._compute_order("loss_delta")
+    order, scores = campaign._compute_order("retrieval_delta")
+    assert sorted(order) == [0, 1] and order == sorted(scores, key=lambda i: (scores[i], i))
+    probe = copy.deepcopy(campaign.teacher)
+    convert_layer(probe, 1, "dsla", DSLAConfig(), seed=cfg.distill.mixture.seed + 1)
+    fit_layer(probe, 1, 1, campaign.batches, 0, campaign.fit_settings(steps=cfg.order.probe_steps), torch.device("cpu"))
+    added = answer_divergence(probe, 1, campaign.held_out_episodes(cfg.order.answer_batches), torch.device("cpu"))
+    assert added > 0 and scores[1] == pytest.approx(plain[1] + added, rel=1e-5)
+    with pytest.raises(ValueError, match="no episode batch holds an answer"):
+        answer_divergence(probe, 1, [(ids, torch.zeros_like(a)) for ids, a in episodes], torch.device("cpu"))
+
+
+def test_a_run_can_set_its_own_steps_and_the_retrieval_order(teacher_dir, token_corpus_dir, tmp_path):
+    raw = json.loads((quality.CONFIGS / "quality-smoke.json").read_text())
+    raw["runs"] = [{"name": "dsla", "order": "retrieval_delta", "depth": "L/2", "eval_depths": ["L/2"]},
+                   {"name": "dsla_3", "order": "retrieval_delta", "steps": 3, "depth": "L/2", "eval_depths": ["L/2"]}]
+    raw["experiments"], raw["targets"] = {"steps": {"title": "steps", "runs": ["dsla", "dsla_3"]}}, []
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw))
+    out = tmp_path / "results"
+    assert quality.main(["--config", str(config), "--teacher", str(teacher_dir), "--data", str(token_corpus_dir),
+                         "--out", str(out), "--device", "cpu"]) == 0
+    orders = json.loads((out / "orders.json").read_text())
+    assert set(orders) == {"retrieval_delta"}
+    for name, steps in (("dsla", raw["distill"]["steps"]), ("dsla_3", 3)):
+        run = json.loads((out / "runs" / f"{name}.json").read_text())
+        assert run["fit"]["steps"] == steps and run["order"] == orders["retrieval_delta"]["order"][:1]
+    raw["runs"][1]["steps"] = 0
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
+        load_config(config)
