@@ -27,8 +27,7 @@ while [ ! -f "$RUNS/pipeline.done" ] && [ ! -f "$RUNS/pipeline.failed" ] && [ "$
 done
 snapshot
 shown() { [ -f "$RUNS/$1" ] && { echo "--- $1"; tr '\r' '\n' < "$RUNS/$1" | grep -v -E '[0-9]+%\|' | grep -v '^$' | tail -n "$2"; }; }
-shown gpu-smoke.log 4; shown teacher.log 14; shown quality.log 14; shown quality-budget.log 6; shown layer-probe.log 6; for extra in "$RUNS"/*.log; do case ${extra##*/} in
-  gpu-smoke.log|teacher.log|quality.log|quality-budget.log|layer-probe.log|pipeline.log) ;; *) shown "${extra##*/}" 6 ;; esac; done
+for log in "$RUNS"/*.log; do [ "${log##*/}" = pipeline.log ] || shown "${log##*/}" 10; done
 shown pipeline.log 12
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
 ls "$RUNS"/quality/runs "$RUNS"/quality-budget/runs 2>/dev/null | tr '\n' ' '; echo

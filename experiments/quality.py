@@ -110,7 +110,7 @@ class Campaign:
         qkvo = fit.train_qkvo if run is None or run.train_qkvo is None else run.train_qkvo
         loss = fit.loss if run is None or run.loss_answer_kl is None else \
             dataclasses.replace(fit.loss, answer_kl=run.loss_answer_kl)
-        steps = steps or (run.steps if run is not None and run.steps else fit.steps)
+        steps = steps or (run.steps if run is not None else None) or fit.steps
         return dataclasses.replace(fit, steps=steps, train_qkvo=qkvo, loss=loss)
 
     def evaluate(self, model) -> dict:
