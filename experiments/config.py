@@ -70,7 +70,9 @@ class OrderSettings:
 @dataclass(frozen=True)
 class RunSpec:
     """One chained conversion. `dsla` overrides DSLAConfig fields; `train_qkvo`, `loss_answer_kl` and
-    `steps` (per layer) override the distill section's."""
+    `steps` (per layer) override the distill section's. `seed` (default 0) offsets the distill
+    section's seed for this run's training rows and random gate weights: runs that differ only in it
+    measure the spread between seeds (the order and the evaluation stay the same)."""
 
     name: str
     kind: str = "dsla"
@@ -79,6 +81,7 @@ class RunSpec:
     train_qkvo: bool | None = None
     loss_answer_kl: float | None = None
     steps: int | None = None
+    seed: int = 0
     depth: str = "L"
     eval_depths: tuple[str, ...] = ("L/4", "L/2", "3L/4", "L")
     label: str | None = None
@@ -186,6 +189,8 @@ def load_config(path: str | Path) -> QualityConfig:
             raise ValueError(f"{path}: run {r.name!r}: loss_answer_kl must be >= 0, got {r.loss_answer_kl}")
         if r.steps is not None and (not isinstance(r.steps, int) or r.steps < 1):
             raise ValueError(f"{path}: run {r.name!r}: steps must be a whole number >= 1, got {r.steps!r}")
+        if not isinstance(r.seed, int) or r.seed < 0:
+            raise ValueError(f"{path}: run {r.name!r}: seed must be a whole number >= 0, got {r.seed!r}")
         try:
             r.dsla_config()
         except (TypeError, ValueError) as e:

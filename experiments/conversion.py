@@ -46,7 +46,8 @@ def autocast(device: torch.device):
 
 def convert_layer(model, layer_idx: int, kind: str, config: DSLAConfig, seed: int) -> None:
     """Append decoder layer `layer_idx`, as a `kind` layer, to the model's conversion order and set the
-    depth to include it; `seed` fixes the random down projection of low-rank gates."""
+    depth to include it; `seed` fixes its random gate weights (`gate_init_std`) and the down projection
+    of low-rank gates."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         convert(model, [layer_idx], config, kind=kind)

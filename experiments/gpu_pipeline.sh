@@ -48,10 +48,13 @@ print('ppl', round(f['perplexity']['overall']['ppl'], 2), 'passkey', [r['accurac
 wait  # the smoke test
 
 # The probes share the GPU with the campaign's workers from the start: one process leaves it mostly idle.
-log "single-layer probes (experiments.layer_probe, the campaign's settings), beside the campaign"
-python3 -m experiments.layer_probe --config experiments/configs/quality.json --teacher "$RUNS/teacher/model" \
-  --data "$RUNS/quality-data" --out "$RUNS/layer-probe" "${probe_args[@]}" > "$RUNS/layer-probe.log" 2>&1 &
-probes=$!
+probes=
+if [ -z "${SKIP_PROBES:-}" ]; then
+  log "single-layer probes (experiments.layer_probe, the campaign's settings), beside the campaign"
+  python3 -m experiments.layer_probe --config experiments/configs/quality.json --teacher "$RUNS/teacher/model" \
+    --data "$RUNS/quality-data" --out "$RUNS/layer-probe" "${probe_args[@]}" > "$RUNS/layer-probe.log" 2>&1 &
+  probes=$!
+fi
 log "campaign: experiments.quality (configs/quality.json)"
 python3 -m experiments.quality --teacher "$RUNS/teacher/model" --data "$RUNS/quality-data" --out "$RUNS/quality" \
   --workers "${QUALITY_WORKERS:-5}" "${quality_args[@]}" > "$RUNS/quality.log" 2>&1 || fail "campaign (see quality.log)"
@@ -64,6 +67,6 @@ if [ -z "${SKIP_BUDGET:-}" ]; then
     --data "$RUNS/quality-data" --out "$RUNS/quality-budget" --workers 2 "${budget_args[@]}" > "$RUNS/quality-budget.log" 2>&1 \
     || fail "budget study (see quality-budget.log)"
 fi
-wait $probes || fail "single-layer probes (see layer-probe.log)"
+[ -z "$probes" ] || wait "$probes" || fail "single-layer probes (see layer-probe.log)"
 log "all done"
 touch "$RUNS/pipeline.done"

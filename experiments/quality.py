@@ -84,8 +84,7 @@ class Campaign:
         self.corpus = corpus = open_token_corpus(data_dir, self.tokenizer)
         self.val_docs = [d for _, d in corpus.docs("validation")]
         d = cfg.distill
-        self.mixture = BatchMixture(self.tokenizer, corpus.stream("train"), [x for _, x in corpus.docs("train")],
-                                    d.mixture)
+        self._mixtures: dict[int, BatchMixture] = {}
         wins = windows_of(self.val_docs, d.mixture.seq_len, d.validation_windows)
         if not wins:
             raise ValueError(f"no validation document has {d.mixture.seq_len} tokens (distill.seq_len)")
@@ -94,9 +93,14 @@ class Campaign:
                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                      "torch": torch.__version__, "num_layers": self.num_layers}
 
-    def batches(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids [B, T], answers [B, T] bool) of distillation step `step`."""
-        ids, _, answers = self.mixture.batch(step)
+    def batches(self, step: int, run_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids [B, T], answers [B, T] bool) of distillation step `step`, for a run of seed
+        `run_seed` (the distill section's seed + run_seed)."""
+        if run_seed not in self._mixtures:
+            mixture = dataclasses.replace(self.cfg.distill.mixture, seed=self.cfg.distill.mixture.seed + run_seed)
+            self._mixtures[run_seed] = BatchMixture(self.tokenizer, self.corpus.stream("train"),
+                                                    [x for _, x in self.corpus.docs("train")], mixture)
+        ids, _, answers = self._mixtures[run_seed].batch(step)
         return ids, answers
 
     def held_out_episodes(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -164,10 +168,11 @@ class Campaign:
         t_run = time.perf_counter()
         for rank in range(chain):
             layer, depth, t0 = order[rank], rank + 1, time.perf_counter()
-            convert_layer(model, layer, spec.kind, config, seed=self.cfg.distill.mixture.seed * 1000 + rank)
+            convert_layer(model, layer, spec.kind, config, seed=(self.cfg.distill.mixture.seed + spec.seed) * 1000 + rank)
             bar = tqdm(total=settings.steps, desc=f"{spec.name} depth {depth} (layer {layer})", unit="step",
                        mininterval=10)
-            losses = fit_layer(model, layer, depth, self.batches, rank * settings.steps, settings, self.device,
+            losses = fit_layer(model, layer, depth, lambda step: self.batches(step, spec.seed), rank * settings.steps,
+                               settings, self.device,
                                progress=lambda s, loss: (bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
                                                          bar.update(1)))
             bar.close()

@@ -238,3 +238,29 @@ def test_a_run_can_set_its_own_steps_and_the_retrieval_order(teacher_dir, token_
     config.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
         load_config(config)
+
+
+def test_a_run_seed_changes_its_rows_and_gate_weights_and_nothing_else(teacher_dir, token_corpus_dir, tmp_path):
+    import torch
+
+    raw = json.loads((quality.CONFIGS / "quality-smoke.json").read_text())
+    run = {"order": "forward", "depth": "L/2", "eval_depths": ["L/2"]}
+    raw["runs"] = [{"name": "a", **run}, {"name": "a_again", **run}, {"name": "b", "seed": 1, **run}]
+    raw["experiments"], raw["targets"] = {"seeds": {"title": "seeds", "runs": ["a", "a_again", "b"]}}, []
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw))
+    out = tmp_path / "results"
+    assert quality.main(["--config", str(config), "--teacher", str(teacher_dir), "--data", str(token_corpus_dir),
+                         "--out", str(out), "--device", "cpu"]) == 0
+    a, a_again, b = (json.loads((out / "runs" / f"{n}.json").read_text()) for n in ("a", "a_again", "b"))
+    assert a["layers"][0]["losses"] == a_again["layers"][0]["losses"]
+    assert a["layers"][0]["losses"][0] != b["layers"][0]["losses"][0]
+    assert a["order"] == b["order"] and a["evals"].keys() == b["evals"].keys()
+
+    campaign = quality.Campaign(load_config(config), teacher_dir, token_corpus_dir, tmp_path, torch.device("cpu"))
+    assert torch.equal(campaign.batches(0)[0], campaign.batches(0, 0)[0])
+    assert not torch.equal(campaign.batches(0)[0], campaign.batches(0, 1)[0])
+    raw["runs"][2]["seed"] = -1
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+        load_config(config)
