@@ -23,6 +23,7 @@ from dsla_serve.model import DSLAConfig, convert, decoder_layers
 from dsla_serve.trainer.calibration import calibrate_output_scale
 from dsla_serve.trainer.distill import trainable_parameters
 from dsla_serve.trainer.distributed import DistContext
+from dsla_serve.trainer.evaluate import answer_divergence as trainer_answer_divergence
 from dsla_serve.trainer.evaluate import validate
 from dsla_serve.trainer.losses import LayerOutputCapture, answer_kl, distillation_loss, teacher_logits
 from dsla_serve.trainer.schedule import lr_multiplier
@@ -129,18 +130,10 @@ def entropy_order(model, calibration: torch.Tensor, device: torch.device,
 def answer_divergence(model, depth: int, episodes: list[tuple[torch.Tensor, torch.Tensor]],
                       device: torch.device) -> float:
     """Mean over `episodes` [(input_ids [B, T], answers [B, T] bool)] of the KL to the teacher (depth 0)
-    at the answer tokens, for the model at `depth`: how much retrieval the converted layers lost."""
-    values = []
-    with torch.no_grad(), autocast(device):
-        for ids, answers in episodes:
-            if not bool(answers[:, 1:].any()):
-                continue
-            ids = ids.to(device)
-            teacher = teacher_logits(model, ids, depth)
-            values.append(float(answer_kl(model(input_ids=ids, use_cache=False).logits, teacher, answers)))
-    if not values:
-        raise ValueError("no episode batch holds an answer token: raise the passkey or recall fraction")
-    return sum(values) / len(values)
+    at the answer tokens, for the model at `depth`: how much retrieval the converted layers lost
+    (the trainer's `dsla_serve.trainer.evaluate.answer_divergence`, under autocast)."""
+    with autocast(device):
+        return trainer_answer_divergence(model, depth, episodes, dist=single_process(device))
 
 
 def loss_delta_order(model, batches: Batches, val: torch.Tensor, settings: FitSettings, config: DSLAConfig,

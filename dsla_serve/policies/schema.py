@@ -102,7 +102,7 @@ class TrainerSection(_Section):
     data: list[str] = Field(min_length=1, description="text files, folders or .jsonl files to train on")
     output_dir: str | None = Field(None, description="artifact directory to write when `artifact` is not "
                                                      "given (with `artifact`, layers are appended there)")
-    order: Literal["loss_delta", "entropy", "forward", "reverse", "list"] = "loss_delta"
+    order: Literal["retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "list"] = "retrieval_delta"
     order_list: list[int] | None = Field(None, description="layer indices, required when order is list")
     depth: int = Field(ge=1, description="number of layers to convert in total (the depth to reach)")
     steps_per_layer: int = Field(200, ge=1)

@@ -3,8 +3,8 @@
     from dsla_serve.trainer import Trainer, load_config
     Trainer(load_config("examples/convert-tiny.yaml")).run()
 
-Modules: `config` (pydantic ConvertConfig), `data` (documents -> packed sequences), `sensitivity`
-(conversion order), `losses` / `distill` (one layer's DeepSpeed training), `evaluate` (validation),
+Modules: `config` (pydantic ConvertConfig), `data` (documents -> packed sequences), `episodes`
+(retrieval episodes mixed into the rows), `sensitivity` (conversion order), `losses` / `distill` (one layer's DeepSpeed training), `evaluate` (validation),
 `trainer` (the resumable loop), `actor` (the Ray actor; the only module importing ray), `cli`.
 DeepSpeed is imported only when a run starts; importing this package imports neither it nor Ray.
 """

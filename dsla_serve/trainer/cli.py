@@ -23,8 +23,10 @@ HELP = "distil a model into a nested DSLA artifact, layer by layer (sensitivity 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Convert a Hugging Face Llama/Mistral/Qwen2 model to DSLA one layer at a time: rank the layers\n"
-        "(order.method), then for each layer of the order train its DSLA replacement against the original\n"
-        "model with the earlier layers already converted, validate it and append it to the artifact.\n"
+        "(order.method: retrieval_delta (default), loss_delta, entropy, forward, reverse or list), then for\n"
+        "each layer of the order train its DSLA replacement against the original model with the earlier\n"
+        "layers already converted, on text with retrieval episodes mixed in (data.episodes), validate it\n"
+        "and append it to the artifact.\n"
         "Rerunning the same config resumes at the first unpublished layer.")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (

@@ -3,9 +3,11 @@
     base_model: tiny:llama               # local directory, hub id, or tiny:<arch> (random, no download)
     output: ../artifacts/tiny            # the artifact directory (created; an existing one is resumed)
     depth: 2                             # layers to convert (default: all)
-    data: {paths: [../../shared/data/tinyshakespeare.txt], seq_len: 128}
-    order: {method: entropy}             # entropy | loss_delta | forward | reverse | list (+ layers)
-    training: {steps: 40, lr: 3.0e-3, micro_batch_size: 4, loss: {mse: 1.0, kl: 1.0, ce: 0.0}}
+    data: {paths: [../../shared/data/tinyshakespeare.txt], seq_len: 128,
+           episodes: {passkey_fraction: 0.25, recall_fraction: 0.1}}   # retrieval episodes mixed in
+    order: {method: entropy}             # retrieval_delta | loss_delta | entropy | forward | reverse | list
+    training: {steps: 40, lr: 3.0e-3, micro_batch_size: 4,
+               loss: {mse: 1.0, kl: 1.0, ce: 0.0, answer_kl: 1.0}}
     dsla: {gate_rank: 16}                # DSLAConfig fields
     deepspeed: {zero_optimization: {stage: 2}}   # a dict, or the path of a DeepSpeed JSON config
 
@@ -24,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..model.config import DSLAConfig
+from ..quality.recall import KEY_WORDS
 
 class ConfigError(ValueError):
     """A convert config that cannot be used; `problems` holds one line per problem."""
@@ -43,6 +46,38 @@ def _resolve(path: str | Path, info: ValidationInfo) -> Path:
     return p if p.is_absolute() or base is None else (Path(base) / p)
 
 
+class EpisodeConfig(_Strict):
+    """Retrieval episodes mixed into the training rows (see `dsla_serve.trainer.episodes`).
+
+    Defaults: the quality experiments' mixture (docs/quality.md). Both fractions 0 turn episodes off.
+    A kind whose shortest episode does not fit `data.seq_len` is left out (its rows stay text; the
+    artifact's `metadata.data.episodes` says so).
+    """
+
+    passkey_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of training rows that are a "
+                                    "passkey episode (a number stated in training text, asked for at the end)")
+    recall_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of training rows that are an "
+                                   "associative-recall episode (word:number pairs, then every word again)")
+    passkey_min_len: int | None = Field(None, ge=1, description="shortest passkey episode in tokens (lengths are "
+                                        "drawn up to data.seq_len); default min(256, seq_len // 2)")
+    recall_pairs: tuple[int, int] = Field((4, 64), description="range of word:number pairs per recall episode "
+                                          "(fewer are drawn where an episode would not fit the row)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EpisodeConfig":
+        if self.passkey_fraction + self.recall_fraction > 1.0:
+            raise ValueError(f"passkey_fraction ({self.passkey_fraction}) + recall_fraction "
+                             f"({self.recall_fraction}) must be at most 1")
+        lo, hi = self.recall_pairs
+        if not 1 <= lo <= hi <= len(KEY_WORDS):
+            raise ValueError(f"recall_pairs must satisfy 1 <= lo <= hi <= {len(KEY_WORDS)}, got {self.recall_pairs}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.passkey_fraction > 0 or self.recall_fraction > 0
+
+
 class DataConfig(_Strict):
     """Where the text comes from and how it is cut into training and validation sequences."""
 
@@ -59,6 +94,15 @@ class DataConfig(_Strict):
         default_factory=list, description="files (*.txt, *.jsonl) added to the training split only, never to "
         "validation; read again before each layer, a file that does not exist yet counts as empty (e.g. the "
         "served-prompt sample a serving policy writes); not part of the settings a resume must match")
+    episodes: EpisodeConfig = Field(default_factory=EpisodeConfig, description="retrieval episodes mixed into "
+                                    "the training rows (fractions 0: text only)")
+
+    @model_validator(mode="after")
+    def _episodes_fit(self) -> "DataConfig":
+        n = self.episodes.passkey_min_len
+        if n is not None and n > self.seq_len:
+            raise ValueError(f"episodes.passkey_min_len ({n}) is longer than seq_len ({self.seq_len})")
+        return self
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -79,10 +123,16 @@ class DataConfig(_Strict):
 class OrderConfig(_Strict):
     """How the conversion order (a permutation of the decoder layers) is chosen."""
 
-    method: Literal["entropy", "loss_delta", "forward", "reverse", "list"] = "loss_delta"
+    method: Literal["retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "list"] = Field(
+        "retrieval_delta", description="default retrieval_delta; loss_delta when data.episodes are off and "
+        "no method is given")
     layers: list[int] | None = Field(None, description="the explicit order (method: list); may be a prefix")
-    calibration_sequences: int = Field(32, ge=1, description="sequences scored by entropy and loss_delta")
-    probe_steps: int = Field(20, ge=1, description="optimiser steps fitting each probed layer (loss_delta)")
+    calibration_sequences: int = Field(32, ge=1, description="sequences scored by entropy, loss_delta and "
+                                       "retrieval_delta")
+    probe_steps: int = Field(20, ge=1, description="optimiser steps fitting each probed layer (loss_delta, "
+                             "retrieval_delta)")
+    episode_sequences: int = Field(32, ge=1, description="held-out episode rows (validation documents) whose "
+                                   "answer-token KL retrieval_delta adds to each probe's score")
 
     @model_validator(mode="after")
     def _layers_iff_list(self) -> "OrderConfig":
@@ -96,11 +146,13 @@ class OrderConfig(_Strict):
 
 
 class LossWeights(_Strict):
-    """Weights of the three distillation terms (see `dsla_serve.trainer.losses`)."""
+    """Weights of the distillation terms (see `dsla_serve.trainer.losses`)."""
 
     mse: float = Field(1.0, ge=0.0, description="relative MSE of the layer's attention output vs the teacher's")
     kl: float = Field(1.0, ge=0.0, description="KL(teacher logits || student logits)")
     ce: float = Field(0.0, ge=0.0, description="next-token cross-entropy")
+    answer_kl: float = Field(1.0, ge=0.0, description="KL to the teacher at the answer tokens of the batch's "
+                             "episodes alone (0 in a batch without answers, e.g. with data.episodes off)")
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> "LossWeights":
@@ -165,6 +217,27 @@ class ConvertConfig(_Strict):
     deepspeed: dict[str, Any] | Path = Field(
         default_factory=lambda: {"zero_optimization": {"stage": 2}},
         description="DeepSpeed config dict or JSON path, passed through (batch fields filled in)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_order_without_episodes(cls, data: Any) -> Any:
+        """No order method given and episodes turned off: loss_delta (retrieval_delta needs episodes)."""
+        if not isinstance(data, dict):
+            return data
+        episodes = data.get("data", {}).get("episodes") if isinstance(data.get("data"), dict) else None
+        order = data.get("order", {})
+        if isinstance(episodes, dict) and episodes.get("passkey_fraction") == 0 and \
+                episodes.get("recall_fraction") == 0 and isinstance(order, dict) and "method" not in order:
+            data = {**data, "order": {**order, "method": "loss_delta"}}
+        return data
+
+    @model_validator(mode="after")
+    def _retrieval_needs_episodes(self) -> "ConvertConfig":
+        if self.order.method == "retrieval_delta" and not self.data.episodes.enabled:
+            raise ValueError("order.method retrieval_delta scores layers on held-out retrieval episodes, but "
+                             "data.episodes.passkey_fraction and data.episodes.recall_fraction are both 0; "
+                             "turn episodes on or choose order.method loss_delta")
+        return self
 
     @field_validator("base_model")
     @classmethod

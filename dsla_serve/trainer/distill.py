@@ -6,7 +6,8 @@ The model is at `depth` with `layer_idx` the newest converted layer; every other
 frozen, so the engine trains the new layer's gates and mix logits (plus private q/k/v/o copies when
 `training.train_qkvo`). Per micro-batch: teacher logits (depth 0, no grad) when the KL term is on,
 student forward through the engine, `engine.backward`, `engine.step` (which applies the update only
-at accumulation boundaries).
+at accumulation boundaries). With `episodes` (active), a seeded share of the rows are retrieval
+episodes and the answer-token KL joins the objective (`dsla_serve.trainer.episodes`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .losses import LayerOutputCapture, distillation_loss, teacher_logits
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import TrainingConfig
+    from .episodes import TrainingEpisodes
 
 
 class BatchSchedule:
@@ -51,12 +53,15 @@ class BatchSchedule:
             self._epochs = {e: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + e))}
         return self._epochs[e]
 
-    def micro_batch(self, step: int, micro: int) -> torch.Tensor:
-        """Indices [micro_batch] of this process's micro-batch `micro` (0..accum-1) of `step`."""
+    def positions(self, step: int, micro: int) -> range:
+        """The global stream positions [micro_batch] of this process's micro-batch `micro` of `step`."""
         per_step = self.micro * self.accum * self.world
         first = step * per_step + (micro * self.world + self.rank) * self.micro
-        positions = range(first, first + self.micro)
-        return torch.stack([self._epoch(p // self.n)[p % self.n] for p in positions])
+        return range(first, first + self.micro)
+
+    def micro_batch(self, step: int, micro: int) -> torch.Tensor:
+        """Indices [micro_batch] of this process's micro-batch `micro` (0..accum-1) of `step`."""
+        return torch.stack([self._epoch(p // self.n)[p % self.n] for p in self.positions(step, micro)])
 
 
 @dataclass
@@ -99,10 +104,12 @@ def trainable_parameters(model: torch.nn.Module, layer_idx: int, train_qkvo: boo
 
 def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.Tensor, training: TrainingConfig,
               ds_user: dict, dist: DistContext, seed: int, *, steps: int | None = None,
-              stop_event: threading.Event | None = None, on_step: StepCallback | None = None) -> FitResult:
+              stop_event: threading.Event | None = None, on_step: StepCallback | None = None,
+              episodes: TrainingEpisodes | None = None) -> FitResult:
     """Train the DSLA twin of `layer_idx` (the model at `depth`) for `steps` (default training.steps).
 
-    `train` [N, L] int64 sequences (the same tensor on every process). Stops early, between
+    `train` [N, L] int64 sequences (the same tensor on every process); `episodes` replaces a seeded
+    share of them (per stream position and `seed`) by episode rows with answers. Stops early, between
     optimiser steps, once `stop_event` is set (the result says so). Leaves the model frozen.
     """
     steps = training.steps if steps is None else steps
@@ -117,6 +124,9 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
                              accumulation=training.grad_accumulation, world_size=dist.world_size, rank=dist.rank,
                              seed=seed)
     weights = training.loss
+    mixing = episodes is not None and episodes.active
+    # the same on every process (a teacher forward that some ranks skip could desynchronise ZeRO-3)
+    needs_teacher = weights.kl > 0 or (mixing and weights.answer_kl > 0)
     result = FitResult()
     engine = build_engine(model, params, ds_config, training)
     model.eval()  # no dropout: the teacher and the student see the same deterministic network
@@ -129,10 +139,14 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
                     break
                 total = torch.zeros((), device=dist.device)
                 for micro in range(training.grad_accumulation):
-                    ids = train[schedule.micro_batch(step, micro)].to(dist.device)
-                    teacher = teacher_logits(model, ids, depth) if weights.kl > 0 else None
+                    ids, answers = train[schedule.micro_batch(step, micro)], None
+                    if mixing:
+                        ids, answers = episodes.mix(ids, schedule.positions(step, micro), seed)
+                        answers = answers.to(dist.device)
+                    ids = ids.to(dist.device)
+                    teacher = teacher_logits(model, ids, depth) if needs_teacher else None
                     logits = engine(input_ids=ids, use_cache=False).logits
-                    terms = distillation_loss(logits, ids, weights, capture, teacher)
+                    terms = distillation_loss(logits, ids, weights, capture, teacher, answers)
                     engine.backward(terms.total)
                     engine.step()
                     capture.clear()

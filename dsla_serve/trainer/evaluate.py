@@ -1,4 +1,5 @@
-"""Validation of a model at a depth against the original model on held-out sequences.
+"""Validation of a model at a depth against the original model on held-out sequences, and
+(`answer_divergence`) on held-out retrieval episodes.
 
 Every process scores its share of the sequences (i, i + world, ...); sums are all-reduced, so all
 processes return the same numbers.
@@ -14,7 +15,7 @@ import torch
 
 from ..model import set_depth
 from .distributed import DistContext
-from .losses import LayerOutputCapture, kl_teacher_student, next_token_ce, relative_mse
+from .losses import LayerOutputCapture, answer_kl, kl_teacher_student, next_token_ce, relative_mse, teacher_logits
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import LossWeights
@@ -83,3 +84,26 @@ def validate(model: torch.nn.Module, depth: int, sequences: torch.Tensor, *, bat
     ce, teacher_ce, kl, mse = (s / count for s in total[:4])
     objective = weights.mse * mse + weights.kl * kl + weights.ce * ce
     return Validation(ce=ce, teacher_ce=teacher_ce, kl=kl, mse=mse, objective=objective, sequences=int(count))
+
+
+@torch.no_grad()
+def answer_divergence(model: torch.nn.Module, depth: int, batches: list[tuple[torch.Tensor, torch.Tensor]], *,
+                      dist: DistContext) -> float:
+    """Mean over `batches` [(input_ids [B, T], answers [B, T] bool)] of the KL to the original model
+    (depth 0) at the answer tokens (`losses.answer_kl`), for the model at `depth`: how much retrieval
+    the converted layers lost. Batches without an answer are skipped; every process scores its share
+    (i, i + world, ...) and all return the same mean. Raises ValueError when no batch holds an answer.
+    """
+    sums = [0.0, 0.0]  # sum of batch means, batches
+    for ids, answers in batches[dist.rank::dist.world_size]:
+        if not bool(answers[:, 1:].any()):
+            continue
+        ids = ids.to(dist.device)
+        teacher = teacher_logits(model, ids, depth)
+        sums[0] += float(answer_kl(model(input_ids=ids, use_cache=False).logits, teacher, answers))
+        sums[1] += 1.0
+    total, count = dist.all_reduce_sum(sums)
+    if count == 0:
+        raise ValueError("no episode batch holds an answer token: raise data.episodes.passkey_fraction or "
+                         "recall_fraction (or data.seq_len, so that episodes fit a row)")
+    return total / count

@@ -1,9 +1,11 @@
 """The distillation objective of one new DSLA layer.
 
     loss = w_mse * relMSE(y_dsla, y_attn) + w_kl * KL(p_teacher || p_student) + w_ce * CE(next token)
+           + w_answer_kl * KL(p_teacher || p_student at answer tokens only)
 
-(`answer_kl`, the KL at answer tokens alone, is an extra term for batches that mark answers: the
-quality experiments' episode mixture adds it; book text has none.)
+The answer term needs a batch that marks its answer tokens (`answers` [B, T] bool): the trainer's
+retrieval episodes (`dsla_serve.trainer.episodes`) do, book text has none, and a batch without an
+answer contributes 0 to it (never NaN).
 
 - y_dsla [B, T, hidden]: the new layer's attention output in the student forward;
   y_attn: the *original* softmax attention of that layer on the *same* input (the student's hidden
@@ -68,15 +70,18 @@ class LayerOutputCapture:
 
 @dataclass
 class LossTerms:
-    """Per-token means of each term (fp32 scalars); `total` is the weighted sum, with graph."""
+    """Per-token means of each term (fp32 scalars); `total` is the weighted sum, with graph.
+    `answer_kl` is the mean over answer positions (0 without answers)."""
 
     total: torch.Tensor
     mse: torch.Tensor
     kl: torch.Tensor
     ce: torch.Tensor
+    answer_kl: torch.Tensor | None = None
 
     def floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "mse", "kl", "ce")}
+        names = ("total", "mse", "kl", "ce") + (("answer_kl",) if self.answer_kl is not None else ())
+        return {k: float(getattr(self, k).detach()) for k in names}
 
 
 def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -124,9 +129,11 @@ def teacher_logits(model: torch.nn.Module, input_ids: torch.Tensor, depth: int) 
 
 
 def distillation_loss(student_logits: torch.Tensor, input_ids: torch.Tensor, weights: LossWeights,
-                      capture: LayerOutputCapture | None, teacher: torch.Tensor | None) -> LossTerms:
-    """Combine the three terms with `weights` (mse, kl, ce). A term with weight 0 may lack its input
-    (capture / teacher logits None) and then counts as 0."""
+                      capture: LayerOutputCapture | None, teacher: torch.Tensor | None,
+                      answers: torch.Tensor | None = None) -> LossTerms:
+    """Combine the terms with `weights` (mse, kl, ce; answer_kl when `answers` [B, T] bool is given).
+    A term with weight 0 may lack its input (capture / teacher logits None) and then counts as 0;
+    without `answers` (or with none True) the answer term is 0."""
     zero = student_logits.new_zeros((), dtype=torch.float32)
     mse = relative_mse(capture.student, capture.teacher) if capture is not None and capture.student is not None \
         else zero
@@ -137,4 +144,11 @@ def distillation_loss(student_logits: torch.Tensor, input_ids: torch.Tensor, wei
     if weights.kl > 0 and teacher is None:
         raise RuntimeError("the KL term needs teacher logits")
     total = weights.mse * mse + weights.kl * kl + weights.ce * ce
-    return LossTerms(total=total, mse=mse, kl=kl, ce=ce)
+    if answers is None:
+        return LossTerms(total=total, mse=mse, kl=kl, ce=ce)
+    w_answer = weights.answer_kl
+    if w_answer > 0 and teacher is None:
+        raise RuntimeError("the answer_kl term needs teacher logits")
+    answer = answer_kl(student_logits, teacher, answers) if teacher is not None else zero
+    return LossTerms(total=total + w_answer * answer if w_answer > 0 else total, mse=mse, kl=kl, ce=ce,
+                     answer_kl=answer)

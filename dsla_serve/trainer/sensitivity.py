@@ -7,7 +7,13 @@
 - `loss_delta`: measured. Each layer in turn is converted alone on a copy of the model, fitted for
   `probe_steps` steps with the real distillation objective, and scored by how far the objective
   on held-out sequences rises above the original model's. The smallest rise goes first. It costs
-  one copy of the model in memory and `num_layers * probe_steps` training steps.
+  one copy of the model in memory and `num_layers * probe_steps` training steps. The probes fit on
+  the training rows with their episodes (`data.episodes`), like the real layers.
+- `retrieval_delta` (the default): `loss_delta`'s score plus, for each probe, the KL to the original
+  model at the answer tokens of `order.episode_sequences` held-out episode rows (built from the
+  validation documents only). Answers are a fraction of a percent of the text's tokens, so the text
+  objective alone cannot see that a layer carries retrieval; this term can. Needs episodes: without
+  any that fit a row (data.seq_len too short for every kind), it orders by `loss_delta` and says so.
 - `forward` (0, 1, ...), `reverse` (last first), `list` (the explicit `order.layers`).
 
 Scores are saved in the artifact manifest (`metadata.order`).
@@ -16,6 +22,7 @@ Scores are saved in the artifact manifest (`metadata.order`).
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +34,14 @@ from ..model import convert, decoder_layers
 from .distill import fit_layer
 from .distributed import DistContext
 from .engine import read_user_config
-from .evaluate import validate
+from .evaluate import answer_divergence, validate
 from .seeds import layer_seed
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import ConvertConfig
+    from .episodes import TrainingEpisodes
+
+log = logging.getLogger("dsla_serve.trainer")
 
 
 @dataclass
@@ -93,9 +103,13 @@ def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_
 
 def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor,
                       dist: DistContext, *, stop_event: threading.Event | None = None,
-                      on_layer: Callable[[int, float], None] | None = None) -> dict[int, float] | None:
+                      on_layer: Callable[[int, float], None] | None = None,
+                      episodes: TrainingEpisodes | None = None,
+                      held_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[int, float] | None:
     """{layer: rise of the validation objective with only that layer converted and briefly fitted}.
 
+    The probes fit with `episodes` mixed in (if given). With `held_out` [(input_ids [B, T], answers
+    [B, T] bool)] each score adds the probe's answer-token KL on them (`retrieval_delta`).
     None if `stop_event` was set before every layer was probed.
     """
     training, weights = cfg.training, cfg.training.loss
@@ -109,12 +123,14 @@ def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.T
         torch.manual_seed(seed)
         convert(probe, [layer], cfg.dsla_config())
         fit = fit_layer(probe, layer, 1, train, training, read_user_config(cfg.deepspeed), dist, seed,
-                        steps=cfg.order.probe_steps, stop_event=stop_event)
+                        steps=cfg.order.probe_steps, stop_event=stop_event, episodes=episodes)
         if fit.stopped:
             return None
         v = validate(probe, 1, probe_val, batch_size=training.eval_batch_size, dist=dist, weights=weights,
                      layer_idx=layer)
         scores[layer] = v.objective - weights.ce * v.teacher_ce  # the original model's objective is w_ce * CE
+        if held_out is not None:
+            scores[layer] += answer_divergence(probe, 1, held_out, dist=dist)
         del probe
         if on_layer is not None:
             on_layer(layer, scores[layer])
@@ -123,10 +139,16 @@ def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.T
 
 def compute_order(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor,
                   dist: DistContext, *, stop_event: threading.Event | None = None,
-                  on_layer: Callable[[int, float], None] | None = None) -> OrderResult:
+                  on_layer: Callable[[int, float], None] | None = None,
+                  episodes: TrainingEpisodes | None = None) -> OrderResult:
     """The conversion order of `cfg.order` for the (unconverted) `model`. Every process computes it;
-    rank 0's result is broadcast so all agree. `on_layer(layer, score)` reports measured scores."""
+    rank 0's result is broadcast so all agree. `on_layer(layer, score)` reports measured scores.
+    `episodes`: the training episodes (probes fit with them) and held-out ones (`retrieval_delta`)."""
     method = cfg.order.method
+    if method == "retrieval_delta" and (episodes is None or not episodes.held_out):
+        notes = "; ".join(episodes.plan.notes) if episodes is not None else "no episodes given"
+        log.warning("order retrieval_delta: no retrieval episode fits a row (%s); ordering by loss_delta", notes)
+        method = "loss_delta"
     n = len(decoder_layers(model))
     if method == "forward":
         result = OrderResult(method, list(range(n)))
@@ -145,8 +167,10 @@ def compute_order(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tenso
             for layer, score in scores.items():
                 on_layer(layer, score)
         result = OrderResult(method, sorted(scores, key=lambda i: (-scores[i], i)), scores)
-    elif method == "loss_delta":
-        scores = loss_delta_scores(model, cfg, train, val, dist, stop_event=stop_event, on_layer=on_layer)
+    elif method in ("loss_delta", "retrieval_delta"):
+        held_out = episodes.held_out if method == "retrieval_delta" else None
+        scores = loss_delta_scores(model, cfg, train, val, dist, stop_event=stop_event, on_layer=on_layer,
+                                   episodes=episodes, held_out=held_out)
         if scores is None:
             return OrderResult(method, [], stopped=True)
         result = OrderResult(method, sorted(scores, key=lambda i: (scores[i], i)), scores)

@@ -15,6 +15,7 @@ each batch; rank 0 alone writes the artifact, the others wait at a barrier after
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -32,7 +33,8 @@ from .data import PackedData, add_training_documents, build_dataset, files_stamp
 from .distill import fit_layer
 from .distributed import DistContext, init_distributed
 from .engine import read_user_config
-from .evaluate import validate
+from .episodes import TrainingEpisodes
+from .evaluate import answer_divergence, validate
 from .seeds import layer_seed
 from .sensitivity import OrderResult, compute_order
 
@@ -46,6 +48,10 @@ StepCallback = Callable[[int, int, float], None]  # (layer index, step, loss)
 # it appears see: published layers are never retrained).
 RESUME_KEYS = ("seed", "dtype", "order", "training", "dsla")
 NOT_RESUME_DATA_KEYS = ("paths", "train_only_paths")
+# Recipe fields added since artifacts were first written, with the value that reproduces how an
+# artifact without them was trained (no episodes, no answer term): a resume compares against these.
+LEGACY_RECIPE = {("data", "episodes", "passkey_fraction"): 0.0, ("data", "episodes", "recall_fraction"): 0.0,
+                 ("training", "loss", "answer_kl"): 0.0, ("order", "episode_sequences"): None}
 
 
 class ResumeError(ValueError):
@@ -96,6 +102,22 @@ def _recipe(cfg: ConvertConfig) -> dict:
     return recipe
 
 
+def _with_legacy_defaults(saved: dict, now: dict) -> dict:
+    """`saved` with the `LEGACY_RECIPE` fields it lacks filled in (the rest of a missing section from
+    `now`: settings that do nothing without the legacy ones, e.g. episode lengths without episodes)."""
+    saved = copy.deepcopy(saved)
+    for path, value in LEGACY_RECIPE.items():
+        node, current = saved, now
+        for key in path[:-1]:
+            current = current.get(key, {}) if isinstance(current, dict) else {}
+            if key not in node:
+                node[key] = {k: v for k, v in current.items() if (*path[:-1], k) not in LEGACY_RECIPE}
+            node = node[key]
+        if path[-1] not in node:
+            node[path[-1]] = current.get(path[-1]) if value is None else value
+    return saved
+
+
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     """Human-readable `field (artifact X, config Y)` for each leaf that differs."""
     out = []
@@ -121,6 +143,7 @@ class Trainer:
         self.model = model
         self.tokenizer = tokenizer
         self.data = data
+        self.episodes: TrainingEpisodes | None = None
         self.dist: DistContext | None = None
         self._progress = Progress()
         self._lock = threading.Lock()
@@ -151,6 +174,24 @@ class Trainer:
             if self.tokenizer is None:
                 raise ValueError("a tokenizer is needed to build the data (give one with the model)")
             self.data = build_dataset(cfg.data, self.tokenizer, cfg.seed)
+        if self.episodes is None:
+            self.episodes = self._build_episodes()
+
+    def _build_episodes(self) -> TrainingEpisodes:
+        """The training and held-out episodes of `data.episodes` (none when turned off)."""
+        cfg = self.config
+        if cfg.data.episodes.enabled and self.tokenizer is None:
+            raise ValueError("data.episodes needs a tokenizer (give one with the model), or set "
+                             "data.episodes.passkey_fraction and recall_fraction to 0")
+        episodes = TrainingEpisodes.build(cfg.data.episodes, self.tokenizer, self.data, cfg.data.seq_len,
+                                          seed=cfg.seed, held_out_rows=cfg.order.episode_sequences,
+                                          batch_size=cfg.training.eval_batch_size) if cfg.data.episodes.enabled \
+            else None
+        if episodes is not None:
+            for note in episodes.plan.notes:
+                log.warning("data.episodes: %s", note)
+            self.data.info["episodes"] = episodes.info()
+        return episodes
 
     def _open_artifact(self, stop_event) -> Artifact | None:
         """The existing artifact of this config (resume), or a new one with a freshly computed order."""
@@ -163,7 +204,7 @@ class Trainer:
             self._check_resumable(artifact)
             return artifact
         self._set(phase="ordering")
-        if cfg.order.method in ("entropy", "loss_delta"):
+        if cfg.order.method in ("entropy", "loss_delta", "retrieval_delta"):
             log.info("scoring the %d layers (%s)...", len(decoder_layers(self.model)), cfg.order.method)
 
         def scored(layer: int, score: float) -> None:
@@ -171,7 +212,7 @@ class Trainer:
             log.info("  layer %d: %s %.5f", layer, cfg.order.method, score)
 
         result: OrderResult = compute_order(self.model, cfg, self.data.train, self.data.val, dist,
-                                            stop_event=stop_event, on_layer=scored)
+                                            stop_event=stop_event, on_layer=scored, episodes=self.episodes)
         if result.stopped:
             return None
         log.info("conversion order (%s): %s", result.method, result.order)
@@ -190,7 +231,8 @@ class Trainer:
             raise ResumeError(f"{artifact.manifest_path}: DSLA config {artifact.config} differs from the config's "
                               f"{cfg.dsla_config()}; use another output directory")
         saved = artifact.metadata.get("recipe")
-        differ = _differences(saved, _recipe(cfg)) if saved is not None else []
+        now = _recipe(cfg)
+        differ = _differences(_with_legacy_defaults(saved, now), now) if saved is not None else []
         if differ:
             raise ResumeError(f"{artifact.manifest_path}: cannot resume, the artifact was made with different "
                               f"settings: {'; '.join(differ)}. Restore them or use another output directory")
@@ -278,7 +320,7 @@ class Trainer:
                 on_step(layer, step, loss)
 
         fit = fit_layer(model, layer, depth, self.data.train, cfg.training, ds_user, dist, seed,
-                        stop_event=stop_event, on_step=step_done)
+                        stop_event=stop_event, on_step=step_done, episodes=self.episodes)
         if fit.stopped:
             return None
         self._set(phase="validating")
@@ -291,6 +333,9 @@ class Trainer:
                    "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
                    "train_tokens": fit.tokens, "train_tokens_per_s": fit.tokens_per_second,
                    "world_size": dist.world_size}
+        if self.episodes is not None and self.episodes.held_out:
+            metrics["val_answer_kl"] = answer_divergence(model, depth, self.episodes.held_out, dist=dist)
+            metrics["seconds"] = fit.seconds + time.perf_counter() - start
         if cfg.data.train_only_paths:
             metrics["train_only_sequences"] = self.data.info.get("train_only_sequences", 0)
         if dist.is_main:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dsla_serve.quality.episodes import episode_row, passkey_maker, recall_maker
 from dsla_serve.quality.passkey import PasskeyBuilder
-from dsla_serve.quality.recall import build_recall_episode
 
 
 @dataclass(frozen=True)
@@ -80,26 +80,9 @@ class BatchMixture:
 
     def _episode_row(self, make, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str, np.ndarray]:
         """Episodes from `make(rng) -> (ids, answer spans)`, each followed by EOS, then book text up to
-        seq_len; with `pack_episodes` as many whole episodes as fit, else one. Returns (ids, kind, answers)."""
-        n = self.config.seq_len
-        parts, answers, pos = [], np.zeros(n, dtype=bool), 0
-        while pos < n - 1:
-            episode, spans = make(rng)
-            if parts and pos + len(episode) > n:
-                break
-            episode = np.asarray(episode[:n - pos], dtype=np.int64)
-            for start, length in spans:
-                answers[pos + start:min(pos + start + length, n)] = True
-            parts.append(episode)
-            pos += len(episode)
-            if pos < n:
-                parts.append(np.array([self.eos], dtype=np.int64))
-                pos += 1
-            if not self.config.pack_episodes:
-                break
-        if pos < n:
-            parts.append(self._text(n - pos, rng))
-        return np.concatenate(parts), kind, answers
+        seq_len (`dsla_serve.quality.episodes.episode_row`). Returns (ids, kind, answers)."""
+        ids, answers = episode_row(make, self._text, self.config.seq_len, self.eos, rng, pack=self.config.pack_episodes)
+        return ids, kind, answers
 
     def passkey_max_len(self, step: int) -> int:
         """The longest passkey episode drawn at `step` (the short-to-long ramp)."""
@@ -109,14 +92,10 @@ class BatchMixture:
         return c.passkey_min_len + (c.seq_len - c.passkey_min_len) * (step + 1) // c.passkey_ramp_steps
 
     def _passkey(self, rng: np.random.Generator, step: int):
-        length = int(rng.integers(self.config.passkey_min_len, self.passkey_max_len(step) + 1))
-        ep = self.passkeys.build(length, rng)
-        return ep.input_ids, [(ep.answer_start, ep.answer_length)]
+        return passkey_maker(self.passkeys, self.config.passkey_min_len, self.passkey_max_len(step))(rng)
 
     def _recall(self, rng: np.random.Generator):
-        pairs = int(rng.integers(self.config.recall_pairs[0], self.config.recall_pairs[1] + 1))
-        ep = build_recall_episode(self.tokenizer, pairs, rng)
-        return ep.input_ids, ep.answer_spans
+        return recall_maker(self.tokenizer, self.config.recall_pairs)(rng)
 
     def _copy(self, rng: np.random.Generator):
         n = int(rng.integers(self.config.copy_len[0], self.config.copy_len[1] + 1))

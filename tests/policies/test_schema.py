@@ -149,7 +149,7 @@ BAD_VALUES = [
     ("artifact", "../runs/existing", "trainer.output_dir: not allowed with artifact"),
     ("trainer.order", "list", "trainer.order_list: required when order is 'list'"),
     ("trainer.order_list", [1, 0], "trainer.order_list: only allowed when order is 'list'"),
-    ("trainer.order", "random", "trainer.order: Input should be 'loss_delta', 'entropy', 'forward', 'reverse' or 'list'"),
+    ("trainer.order", "random", "trainer.order: Input should be 'retrieval_delta', 'loss_delta', 'entropy', 'forward', 'reverse' or 'list'"),
     ("trainer.deepspeed", 3, "trainer.deepspeed: must be a mapping (the DeepSpeed config itself) or a path"),
     ("trainer.w_kl", 0.0, "trainer.w_mse: w_mse, w_kl and w_ce are all 0"),
     ("trainer.serve_prompts_max", 10**7, "trainer.serve_prompts_max: Input should be less than or equal to 100000"),

@@ -95,3 +95,38 @@ def test_spans_correct_checks_each_span_at_the_right_offset():
     assert got == [[True, True, False, False], [True, False, True]]
     with pytest.raises(ValueError, match="outside"):
         spans_correct(SuccessorModel(), seqs, [[(6, 2)], [(1, 1)]], pad_id=0)
+
+
+# --- rows of episodes + text (dsla_serve.quality.episodes) --------------------------------------
+
+def test_episode_row_is_episode_eos_text_with_answers_at_the_answer_tokens_only(tok):
+    from dsla_serve.quality.episodes import episode_row, passkey_maker, recall_maker
+
+    eos = tok.eos_token_id
+    text = np.full(400, ord("x"), dtype=np.int64)
+    make = passkey_maker(PasskeyBuilder(tok, _docs()), min_len=150, max_len=200)
+    ids, answers = episode_row(make, lambda n, _: text[:n], 256, eos, np.random.default_rng(3))
+    assert ids.shape == answers.shape == (256,) and ids.dtype == np.int64 and answers.dtype == bool
+    end = int(np.flatnonzero(ids == eos)[0])  # the episode ends just before its EOS, then text
+    assert 150 <= end <= 200 and (ids[end + 1:] == ord("x")).all()
+    marked = np.flatnonzero(answers)
+    assert marked.tolist() == list(range(end - len(marked), end))  # the answer closes the episode
+    key = tok.decode(ids[answers]).strip()
+    assert len(key) == 5 and key.isdigit() and tok.decode(ids[:end]).endswith(QUESTION + " " + key)
+
+    make = recall_maker(tok, (3, 3))
+    ids, answers = episode_row(make, lambda n, _: text[:n], 256, eos, np.random.default_rng(4))
+    values = tok.decode(ids[answers]).split()
+    prompt = tok.decode(ids[:int(np.flatnonzero(ids == eos)[0])])
+    assert len(values) == 3 and all(v.isdigit() and len(v) == 3 for v in values)
+    assert all(prompt.split(RECALL)[0].count(f" {v}") >= 1 for v in values)
+
+
+def test_recall_maker_draws_fewer_pairs_where_an_episode_would_not_fit(tok):
+    from dsla_serve.quality.episodes import recall_length, recall_maker
+
+    make = recall_maker(tok, (30, 30), max_len=120)
+    for seed in range(5):
+        ids, spans = make(np.random.default_rng(seed))
+        assert len(ids) <= 120 and 1 <= len(spans) < 30
+    assert recall_length(tok, 1) < recall_length(tok, 5) == recall_length(tok, 5)

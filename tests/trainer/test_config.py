@@ -28,7 +28,7 @@ def test_relative_paths_resolve_against_the_yaml_directory(tmp_path):
     assert cfg.output == tmp_path / "out" / "artifact"
     assert cfg.data.paths == [tmp_path / "texts", Path("/abs/book.txt")]
     assert cfg.deepspeed == tmp_path / "ds.json"
-    assert cfg.base_model == "tiny:llama" and cfg.order.method == "loss_delta" and cfg.training.steps == 5
+    assert cfg.base_model == "tiny:llama" and cfg.order.method == "retrieval_delta" and cfg.training.steps == 5
 
 
 def test_a_local_model_directory_resolves_but_a_hub_id_is_kept(tmp_path):
@@ -43,7 +43,7 @@ def test_a_local_model_directory_resolves_but_a_hub_id_is_kept(tmp_path):
     ("training:\n  stepz: 5\n", "c.yaml: training.stepz: unknown field (line 8)"),
     ("learning_rate: 0.1\n", "c.yaml: learning_rate: unknown field (line 7)"),
     ("order: {method: list}\n", "c.yaml: order: Value error, method 'list' needs `layers`"),
-    ("order: {method: random}\n", "c.yaml: order.method: Input should be 'entropy', 'loss_delta'"),
+    ("order: {method: random}\n", "c.yaml: order.method: Input should be 'retrieval_delta', 'loss_delta', 'entropy'"),
     ("training: {loss: {mse: 0, kl: 0}}\n", "training.loss: Value error, at least one loss weight"),
     ("device: tpu\n", "c.yaml: device: Value error, must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("dsla: {tau: -1}\n", "c.yaml: dsla.tau: Input should be greater than 0"),
@@ -100,3 +100,42 @@ def test_the_tiny_example_config_is_valid_and_its_paths_resolve():
     assert cfg.base_model == "tiny:llama" and cfg.depth == 2 and cfg.device == "cpu"
     assert cfg.output.resolve() == repo / "runs" / "convert-tiny"
     assert [p.resolve() for p in cfg.data.paths] == [(repo.parent / "shared" / "data" / "tinyshakespeare.txt").resolve()]
+
+
+def _no_order(tmp_path, **sections) -> dict:
+    data = config_dict(tmp_path, tmp_path / "out", **sections)
+    del data["order"]
+    return data
+
+
+def test_episodes_answer_term_and_retrieval_delta_are_the_defaults(tmp_path):
+    cfg = parse_config(_no_order(tmp_path))
+    ep = cfg.data.episodes
+    assert (ep.passkey_fraction, ep.recall_fraction, ep.passkey_min_len, ep.recall_pairs) == (0.25, 0.1, None, (4, 64))
+    assert cfg.training.loss.answer_kl == 1.0 and cfg.order.method == "retrieval_delta"
+    assert cfg.order.episode_sequences == 32
+
+
+def test_turning_episodes_off_keeps_answer_kl_and_orders_by_loss_delta_unless_told_otherwise(tmp_path):
+    off = {"episodes": {"passkey_fraction": 0.0, "recall_fraction": 0.0}}
+    cfg = parse_config(_no_order(tmp_path, data=off))
+    assert not cfg.data.episodes.enabled and cfg.order.method == "loss_delta" and cfg.training.loss.answer_kl == 1.0
+    assert cfg.with_overrides(depth=1).order.method == "loss_delta"
+    with pytest.raises(ConfigError) as err:
+        parse_config({**_no_order(tmp_path, data=off), "order": {"method": "retrieval_delta"}})
+    msg = str(err.value)
+    assert "order.method retrieval_delta" in msg and "data.episodes.passkey_fraction" in msg
+    assert "data.episodes.recall_fraction are both 0" in msg and "loss_delta" in msg
+
+
+@pytest.mark.parametrize("episodes, expected", [
+    ({"passkey_fraction": 0.8, "recall_fraction": 0.3}, "must be at most 1"),
+    ({"passkey_fraction": -0.1}, "data.episodes.passkey_fraction: Input should be greater than or equal to 0"),
+    ({"recall_pairs": [5, 2]}, "recall_pairs must satisfy 1 <= lo <= hi"),
+    ({"passkey_min_len": 100}, "data: Value error, episodes.passkey_min_len (100) is longer than seq_len (32)"),
+    ({"copy_fraction": 0.1}, "data.episodes.copy_fraction: unknown field"),
+])
+def test_bad_episode_settings_are_named(tmp_path, episodes, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_config(config_dict(tmp_path, tmp_path / "out", data={"episodes": episodes}))
+    assert expected in str(err.value)

@@ -36,3 +36,30 @@ def test_answer_kl_is_a_zero_with_a_graph_when_the_batch_has_no_answer():
     assert float(got) == 0.0 and got.dtype == torch.float32
     got.backward()
     assert student.grad is not None and not student.grad.any()
+
+
+def _weights(answer_kl: float):
+    from dsla_serve.trainer.config import LossWeights
+
+    return LossWeights(mse=0.0, kl=1.0, ce=0.5, answer_kl=answer_kl)
+
+
+def test_the_answer_kl_weight_changes_the_loss_only_when_the_batch_has_answers():
+    from dsla_serve.trainer.losses import distillation_loss
+
+    teacher, student = _logits(0), _logits(1)
+    ids = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(2))
+    answers = torch.zeros(2, 6, dtype=torch.bool)
+    answers[1, 3:5] = True
+
+    def total(w, mask):
+        return distillation_loss(student, ids, _weights(w), None, teacher, mask)
+
+    with_answers = total(1.0, answers)
+    expected = total(0.0, answers).total + 1.0 * answer_kl(student, teacher, answers)
+    assert torch.allclose(with_answers.total, expected) and float(with_answers.answer_kl) > 0
+    assert float(total(2.0, answers).total) > float(with_answers.total) > float(total(0.0, answers).total)
+    for mask in (None, torch.zeros_like(answers)):  # no episodes: the weight does nothing, and no NaN
+        terms = [total(w, mask) for w in (0.0, 1.0, 5.0)]
+        assert all(torch.equal(t.total, terms[0].total) for t in terms) and torch.isfinite(terms[0].total)
+    assert "answer_kl" in with_answers.floats() and "answer_kl" not in total(1.0, None).floats()

@@ -81,3 +81,49 @@ def test_order_method_and_scores_are_saved_in_the_manifest(corpus, tmp_path):
 def test_layer_seeds_depend_on_base_seed_layer_and_purpose_only():
     assert layer_seed(0, 3) == layer_seed(0, 3)
     assert len({layer_seed(0, 3), layer_seed(1, 3), layer_seed(0, 4), layer_seed(0, 3, "probe")}) == 4
+
+
+@pytest.fixture(scope="module")
+def episode_setup(corpus, tmp_path_factory):
+    """The tiny model on rows long enough for byte-level episodes (a passkey needs 103 tokens)."""
+    from dsla_serve.trainer.episodes import TrainingEpisodes
+
+    model, tokenizer = tiny_model()
+    cfg = tiny_config(corpus, tmp_path_factory.mktemp("retrieval") / "artifact",
+                      data={"seq_len": 160, "max_val_tokens": 160 * 4,
+                            "episodes": {"passkey_fraction": 0.5, "recall_fraction": 0.3}},
+                      order={"method": "retrieval_delta", "probe_steps": 2, "calibration_sequences": 4,
+                             "episode_sequences": 4})
+    data = build_dataset(cfg.data, tokenizer, cfg.seed)
+    episodes = TrainingEpisodes.build(cfg.data.episodes, tokenizer, data, cfg.data.seq_len, seed=cfg.seed,
+                                      held_out_rows=cfg.order.episode_sequences, batch_size=4)
+    return model, cfg, data, init_distributed("cpu"), episodes
+
+
+def test_retrieval_delta_adds_each_probes_answer_kl_on_held_out_episodes(episode_setup):
+    model, cfg, data, dist, episodes = episode_setup
+    assert episodes.held_out and not episodes.plan.notes[1:]
+    before = [p.clone() for p in model.parameters()]
+    result = compute_order(model, cfg, data.train, data.val, dist, episodes=episodes)
+    assert result.method == "retrieval_delta" and sorted(result.order) == [0, 1, 2]  # a permutation
+    assert result.order == sorted(result.scores, key=lambda i: (result.scores[i], i))
+    assert conversion_order(model) == [] and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    plain = compute_order(model, cfg.with_overrides(order={**cfg.order.model_dump(), "method": "loss_delta"}),
+                          data.train, data.val, dist, episodes=episodes)
+    # the same seeded probes, each score raised by its (positive) answer-token KL
+    assert all(result.scores[i] > plain.scores[i] > 0 for i in range(3))
+    assert compute_order(model, cfg, data.train, data.val, dist, episodes=episodes).scores == result.scores
+
+
+def test_retrieval_delta_without_episodes_that_fit_orders_by_loss_delta_and_says_so(setup, caplog):
+    from dsla_serve.trainer.episodes import TrainingEpisodes
+
+    model, cfg, data, dist = setup  # seq_len 32: no byte-level episode fits
+    cfg = cfg.with_overrides(order={"method": "retrieval_delta", "probe_steps": 1, "calibration_sequences": 2})
+    episodes = TrainingEpisodes.build(cfg.data.episodes, tiny_model()[1], data, 32, seed=0, held_out_rows=4,
+                                      batch_size=4)
+    assert not episodes.active
+    with caplog.at_level("WARNING", logger="dsla_serve.trainer"):
+        result = compute_order(model, cfg, data.train, data.val, dist, episodes=episodes)
+    assert result.method == "loss_delta" and sorted(result.order) == [0, 1, 2]
+    assert "ordering by loss_delta" in caplog.text and "passkey left out" in caplog.text
