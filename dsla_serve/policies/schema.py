@@ -112,6 +112,9 @@ class TrainerSection(_Section):
     w_mse: float = Field(1.0, ge=0)
     w_kl: float = Field(1.0, ge=0)
     w_ce: float = Field(0.0, ge=0)
+    w_answer_kl: float = Field(1.0, ge=0, description="weight of the KL at the episodes' answer tokens")
+    passkey_fraction: float = Field(0.25, ge=0, le=1, description="share of rows that are a passkey episode")
+    recall_fraction: float = Field(0.1, ge=0, le=1, description="share of rows that are an associative-recall episode")
     train_qkvo: bool = True  # measured in docs/quality.md: the gates alone lose far more
     seed: int = Field(0, ge=0)
     deepspeed: Any = Field(None, description="DeepSpeed config: a mapping, or a path to a JSON file")
@@ -152,6 +155,12 @@ class TrainerSection(_Section):
                 raise FieldProblem("order_list", f"lists {len(self.order_list)} layers, fewer than depth {self.depth}")
         elif self.order_list is not None:
             raise FieldProblem("order_list", f"only allowed when order is 'list' (order is {self.order!r})")
+        if self.passkey_fraction + self.recall_fraction > 1:
+            raise FieldProblem("passkey_fraction", f"passkey_fraction + recall_fraction is "
+                                                   f"{self.passkey_fraction + self.recall_fraction}, more than 1")
+        if self.order == "retrieval_delta" and self.passkey_fraction == self.recall_fraction == 0:
+            raise FieldProblem("order", "retrieval_delta scores layers on retrieval episodes, and passkey_fraction "
+                                        "and recall_fraction are both 0: choose another order or turn episodes on")
         if self.w_mse == self.w_kl == self.w_ce == 0:
             raise FieldProblem("w_mse", "w_mse, w_kl and w_ce are all 0: nothing to train on")
         return self

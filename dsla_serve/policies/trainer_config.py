@@ -32,11 +32,14 @@ def convert_config_data(policy: Policy) -> dict[str, Any]:
         "depth": trainer.depth,
         "seed": trainer.seed,
         "dtype": policy.model.dtype,
-        "data": {"paths": list(trainer.data), "seq_len": trainer.seq_len},
+        "data": {"paths": list(trainer.data), "seq_len": trainer.seq_len,
+                 "episodes": {"passkey_fraction": trainer.passkey_fraction,
+                              "recall_fraction": trainer.recall_fraction}},
         "order": order,
         "training": {"steps": trainer.steps_per_layer, "lr": trainer.lr, "micro_batch_size": trainer.batch_size,
                      "train_qkvo": trainer.train_qkvo,
-                     "loss": {"mse": trainer.w_mse, "kl": trainer.w_kl, "ce": trainer.w_ce}},
+                     "loss": {"mse": trainer.w_mse, "kl": trainer.w_kl, "ce": trainer.w_ce,
+                              "answer_kl": trainer.w_answer_kl}},
     }
     if trainer.deepspeed is not None:
         data["deepspeed"] = trainer.deepspeed

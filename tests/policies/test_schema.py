@@ -149,9 +149,12 @@ BAD_VALUES = [
     ("artifact", "../runs/existing", "trainer.output_dir: not allowed with artifact"),
     ("trainer.order", "list", "trainer.order_list: required when order is 'list'"),
     ("trainer.order_list", [1, 0], "trainer.order_list: only allowed when order is 'list'"),
+    ("trainer.order", "retrieval_delta", "trainer.order: retrieval_delta scores layers on retrieval episodes, and passkey_fraction and recall_fraction are both 0"),
     ("trainer.order", "random", "trainer.order: Input should be 'retrieval_delta', 'loss_delta', 'entropy', 'forward', 'reverse' or 'list'"),
     ("trainer.deepspeed", 3, "trainer.deepspeed: must be a mapping (the DeepSpeed config itself) or a path"),
     ("trainer.w_kl", 0.0, "trainer.w_mse: w_mse, w_kl and w_ce are all 0"),
+    ("trainer.passkey_fraction", 0.95, "trainer.passkey_fraction: passkey_fraction + recall_fraction is 1.05"),
+    ("trainer.w_answer_kl", -1.0, "trainer.w_answer_kl: Input should be greater than or equal to 0"),
     ("trainer.serve_prompts_max", 10**7, "trainer.serve_prompts_max: Input should be less than or equal to 100000"),
     ("trainer.serve_prompts_sample", "yes please", "trainer.serve_prompts_sample: Input should be a valid boolean"),
     ("trainer.depth", 2, "pools.2.depth: 4 is beyond trainer.depth 2 and there is no artifact"),
@@ -167,6 +170,8 @@ def test_bad_values_are_named(tmp_path, field, value, expected):
     data = tiny_data()
     if field == "trainer.w_kl":
         data["trainer"]["w_mse"] = 0.0
+    if field == "trainer.order" and value == "retrieval_delta":
+        data["trainer"]["passkey_fraction"] = data["trainer"]["recall_fraction"] = 0.0
     _set(data, field, value if value is _DELETE else copy.deepcopy(value))
     message = error_of(tmp_path, data)
     assert expected in message, message
