@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..policies import Policy
+from ..policies import Policy, convert_config_data
 from .prompt_sample import served_prompts_path
 
 log = logging.getLogger("ray.serve")
@@ -31,9 +31,10 @@ class TrainerSetupError(ValueError):
 def convert_config(policy: Policy) -> dict[str, Any]:
     """The trainer's ConvertConfig (as a dict) for a policy's `trainer` section.
 
-    Field mapping: model.path -> base_model, the artifact directory -> output, trainer.depth/seed/order/
-    order_list/seq_len/batch_size/lr/steps_per_layer/w_*/train_qkvo/deepspeed -> their ConvertConfig
-    places, model.dtype -> dtype, trainer.resources.num_gpus -> device (cpu without a GPU). With
+    Field mapping (`policies.convert_config_data`): model.path -> base_model, the artifact directory ->
+    output, trainer.depth/seed/order/order_list/seq_len/batch_size/lr/steps_per_layer/w_*/
+    passkey_fraction/recall_fraction/train_qkvo/deepspeed -> their ConvertConfig places, model.dtype ->
+    dtype; here also trainer.resources.num_gpus -> device (cpu without a GPU) and a validation cap. With
     trainer.serve_prompts_sample, the sample file the ingress writes (`<artifact>/served-prompts.jsonl`)
     becomes data.train_only_paths: training data of the layers trained after it appears, never validation.
     """
@@ -44,25 +45,11 @@ def convert_config(policy: Policy) -> dict[str, Any]:
         # replicas build tiny:<arch> with seed 0; the trainer seeds the tiny model with trainer.seed
         raise TrainerSetupError(f"trainer.seed: must be 0 with a tiny model ({policy.model.path}), whose weights "
                                 "come from the seed: replicas build it with seed 0")
-    order: dict[str, Any] = {"method": t.order}
-    if t.order == "list":
-        order["layers"] = list(t.order_list or [])
-    config: dict[str, Any] = {
-        "base_model": policy.model.path,
-        "output": policy.artifact_dir,
-        "depth": t.depth,
-        "seed": t.seed,
-        "device": "auto" if t.resources.num_gpus > 0 else "cpu",
-        "dtype": policy.model.dtype,
-        "data": {"paths": list(t.data), "seq_len": t.seq_len, "max_val_tokens": VALIDATION_SEQUENCES * t.seq_len},
-        "order": order,
-        "training": {"steps": t.steps_per_layer, "lr": t.lr, "micro_batch_size": t.batch_size,
-                     "train_qkvo": t.train_qkvo, "loss": {"mse": t.w_mse, "kl": t.w_kl, "ce": t.w_ce}},
-    }
+    config = convert_config_data(policy)  # the one mapping of the trainer section's fields
+    config["device"] = "auto" if t.resources.num_gpus > 0 else "cpu"
+    config["data"]["max_val_tokens"] = VALIDATION_SEQUENCES * t.seq_len
     if t.serve_prompts_sample:
         config["data"]["train_only_paths"] = [str(served_prompts_path(policy.artifact_dir))]
-    if t.deepspeed is not None:
-        config["deepspeed"] = t.deepspeed
     return config
 
 

@@ -4,6 +4,7 @@ the trainer section's mapping, the status tables, and the early checks of `serve
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 from pathlib import Path
 
@@ -91,7 +92,17 @@ def test_trainer_section_maps_onto_the_trainer_config():
     assert parsed.order.method == t.order and parsed.device == "cpu"
     assert parsed.training.loss.kl == t.w_kl
 
+    assert parsed.training.loss.answer_kl == t.w_answer_kl
+    assert (parsed.data.episodes.passkey_fraction, parsed.data.episodes.recall_fraction) == \
+        (t.passkey_fraction, t.recall_fraction)
+    assert parsed.data.max_val_tokens == 64 * t.seq_len
+
     data = policy.model_dump(mode="json")
+    off = copy.deepcopy(data)
+    off["trainer"].update(passkey_fraction=0.0, recall_fraction=0.0, order="loss_delta", w_answer_kl=0.5)
+    episodes_off = parse_config(convert_config(type(policy).model_validate(off)))
+    assert episodes_off.data.episodes.passkey_fraction == episodes_off.data.episodes.recall_fraction == 0.0
+    assert episodes_off.order.method == "loss_delta" and episodes_off.training.loss.answer_kl == 0.5
     assert parsed.data.train_only_paths == []  # opted out: no served prompts
     data["trainer"].update(serve_prompts_sample=True, serve_prompts_max=7)
     opted_in = parse_config(convert_config(type(policy).model_validate(data)))

@@ -64,15 +64,3 @@ def test_trainer_section_is_a_valid_convert_config(path):
     assert config.training.loss.answer_kl == policy.trainer.w_answer_kl
     assert config.data.episodes.passkey_fraction == policy.trainer.passkey_fraction
     assert config.data.episodes.recall_fraction == policy.trainer.recall_fraction
-
-
-def test_a_policy_can_turn_the_trainer_episodes_off():
-    import yaml
-
-    trainer_config = pytest.importorskip("dsla_serve.trainer.config")
-    data = yaml.safe_load(TINY.read_text())
-    data["trainer"].update(passkey_fraction=0.0, recall_fraction=0.0, order="loss_delta", w_answer_kl=0.5)
-    policy = parse_policy(yaml.safe_dump(data), base_dir=TINY.parent)
-    config = trainer_config.parse_config(convert_config_data(policy))
-    assert config.data.episodes.passkey_fraction == config.data.episodes.recall_fraction == 0.0
-    assert config.order.method == "loss_delta" and config.training.loss.answer_kl == 0.5
