@@ -144,6 +144,15 @@ class TrainerSection(_Section):
             return _resolve_path(value, info)
         raise ValueError("must be a mapping (the DeepSpeed config itself) or a path to a JSON file")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _order_without_episodes(cls, data: Any) -> Any:
+        """No order given and episodes off: loss_delta (the default without episodes, as in `convert`)."""
+        if isinstance(data, dict) and "order" not in data and \
+                data.get("passkey_fraction") == 0 and data.get("recall_fraction") == 0:
+            return {**data, "order": "loss_delta"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainerSection:
         if self.order == "list":

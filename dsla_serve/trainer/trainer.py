@@ -118,6 +118,22 @@ def _with_legacy_defaults(saved: dict, now: dict) -> dict:
     return saved
 
 
+def _episodes_off(recipe: dict) -> bool:
+    episodes = recipe.get("data", {}).get("episodes", {})
+    return not (episodes.get("passkey_fraction") or episodes.get("recall_fraction"))
+
+
+def _without_inert(recipe: dict) -> dict:
+    """`recipe` without the settings that do nothing when it has no episodes: the answer term's
+    weight, the episodes' lengths and the held-out episode count."""
+    recipe = copy.deepcopy(recipe)
+    recipe.get("training", {}).get("loss", {}).pop("answer_kl", None)
+    recipe.get("order", {}).pop("episode_sequences", None)
+    for key in ("passkey_min_len", "recall_pairs"):
+        recipe.get("data", {}).get("episodes", {}).pop(key, None)
+    return recipe
+
+
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     """Human-readable `field (artifact X, config Y)` for each leaf that differs."""
     out = []
@@ -232,7 +248,11 @@ class Trainer:
                               f"{cfg.dsla_config()}; use another output directory")
         saved = artifact.metadata.get("recipe")
         now = _recipe(cfg)
-        differ = _differences(_with_legacy_defaults(saved, now), now) if saved is not None else []
+        if saved is not None:
+            saved = _with_legacy_defaults(saved, now)
+            if _episodes_off(saved) and _episodes_off(now):  # then what only episodes use cannot differ
+                saved, now = _without_inert(saved), _without_inert(now)
+        differ = _differences(saved, now) if saved is not None else []
         if differ:
             raise ResumeError(f"{artifact.manifest_path}: cannot resume, the artifact was made with different "
                               f"settings: {'; '.join(differ)}. Restore them or use another output directory")

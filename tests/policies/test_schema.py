@@ -292,3 +292,11 @@ def test_docs_describe_every_field():
 
     walk(Policy, "")
     assert not missing, f"docs/policies.md does not mention: {missing}"
+
+
+def test_without_episodes_the_trainer_order_defaults_to_loss_delta():
+    data = tiny_data()
+    data["trainer"].pop("order", None)
+    assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order == "retrieval_delta"
+    data["trainer"].update(passkey_fraction=0, recall_fraction=0)
+    assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order == "loss_delta"

@@ -173,5 +173,5 @@ def test_an_artifact_from_before_episodes_resumes_with_episodes_off_only(corpus,
     with pytest.raises(ResumeError, match=r"data\.episodes\.passkey_fraction \(artifact 0\.0, config 0\.5\).*"
                                           r"training\.loss\.answer_kl \(artifact 0\.0, config 1\.0\)"):
         _run(corpus, out, episodes=ON, answer_kl=1.0, depth=2)
-    _, summary, _ = _run(corpus, out, episodes=OFF, answer_kl=0.0, depth=2)
+    _, summary, _ = _run(corpus, out, episodes=OFF, answer_kl=1.0, depth=2)  # without episodes answer_kl is inert
     assert summary.resumed_from == 1 and summary.published_depth == 2
