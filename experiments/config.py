@@ -23,8 +23,8 @@ ORDER_METHODS = ("loss_delta", "retrieval_delta", "entropy", "forward", "reverse
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The trainer's three terms, plus `answer_kl`: the KL at the batch's answer tokens alone
-    (`dsla_serve.trainer.losses.answer_kl`), which the trainer's book-text batches cannot have."""
+    """The trainer's terms (`dsla_serve.trainer.losses.distillation_loss`): mse, kl, ce and `answer_kl`,
+    the KL at the batch's answer tokens alone."""
 
     mse: float = 1.0
     kl: float = 1.0

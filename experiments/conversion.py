@@ -25,7 +25,7 @@ from dsla_serve.trainer.distill import trainable_parameters
 from dsla_serve.trainer.distributed import DistContext
 from dsla_serve.trainer.evaluate import answer_divergence as trainer_answer_divergence
 from dsla_serve.trainer.evaluate import validate
-from dsla_serve.trainer.losses import LayerOutputCapture, answer_kl, distillation_loss, teacher_logits
+from dsla_serve.trainer.losses import LayerOutputCapture, distillation_loss, teacher_logits
 from dsla_serve.trainer.schedule import lr_multiplier
 from dsla_serve.trainer.sensitivity import attention_entropy
 
@@ -82,9 +82,8 @@ def fit_layer(model, layer_idx: int, depth: int, batches: Batches, first_step: i
                 with autocast(device):
                     teacher = teacher_logits(model, ids, depth) if settings.loss.kl > 0 or w_answer > 0 else None
                     logits = model(input_ids=ids, use_cache=False).logits
-                    terms = distillation_loss(logits, ids, settings.loss, capture, teacher)
-                    total = terms.total + w_answer * answer_kl(logits, teacher, answers) if w_answer > 0 \
-                        else terms.total
+                    total = distillation_loss(logits, ids, settings.loss, capture, teacher,
+                                              answers if w_answer > 0 else None).total
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
                 optimizer.step()

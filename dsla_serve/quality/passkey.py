@@ -54,6 +54,7 @@ class PasskeyBuilder:
             raise ValueError(f"depth_range must satisfy 0 <= lo <= hi <= 1, got {depth_range}")
         self.tokenizer = tokenizer
         self.documents = [np.asarray(d) for d in documents]
+        self._lengths = np.asarray([len(d) for d in self.documents])
         self.digits = digits
         self.depth_range = depth_range
         self.question = _ids(tokenizer, QUESTION)
@@ -72,11 +73,11 @@ class PasskeyBuilder:
         n_fill = length - len(statement) - len(self.question) - len(answer)
         if n_fill < 0:
             raise ValueError(f"a passkey episode needs at least {self.min_length()} tokens, asked for {length}")
-        long_enough = [d for d in self.documents if len(d) >= n_fill]
-        if not long_enough:
+        long_enough = np.flatnonzero(self._lengths >= n_fill)  # in document order, as the draw below needs
+        if not len(long_enough):
             raise ValueError(f"no filler document has the {n_fill} tokens a {length}-token episode needs "
-                             f"(longest: {max(len(d) for d in self.documents)})")
-        doc = long_enough[int(rng.integers(len(long_enough)))]
+                             f"(longest: {int(self._lengths.max())})")
+        doc = self.documents[int(long_enough[int(rng.integers(len(long_enough)))])]
         offset = int(rng.integers(len(doc) - n_fill + 1))
         filler = np.asarray(doc[offset:offset + n_fill], dtype=np.int64)
         depth = float(rng.uniform(*self.depth_range))

@@ -129,4 +129,4 @@ def test_recall_maker_draws_fewer_pairs_where_an_episode_would_not_fit(tok):
     for seed in range(5):
         ids, spans = make(np.random.default_rng(seed))
         assert len(ids) <= 120 and 1 <= len(spans) < 30
-    assert recall_length(tok, 1) < recall_length(tok, 5) == recall_length(tok, 5)
+    assert recall_length(tok, 1) < recall_length(tok, 5) < recall_length(tok, 30)
