@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import ArtifactError
     from .config import ConfigError, load_config
     from .data import DataError
+    from .distributed import close_launched_group
     from .engine import DeepSpeedConfigError
     from .trainer import ResumeError, Trainer
 
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             return 130
         finally:
             bars.close()
+            close_launched_group()
     if is_main():
         print_summary(summary.artifact)
     return 0

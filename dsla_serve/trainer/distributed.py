@@ -112,3 +112,12 @@ def init_distributed(device_spec: str = "auto") -> DistContext:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return DistContext(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                        local_rank=int(os.environ["LOCAL_RANK"]), device=device)
+
+
+def close_launched_group() -> None:
+    """Destroy the process group of a launched run (torchrun: several processes) before the process
+    exits: a gloo group left to interpreter shutdown can abort it ("terminate called without an
+    active exception") after a successful run. A world of one made here is kept (it is reused)."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -15,7 +15,7 @@ import torch
 
 from ..model import set_depth
 from .distributed import DistContext
-from .losses import LayerOutputCapture, answer_kl, kl_teacher_student, next_token_ce, relative_mse, teacher_logits
+from .losses import LayerOutputCapture, answer_kl, kl_teacher_student, next_token_ce, teacher_logits
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import LossWeights
@@ -58,7 +58,9 @@ def validate(model: torch.nn.Module, depth: int, sequences: torch.Tensor, *, bat
     `layer_idx`: the newest converted layer, whose output enters the MSE term.
     """
     mine = sequences[dist.rank::dist.world_size]
-    sums = [0.0] * 4  # ce, teacher_ce, kl, mse (each weighted by sequences)
+    # ce, teacher_ce, kl (each weighted by sequences); the MSE's numerator and denominator over every
+    # sequence, so that the relative MSE does not depend on how the sequences fall into batches and ranks
+    sums = [0.0] * 5
     capture = LayerOutputCapture(model, layer_idx) if layer_idx is not None and depth > 0 else None
     try:
         for start in range(0, mine.shape[0], batch_size):
@@ -68,11 +70,13 @@ def validate(model: torch.nn.Module, depth: int, sequences: torch.Tensor, *, bat
             teacher = model(input_ids=ids, use_cache=False).logits
             set_depth(model, depth)
             student = model(input_ids=ids, use_cache=False).logits
-            mse = relative_mse(capture.student, capture.teacher) if capture is not None else 0.0
-            terms = (next_token_ce(student, ids), next_token_ce(teacher, ids),
-                     kl_teacher_student(student, teacher), mse)
+            terms = (next_token_ce(student, ids), next_token_ce(teacher, ids), kl_teacher_student(student, teacher))
             for i, value in enumerate(terms):
                 sums[i] += float(value) * n
+            if capture is not None:
+                s, t = capture.student.double(), capture.teacher.double()
+                sums[3] += float((s - t).pow(2).sum())
+                sums[4] += float(t.pow(2).sum())
     finally:
         set_depth(model, depth)
         if capture is not None:
@@ -81,7 +85,8 @@ def validate(model: torch.nn.Module, depth: int, sequences: torch.Tensor, *, bat
     count = total[-1]
     if count == 0:
         raise ValueError("no validation sequences to score")
-    ce, teacher_ce, kl, mse = (s / count for s in total[:4])
+    ce, teacher_ce, kl = (s / count for s in total[:3])
+    mse = total[3] / max(total[4], 1e-12)
     objective = weights.mse * mse + weights.kl * kl + weights.ce * ce
     return Validation(ce=ce, teacher_ce=teacher_ce, kl=kl, mse=mse, objective=objective, sequences=int(count))
 

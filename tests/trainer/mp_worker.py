@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from dsla_serve.trainer import Trainer, parse_config
+from dsla_serve.trainer.distributed import close_launched_group
 from tests.trainer.helpers import tiny_model
 
 
@@ -23,6 +24,7 @@ def main(config_path: str, report_dir: str) -> None:
     report = {"rank": trainer.dist.rank, "world_size": trainer.dist.world_size, "losses": losses,
               "metrics": [r.metrics for r in summary.layers]}
     Path(report_dir, f"rank_{trainer.dist.rank}.json").write_text(json.dumps(report))
+    close_launched_group()
 
 
 if __name__ == "__main__":

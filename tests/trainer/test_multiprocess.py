@@ -1,5 +1,6 @@
 """Data-parallel training over two gloo processes (torchrun) equals one process with twice the
-accumulation; both ranks agree on validation; rank 0 alone writes the artifact."""
+accumulation, retrieval episodes mixed in; both ranks agree on validation (the answer-token KL
+included); rank 0 alone writes the artifact."""
 
 import json
 import os
@@ -20,8 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
 
 
+SEQ_LEN = 160  # long enough for passkey and recall episodes with the byte tokenizer
+
+
 def _config(corpus, output, accumulation):
     return config_dict(corpus, output, depth=1, order={"method": "list", "layers": [1, 0]},
+                       data={"seq_len": SEQ_LEN, "max_val_tokens": SEQ_LEN * 8,
+                             "episodes": {"passkey_fraction": 0.5, "recall_fraction": 0.3}},
                        training={"steps": STEPS, "micro_batch_size": 2, "grad_accumulation": accumulation})
 
 
@@ -56,9 +62,10 @@ def test_two_processes_equal_one_process_with_double_accumulation(corpus, tmp_pa
     losses = []
     one = Trainer(one_cfg, model=model, tokenizer=tokenizer).run(on_step=lambda layer, step, loss: losses.append(loss))
     assert one.layers[0].metrics["world_size"] == 1
-    assert one.layers[0].metrics["train_tokens"] == ranks[0]["metrics"][0]["train_tokens"] == STEPS * 8 * 32
+    assert one.layers[0].metrics["train_tokens"] == ranks[0]["metrics"][0]["train_tokens"] == STEPS * 8 * SEQ_LEN
     assert losses == pytest.approx(ranks[0]["losses"], rel=1e-4)
-    for key in ("val_loss", "val_kl", "val_mse", "ppl_ratio"):
+    assert ranks[0]["metrics"][0]["val_answer_kl"] > 0  # episodes were mixed in and scored on both ranks
+    for key in ("val_loss", "val_kl", "val_mse", "ppl_ratio", "val_answer_kl"):
         assert one.layers[0].metrics[key] == pytest.approx(ranks[0]["metrics"][0][key], rel=1e-4), key
     a, b = load_file(tmp_path / "one" / "layer_1.safetensors"), load_file(tmp_path / "two" / "layer_1.safetensors")
     assert a.keys() == b.keys()
