@@ -27,15 +27,10 @@ class Limits:
 
 
 def load_tokenizer(model_path: str, tokenizer_path: str | None = None):
-    """The tokenizer of the policy's model: the byte tokenizer for `tiny:<arch>`, else from_pretrained."""
-    source = tokenizer_path or model_path
-    if source.startswith("tiny:"):
-        from ..model.tiny_tokenizer import build_byte_tokenizer
+    """The tokenizer of the policy's model (`model.tokenizer` when the policy names one)."""
+    from ..model.loading import load_tokenizer as load
 
-        return build_byte_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(source)
+    return load(tokenizer_path or model_path)
 
 
 def encode_prompt(tokenizer, prompt: str | list[int], param: str = "prompt") -> list[int]:

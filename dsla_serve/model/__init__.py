@@ -5,22 +5,38 @@
     set_depth(model, 1)                      # layer 5 runs as DSLA, 2 and 7 as softmax attention again
     model.generate(ids, attention_mask=mask) # KV cache for attention layers, dual state for DSLA layers
 
-Imports neither ray, deepspeed nor pydantic (the GPU machine lacks them).
+Imports neither ray, deepspeed nor pydantic (the GPU machine lacks them). The names below load their
+modules on first use, so torch-free modules of this package (`sources`) import without torch.
 """
 
-from .artifact import Artifact, ArtifactError, LayerEntry
-from .attention import DSLAAttention, GateProjection
-from .baselines import LAYER_KINDS, layer_class, layer_kind
-from .cache import DSLAStateLayer
-from .config import DSLAConfig
-from .fingerprint import model_fingerprint
-from .memory import cache_bytes_per_token, dsla_state_bytes
-from .surgery import (SUPPORTED_MODEL_TYPES, conversion_order, convert, decoder_layers, dsla_layers, get_depth,
-                      set_depth)
+from importlib import import_module
 
-__all__ = [
-    "Artifact", "ArtifactError", "LayerEntry", "DSLAAttention", "GateProjection", "LAYER_KINDS", "layer_class",
-    "layer_kind", "DSLAStateLayer", "DSLAConfig",
-    "model_fingerprint", "cache_bytes_per_token", "dsla_state_bytes", "SUPPORTED_MODEL_TYPES", "conversion_order",
-    "convert", "decoder_layers", "dsla_layers", "get_depth", "set_depth",
-]
+_EXPORTS = {
+    "artifact": ("Artifact", "ArtifactError", "LayerEntry"),
+    "attention": ("DSLAAttention", "GateProjection"),
+    "baselines": ("LAYER_KINDS", "layer_class", "layer_kind"),
+    "cache": ("DSLAStateLayer",),
+    "config": ("DSLAConfig",),
+    "fingerprint": ("model_fingerprint",),
+    "loading": ("load_model_and_tokenizer", "load_tokenizer"),
+    "memory": ("cache_bytes_per_token", "dsla_state_bytes"),
+    "sources": ("REFERENCE_MODELS", "ModelSourceError", "resolve_model"),
+    "surgery": ("SUPPORTED_MODEL_TYPES", "conversion_order", "convert", "decoder_layers", "dsla_layers", "get_depth",
+                "set_depth"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -41,7 +41,10 @@ from .surgery import attach_twin, conversion_order, decoder_layers, dsla_layers,
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "dsla-serve-artifact"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Version 1 fingerprinted the base model at float32 sample points, which differ between hosts and fail
+# above 2^24 elements: its artifacts cannot be checked, so they are refused with this reason.
+_OLD_VERSIONS = {1: "version 1 artifacts identify their base model in a host-dependent way; convert again"}
 _LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
 
 __all__ = ["Artifact", "ArtifactError", "LayerEntry", "MANIFEST_VERSION", "model_fingerprint"]
@@ -115,8 +118,9 @@ def _parse_manifest(path: Path) -> dict:
         raise ArtifactError(f"{path}: not a DSLA-Serve manifest (format must be {MANIFEST_FORMAT!r})")
     version = raw.get("manifest_version")
     if version != MANIFEST_VERSION:
-        raise ArtifactError(f"{path}: unknown manifest version {version!r}; this dsla-serve reads version "
-                            f"{MANIFEST_VERSION}")
+        why = _OLD_VERSIONS.get(version, "unknown version")
+        raise ArtifactError(f"{path}: manifest version {version!r} cannot be read ({why}); this dsla-serve "
+                            f"reads version {MANIFEST_VERSION}")
     kind = raw.get("layer_kind", "dsla")
     if kind not in LAYER_KINDS:
         raise ArtifactError(f"{path}: unknown layer_kind {kind!r}; this dsla-serve builds {', '.join(LAYER_KINDS)}")

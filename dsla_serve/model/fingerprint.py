@@ -1,7 +1,8 @@
 """A cheap identity of a base model, so an artifact is never applied to the wrong one.
 
 sha256 over: the architecture fields of the config, every base parameter's name and shape (in
-`named_parameters` order), and a content sample of 16 evenly spaced values per parameter. DSLA twins
+`named_parameters` order), and a content sample of 16 evenly spaced values per parameter (indices in
+integer arithmetic, so the fingerprint is the same on every host, CPU or GPU, at any size). DSLA twins
 (converted layers) are left out, so converting layers does not change the fingerprint.
 
 The dtype is deliberately left out and the sampled values are rounded to bfloat16 before hashing:
@@ -31,11 +32,21 @@ def _config_summary(model: nn.Module) -> dict:
     return {name: getattr(config, name, None) for name in CONFIG_FIELDS}
 
 
+def sample_indices(numel: int, count: int = SAMPLES_PER_PARAMETER) -> list[int]:
+    """`count` evenly spaced flat indices from 0 to numel - 1 (both ends included), in integer
+    arithmetic: floor(i * (numel - 1) / (count - 1)). Float sample points round differently above 2^24
+    elements and between CPU instruction sets; integers are the same on every host and device."""
+    count = min(count, numel)
+    if count <= 1:
+        return [0] * count
+    return [i * (numel - 1) // (count - 1) for i in range(count)]
+
+
 def _sample(p: torch.Tensor) -> bytes:
     flat = p.detach().reshape(-1)
     if flat.numel() == 0 or flat.device.type == "meta":
         return b""
-    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLES_PER_PARAMETER, flat.numel()), device=flat.device).long()
+    idx = torch.tensor(sample_indices(flat.numel()), dtype=torch.long, device=flat.device)
     values = flat[idx].float().to(torch.bfloat16).view(torch.int16)
     return values.cpu().numpy().tobytes()
 

@@ -1,10 +1,11 @@
-"""Load a causal LM and its tokenizer from a local path, a hub id, or `tiny:<arch>` (built in memory)."""
+"""Load a causal LM and its tokenizer from any name `sources` understands: a folder, a `.gguf` file, a
+short name of a reference model (`smollm2-135m`), a hub id, or `tiny:<arch>` (built in memory)."""
 
 from __future__ import annotations
 
 import torch
 
-TINY_PREFIX = "tiny:"
+from .sources import TINY_PREFIX, ModelSourceError, resolve_model, spec_kind
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -17,16 +18,45 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+def _from_pretrained(loader, spec: str, location: str, **kwargs):
+    """`loader.from_pretrained(location)`; a hub id is looked up in the local cache first, so nothing
+    is fetched for a model that is there, and a miss offline says what to give instead."""
+    if spec_kind(spec) != "hub":
+        return loader.from_pretrained(location, **kwargs)
+    try:
+        return loader.from_pretrained(location, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except OSError as e:
+        raise ModelSourceError(
+            f"{spec!r} is neither a local folder nor in the Hugging Face cache, and could not be downloaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); give a local folder, a .gguf file "
+            "or a short name such as smollm2-135m") from None
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of model `spec`: the byte tokenizer for `tiny:<arch>`, else the folder's or hub's."""
+    if spec.startswith(TINY_PREFIX):
+        from .tiny_tokenizer import build_byte_tokenizer
+
+        return build_byte_tokenizer()
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, spec, resolve_model(spec))
+
+
 def load_model_and_tokenizer(spec: str, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                              seed: int = 0):
     """-> (model in eval mode, tokenizer).
 
-    `spec` is a local model directory or hub id (loaded with `from_pretrained`), or `tiny:<arch>`
-    (`tiny:llama`, `tiny:mistral`, `tiny:qwen2`) for a small random model with a byte-level tokenizer,
-    seeded by `seed`, that needs no download.
+    `spec` is any name `sources.spec_kind` knows: a local folder, a `.gguf` file or a reference model's
+    short name (both through a cached folder built once), a hub id (from the local cache when it is
+    there), or `tiny:<arch>` (`tiny:llama`, `tiny:mistral`, `tiny:qwen2`) for a small random model
+    with a byte-level tokenizer, seeded by `seed`, that needs no download.
+    Raises ModelSourceError (a ValueError) for a name that cannot be loaded here, saying why.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if spec.startswith(TINY_PREFIX):
         from .tiny import build_tiny_model
         from .tiny_tokenizer import build_byte_tokenizer
@@ -35,6 +65,10 @@ def load_model_and_tokenizer(spec: str, *, dtype: str | torch.dtype = "auto", de
         model = build_tiny_model(spec[len(TINY_PREFIX):], seed=seed,
                                  dtype=torch.float32 if torch_dtype == "auto" else torch_dtype)
         return model.to(device), build_byte_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(spec, dtype=resolve_dtype(dtype), attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(spec)
+    from transformers import AutoModelForCausalLM
+
+    location = resolve_model(spec)
+    model = _from_pretrained(AutoModelForCausalLM, spec, location, dtype=resolve_dtype(dtype),
+                             attn_implementation="sdpa")
+    tokenizer = load_tokenizer(spec)
     return model.to(device).eval(), tokenizer

@@ -172,7 +172,7 @@ def check_policy_paths(policy: Policy, label: str = "<policy>") -> None:
             problems.append(f"{label}: {field}: {path}: no such {kind}")
 
     if policy.model.is_local_path:
-        need("model.path", policy.model.path, "directory")
+        need("model.path", policy.model.path, "file" if policy.model.path.endswith(".gguf") else "directory")
     if policy.model.tokenizer is not None and os.path.isabs(policy.model.tokenizer):
         need("model.tokenizer", policy.model.tokenizer, "file or directory")
     if policy.artifact is not None and policy.trainer is None:

@@ -12,10 +12,11 @@ values count as paths is listed in docs/policies.md.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from ..model.sources import GGUF_SUFFIX, ModelSourceError, normalise_spec, spec_kind
 
 __all__ = [
     "FieldProblem", "ModelSection", "TrainerSection", "Resources", "Pool", "SLO", "Quality",
@@ -47,16 +48,12 @@ def _resolve_path(value: str, info: ValidationInfo) -> str:
     return value
 
 
-def _looks_like_local_path(value: str) -> bool:
-    """Hub ids (`org/name`) and `tiny:<arch>` are not paths; `./x`, `../x`, `/x` and `~/x` are."""
-    return value.startswith(("/", "./", "../", "~")) or value in (".", "..")
-
-
 class ModelSection(_Section):
     """The base (teacher) model every replica loads."""
 
-    path: str = Field(min_length=1, description="local directory (write ./dir for a relative one), hub "
-                                                "id (org/name), or tiny:<arch> for a tiny in-memory model")
+    path: str = Field(min_length=1, description="local folder (write ./dir for a relative one), .gguf file, "
+                      "hub id (org/name), a reference model's short name (smollm2-135m), or tiny:<arch> for a "
+                      "tiny in-memory model")
     tokenizer: str | None = Field(None, min_length=1, description="tokenizer path or hub id; default: the model's")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int | None = Field(None, ge=16, description="longest prompt + completion in tokens")
@@ -66,11 +63,10 @@ class ModelSection(_Section):
     def _resolve_local(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return value
-        if value.startswith("tiny:"):
-            if not re.fullmatch(r"tiny:[a-z0-9_]+", value):
-                raise ValueError(f"{value!r} is not tiny:<arch> (e.g. tiny:llama)")
-            return value
-        return _resolve_path(value, info) if _looks_like_local_path(value) else value
+        try:
+            return normalise_spec(value, (info.context or {}).get("base_dir"))
+        except ModelSourceError as e:
+            raise ValueError(str(e)) from None
 
     @property
     def tiny_arch(self) -> str | None:
@@ -79,7 +75,8 @@ class ModelSection(_Section):
 
     @property
     def is_local_path(self) -> bool:
-        return os.path.isabs(self.path)
+        """A local folder or .gguf file (as opposed to a hub id, a short name or tiny:<arch>)."""
+        return spec_kind(self.path) in ("folder", "gguf")
 
 
 class Resources(_Section):
@@ -257,12 +254,16 @@ class HTTPSettings(_Section):
 
 
 def default_model_name(model_path: str) -> str:
-    """`tiny:llama` -> `tiny-llama`; a local path -> its last component; a hub id -> itself."""
-    if model_path.startswith("tiny:"):
+    """`tiny:llama` -> `tiny-llama`; a short name -> itself; a folder -> its last component; a GGUF file
+    -> its name without `.gguf`; a hub id -> itself."""
+    kind = spec_kind(model_path)
+    if kind == "tiny":
         return model_path.replace(":", "-", 1)
-    if _looks_like_local_path(model_path):
+    if kind == "folder":
         return os.path.basename(os.path.normpath(os.path.expanduser(model_path))) or model_path
-    return model_path
+    if kind == "gguf":
+        return os.path.basename(model_path)[: -len(GGUF_SUFFIX)]
+    return normalise_spec(model_path)
 
 
 class Policy(_Section):

@@ -1,6 +1,6 @@
 """`ConvertConfig`: the whole user surface of `dsla-serve convert`, validated by pydantic from YAML.
 
-    base_model: tiny:llama               # local directory, hub id, or tiny:<arch> (random, no download)
+    base_model: tiny:llama               # folder, .gguf, hub id, smollm2-135m, or tiny:<arch> (random)
     output: ../artifacts/tiny            # the artifact directory (created; an existing one is resumed)
     depth: 2                             # layers to convert (default: all)
     data: {paths: [../../shared/data/tinyshakespeare.txt], seq_len: 128,
@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..model.config import DSLAConfig
+from ..model.sources import ModelSourceError, normalise_spec
 from ..quality.recall import KEY_WORDS
 
 class ConfigError(ValueError):
@@ -202,7 +203,8 @@ class DSLAFields(_Strict):
 class ConvertConfig(_Strict):
     """Everything `dsla-serve convert` needs: the base model, data, order, training and output."""
 
-    base_model: str = Field(description="local model directory, hub id, or tiny:<arch>")
+    base_model: str = Field(description="local model folder, .gguf file, hub id, a reference model's short name "
+                            "(smollm2-135m), or tiny:<arch>")
     output: Path = Field(description="artifact directory; an existing artifact of this config is resumed")
     depth: int | None = Field(None, ge=1, description="layers to convert (default: every layer)")
     seed: int = Field(0, ge=0, description="base seed of the data split and of each layer's initialisation and "
@@ -242,12 +244,10 @@ class ConvertConfig(_Strict):
     @field_validator("base_model")
     @classmethod
     def _resolve_base_model(cls, v: str, info: ValidationInfo) -> str:
-        if not v.strip():
-            raise ValueError("must name a model directory, hub id or tiny:<arch>")
-        if v.startswith("tiny:") or Path(v).is_absolute():
-            return v
-        local = _resolve(v, info)
-        return str(local) if (local.exists() or v.startswith((".", "~"))) else v  # else: a hub id
+        try:
+            return normalise_spec(v, (info.context or {}).get("base_dir"))
+        except ModelSourceError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("output")
     @classmethod

@@ -70,7 +70,7 @@ def test_files_hash_and_no_temporaries_left(published):
     names = sorted(p.name for p in published.path.iterdir())
     assert names == ["layer_0.safetensors", "layer_2.safetensors", "manifest.json"]
     manifest = json.loads((published.path / "manifest.json").read_text())
-    assert manifest["manifest_version"] == 1 and manifest["order"] == ORDER
+    assert manifest["manifest_version"] == 2 and manifest["order"] == ORDER
     for entry in manifest["layers"]:
         data = (published.path / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
@@ -188,9 +188,11 @@ def test_a_layer_written_before_the_output_gain_loads_with_gain_one(published, t
 
 def test_refuses_an_unknown_manifest_version(published):
     manifest = json.loads((published.path / "manifest.json").read_text())
-    manifest["manifest_version"] = 2
-    (published.path / "manifest.json").write_text(json.dumps(manifest))
-    refused(published.path, tiny(), r"manifest\.json: unknown manifest version 2; this dsla-serve reads version 1")
+    for version, why in ((3, "unknown version"), (1, "host-dependent way; convert again")):
+        manifest["manifest_version"] = version
+        (published.path / "manifest.json").write_text(json.dumps(manifest))
+        refused(published.path, tiny(), rf"manifest\.json: manifest version {version} cannot be read \(.*{why}\); "
+                r"this dsla-serve reads version 2")
 
 
 def test_refuses_a_depth_that_is_not_published(published):
