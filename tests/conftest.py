@@ -16,3 +16,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def reference_artifact(tmp_path_factory):
+    """An artifact of the reference model with one layer published by `dsla-serve convert` (a few CPU
+    steps; see tests/reference.py), made once per test session: (artifact folder, the convert YAML)."""
+    import yaml
+
+    from dsla_serve.cli import main
+
+    from .reference import convert_config
+
+    tmp = tmp_path_factory.mktemp("reference-artifact")
+    config = tmp / "convert.yaml"
+    config.write_text(yaml.safe_dump(convert_config(tmp / "artifact")))
+    assert main(["convert", str(config), "--quiet"]) == 0
+    return tmp / "artifact", config

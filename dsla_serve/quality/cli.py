@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.description = (HELP + ". Perplexity windows and passkey filler come from held-out text (--data); "
                      "episodes are seeded, so every model and depth sees the same ones.")
-    p.add_argument("--model", required=True, help="model folder, hub id, or tiny:llama (random, for a try)")
+    p.add_argument("--model", required=True, help="model folder, .gguf file, hub id, smollm2-135m (the reference "
+                   "model), or tiny:llama (random, for a try)")
     p.add_argument("--artifact", default=None, help="DSLA artifact folder to apply (then --depths applies)")
     p.add_argument("--depths", default="all",
                    help="with --artifact: depths to measure, e.g. 0,4 or L/4,L/2,3L/4,L or all")

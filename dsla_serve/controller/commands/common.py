@@ -57,6 +57,18 @@ def check_runnable(policy: Policy, *, local: bool) -> None:
                            "then send `Authorization: Bearer <key>`), or remove api_key_env")
 
 
+def prepare_model(policy: Policy) -> None:
+    """Build the cached folder of a GGUF or short-named model here, before Ray starts, so the one-time
+    conversion is shown in this terminal and replicas find it ready; CommandError when it cannot load."""
+    from ...model.sources import ModelSourceError, resolve_model
+
+    for spec in dict.fromkeys(s for s in (policy.model.path, policy.model.tokenizer) if s):
+        try:
+            resolve_model(spec)
+        except ModelSourceError as e:
+            raise CommandError(str(e)) from None
+
+
 def local_runtime_env() -> dict[str, Any]:
     """Lets Ray's workers import dsla_serve when it runs from a checkout rather than an install."""
     paths = [DSLA_PACKAGE_PARENT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -13,7 +13,7 @@ import signal
 import time
 
 from .common import (CommandError, add_http_overrides, add_policy_argument, check_runnable, fail, local_runtime_env,
-                     quiet_ray_logs, read_policy, start_serve, url_of)
+                     prepare_model, quiet_ray_logs, read_policy, start_serve, url_of)
 
 RAY_START_FILE = "/tmp/ray/ray_current_cluster"
 
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = read_policy(args.policy, check_paths=True, host=args.host, port=args.port)
         check_runnable(policy, local=True)
+        prepare_model(policy)
     except CommandError as e:
         return fail(str(e))
 

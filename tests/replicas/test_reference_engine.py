@@ -1,0 +1,32 @@
+"""The engine on the reference real model in fp32: greedy tokens equal Hugging Face `generate` at depth 0
+and with one converted layer (depth 1), for a chat prompt (BPE, special tokens, GQA groups of 3, tied
+embeddings); EOS from the tokenizer (`<|im_end|>`) ends the answer."""
+
+import torch
+
+from dsla_serve.model import DSLAConfig, convert
+from dsla_serve.replicas import Engine, SamplingParams
+
+from ..model.helpers import randomize_dsla
+from ..reference import chat_ids, load_reference
+from .helpers import hf_greedy
+
+TOKENS = 10
+
+
+def test_greedy_equals_hf_generate_at_depth_0_and_1():
+    model, tokenizer = load_reference()
+    torch.manual_seed(0)
+    convert(model, [3], DSLAConfig())
+    randomize_dsla(model, scale=0.05)
+    prompts = [chat_ids(tokenizer), chat_ids(tokenizer, [{"role": "user", "content": "Name a colour."}])]
+    engine = Engine(model, tokenizer=tokenizer, depth=0, max_model_len=128, max_num_seqs=2)
+    for depth in (0, 1):
+        engine.set_depth(depth, wait=True)
+        outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=TOKENS, ignore_eos=True),
+                               use_tqdm=False)
+        for prompt, out in zip(prompts, outs):
+            assert out.outputs[0].token_ids == hf_greedy(model, depth, prompt, TOKENS), depth
+    engine.set_depth(0, wait=True)
+    answer = engine.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=32), use_tqdm=False)[0].outputs[0]
+    assert answer.finish_reason == "stop" and answer.text.strip() == "The capital of France is Paris."
