@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..model import Artifact, conversion_order, convert, decoder_layers, set_depth
-from ..model.artifact import MANIFEST_NAME
+from ..model.manifest import has_manifest
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
 from .data import PackedData, add_training_documents, build_dataset, files_stamp, read_present_documents
@@ -215,7 +215,7 @@ class Trainer:
         out = Path(cfg.output)
         # rank 0 decides for everyone: a rank that looked after rank 0 created the manifest would
         # otherwise skip the (collective) order computation and deadlock the others
-        if dist.broadcast_object((out / MANIFEST_NAME).exists()):
+        if dist.broadcast_object(has_manifest(out)):
             artifact = Artifact.open(out)
             self._check_resumable(artifact)
             return artifact
