@@ -5,6 +5,8 @@
                                  DSLA config, layer_kind, the planned conversion order, metadata, and
                                  one `LayerEntry` per published layer: {layer, rank, file, sha256, untied, metrics}
       layer_<index>.safetensors  that layer's parameters (written and loaded by `artifact.Artifact`)
+      served-prompts.jsonl       with a serving policy's `trainer.serve_prompts_sample`: prompts the
+                                 ingress served, which the background trainer also trains on
 
     manifest = read_manifest(directory)        # ArtifactError if missing or malformed
     manifest.layers[r].depth, .ppl_ratio       # publishing the entry of rank r makes depth r + 1 available
@@ -28,6 +30,7 @@ from pathlib import Path
 from .config import DSLAConfig
 
 MANIFEST_FILE = "manifest.json"
+SERVED_PROMPTS_FILE = "served-prompts.jsonl"
 MANIFEST_FORMAT = "dsla-serve-artifact"
 MANIFEST_VERSION = 2
 # Version 1 fingerprinted the base model at float32 sample points, which differ between hosts and fail
@@ -37,7 +40,7 @@ _LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
 
 __all__ = ["ArtifactError", "BaseModelInfo", "LayerEntry", "Manifest", "MANIFEST_FILE", "MANIFEST_FORMAT",
            "MANIFEST_VERSION", "has_manifest", "layer_file_name", "manifest_stamp", "read_layer_bytes",
-           "read_manifest", "write_layer_bytes", "write_manifest"]
+           "read_manifest", "served_prompts_path", "write_layer_bytes", "write_manifest"]
 
 
 class ArtifactError(ValueError):
@@ -173,6 +176,11 @@ def json_bytes(obj, what: str, where: Path | str) -> bytes:
 # ------------------------------------------------------------------------------------------------
 def manifest_path(directory: str | os.PathLike) -> Path:
     return Path(directory) / MANIFEST_FILE
+
+
+def served_prompts_path(directory: str | os.PathLike) -> Path:
+    """Where the ingress writes its sample of served prompts (`trainer.serve_prompts_sample`)."""
+    return Path(directory) / SERVED_PROMPTS_FILE
 
 
 def has_manifest(directory: str | os.PathLike) -> bool:
