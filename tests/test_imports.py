@@ -1,4 +1,4 @@
-"""The package's import structure, read from the source (every import statement, at module level or
+"""The package's structure, read from the source (every import statement, at module level or
 inside a function): no cycles, and the directions of docs/design.md.
 
     controller, commands, cli -> policies, replicas, trainer -> quality -> model -> kernels
@@ -161,3 +161,9 @@ def test_the_graph_is_read():
     assert "dsla_serve.model.manifest" in GRAPH["dsla_serve.policies.quality"]
     assert "dsla_serve.replicas.messages" in GRAPH["dsla_serve.controller.frontend.runs"]
     assert "torch" in GRAPH["dsla_serve.kernels.naive"]
+
+
+def test_the_manifest_file_is_named_in_one_module():
+    """Every reader of an artifact's manifest goes through `model/manifest.py`."""
+    naming = sorted(name for name, path in MODULES.items() if "manifest.json" in path.read_text())
+    assert naming == ["dsla_serve.model.manifest"]
