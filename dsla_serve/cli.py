@@ -1,7 +1,8 @@
 """`dsla-serve` command line.
 
-Each subcommand lives in the package that owns it, as a module with `HELP` (one line),
-`add_arguments(parser)` and `run(args) -> int`; it is imported only when chosen, so `--help` is fast.
+Each subcommand is a module with `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`, in
+the package that owns it (the serving application's in `commands/`); it is imported only when
+chosen, so `--help` is fast.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dsla_serve.trainer.cli", "distil a model into a DSLA artifact, one layer at a time (chained, DeepSpeed)"),
     "eval": ("dsla_serve.quality.cli", "measure perplexity by position, passkey retrieval and recall at given depths"),
     "check": ("dsla_serve.policies.cli", "validate a policy YAML file and print it with defaults filled in and paths resolved"),
-    "serve": ("dsla_serve.controller.commands.serve", "serve a policy on this machine (starts a local Ray if none is running) until Ctrl-C"),
-    "deploy": ("dsla_serve.controller.commands.deploy", "deploy a policy's app onto an existing Ray cluster (--address) and return"),
-    "build": ("dsla_serve.controller.commands.build", "write a Ray Serve config file (serve deploy / KubeRay) that runs a policy"),
-    "status": ("dsla_serve.controller.commands.status", "show a running app's pools, depths, routing, SLO attainment, trainer and decisions"),
+    "serve": ("dsla_serve.commands.serve", "serve a policy on this machine (starts a local Ray if none is running) until Ctrl-C"),
+    "deploy": ("dsla_serve.commands.deploy", "deploy a policy's app onto an existing Ray cluster (--address) and return"),
+    "build": ("dsla_serve.commands.build", "write a Ray Serve config file (serve deploy / KubeRay) that runs a policy"),
+    "status": ("dsla_serve.commands.status", "show a running app's pools, depths, routing, SLO attainment, trainer and decisions"),
 }
 
 

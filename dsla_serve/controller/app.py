@@ -17,18 +17,43 @@ from ray import serve
 from ray.serve import Application
 
 from ..policies import Policy, load_policy
-from .ingress import Ingress
-from .policy_actor import PolicyActor, pool_deployment_name
-from .pool import PoolReplica, replica_queue
+from ..replicas.deployment import ReplicaDeployment, ReplicaSpec
+from .control_plane.policy_actor import PolicyActor, pool_deployment_name
+from .frontend.ingress import Ingress
 
 INGRESS_NAME = "ingress"
 POLICY_ACTOR_NAME = "policy"
 IMPORT_PATH = "dsla_serve.controller.app:build_app"
+GPU_MEMORY_FRACTION = 0.9  # of a replica's GPU share, for its engine's weights and cache
 
 
 def policy_args(policy: Policy) -> dict[str, Any]:
     """The policy as plain JSON data (paths already absolute), for deployment arguments and configs."""
     return policy.model_dump(mode="json")
+
+
+def replica_queue(policy: Policy, pool_name: str) -> int:
+    """Requests one replica's engine lets wait: the queue cap, plus one batch of slack.
+
+    The ingress enforces `http.queue_cap` across pools (it knows every request in flight); the engine's
+    own cap is a backstop. The slack covers the moment after a batch finishes, when the ingress has
+    already released those requests and sends new ones while the engine has not yet admitted its
+    waiting ones into the freed slots.
+    """
+    return policy.http.queue_cap + policy.pool(pool_name).max_concurrent_requests
+
+
+def replica_spec(policy: Policy, pool_name: str) -> ReplicaSpec:
+    """What the replicas of a pool serve: the policy's model and artifact, the pool's limits."""
+    pool, model = policy.pool(pool_name), policy.model
+    gpus = pool.resources.num_gpus
+    return ReplicaSpec(
+        pool=pool.name, model=model.path, tokenizer=model.tokenizer, artifact=policy.artifact_dir,
+        dtype=None if model.dtype == "auto" else model.dtype, max_model_len=model.max_model_len,
+        max_num_seqs=pool.max_concurrent_requests, max_queue=replica_queue(policy, pool.name),
+        # a replica on a fraction of a GPU plans its cache in its share of the memory
+        gpu_memory_fraction=GPU_MEMORY_FRACTION * (gpus if 0 < gpus < 1 else 1.0),
+        report_every_s=min(max(policy.controller.interval_s / 2, 0.1), 2.0))
 
 
 def pool_options(policy: Policy, pool_name: str) -> dict[str, Any]:
@@ -54,8 +79,8 @@ def application(policy: Policy, *, seed: int = 0, start_trainer: bool = True) ->
         name=POLICY_ACTOR_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000,
         logging_config={"enable_access_log": False},  # replicas and the ingress call it several times a second
     ).bind(data, policy.name, start_trainer)
-    pools = {p.name: serve.deployment(PoolReplica).options(**pool_options(policy, p.name)).bind(data, p.name, controller)
-             for p in policy.pools}
+    pools = {p.name: serve.deployment(ReplicaDeployment).options(**pool_options(policy, p.name))
+             .bind(replica_spec(policy, p.name), controller) for p in policy.pools}
     return serve.deployment(Ingress).options(
         name=INGRESS_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000,
     ).bind(data, controller, pools, seed)

@@ -18,9 +18,9 @@ _EXPORTS = {
     "cache": ("DSLAStateLayer",),
     "config": ("DSLAConfig",),
     "fingerprint": ("model_fingerprint",),
-    "loading": ("load_model_and_tokenizer", "load_tokenizer"),
+    "loading": ("load_model_and_tokenizer", "load_tokenizer", "resolve_model"),
     "memory": ("cache_bytes_per_token", "dsla_state_bytes"),
-    "sources": ("REFERENCE_MODELS", "ModelSourceError", "resolve_model"),
+    "sources": ("REFERENCE_MODELS", "ModelSourceError"),
     "surgery": ("SUPPORTED_MODEL_TYPES", "conversion_order", "convert", "decoder_layers", "dsla_layers", "get_depth",
                 "set_depth"),
 }

@@ -3,9 +3,13 @@ short name of a reference model (`smollm2-135m`), a hub id, or `tiny:<arch>` (bu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from .sources import TINY_PREFIX, ModelSourceError, resolve_model, spec_kind
+from .gguf import gguf_to_folder
+from .sources import (TINY_PREFIX, ModelSourceError, gguf_cache_folder, reference_gguf, reference_model,
+                      spec_kind)
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -16,6 +20,32 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def resolve_model(spec: str) -> str:
+    """What `from_pretrained` loads for `spec`: a folder for local folders, GGUF files and short names
+    (building the cached folder of a GGUF once), the hub id for hub ids, `spec` itself for tiny:<arch>.
+
+    Raises ModelSourceError for a missing file or folder, or a reference model whose package is not
+    installed.
+    """
+    kind = spec_kind(spec)
+    if kind in ("tiny", "hub"):
+        return spec
+    if kind == "folder":
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ModelSourceError(f"{spec}: no such model folder")
+        if not (folder / "config.json").is_file():
+            raise ModelSourceError(f"{spec}: not a Hugging Face model folder (no config.json)")
+        return str(folder)
+    gguf = reference_gguf(reference_model(spec)) if kind == "reference" else Path(spec).expanduser()
+    if not gguf.is_file():
+        raise ModelSourceError(f"{spec}: no such GGUF file")
+    folder = gguf_cache_folder(gguf)
+    if not (folder / "config.json").is_file():
+        gguf_to_folder(gguf, folder)
+    return str(folder)
 
 
 def _from_pretrained(loader, spec: str, location: str, **kwargs):

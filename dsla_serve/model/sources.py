@@ -9,7 +9,7 @@
 A GGUF file, and so a short name, becomes a Hugging Face folder (safetensors, tokenizer, chat
 template) in the cache (`cache_root()`) the first time it is named, with a message; later loads reuse
 that folder. This module imports neither torch nor transformers: the policy and convert schemas
-classify names with it; `resolve_model` imports the GGUF converter only when it has to build a folder.
+classify names with it. `loading.resolve_model` turns a name into what `from_pretrained` loads.
 """
 
 from __future__ import annotations
@@ -144,31 +144,3 @@ def gguf_cache_folder(gguf: Path) -> Path:
     """The cached Hugging Face folder of a GGUF file: named after the file and the start of its sha256,
     so another file of the same name gets another folder and the same file named twice shares one."""
     return cache_root() / "models" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
-
-
-def resolve_model(spec: str) -> str:
-    """What `from_pretrained` loads for `spec`: a folder for local folders, GGUF files and short names
-    (building the cached folder of a GGUF once), the hub id for hub ids, `spec` itself for tiny:<arch>.
-
-    Raises ModelSourceError for a missing file or folder, or a reference model whose package is not
-    installed.
-    """
-    kind = spec_kind(spec)
-    if kind in ("tiny", "hub"):
-        return spec
-    if kind == "folder":
-        folder = Path(spec).expanduser()
-        if not folder.is_dir():
-            raise ModelSourceError(f"{spec}: no such model folder")
-        if not (folder / "config.json").is_file():
-            raise ModelSourceError(f"{spec}: not a Hugging Face model folder (no config.json)")
-        return str(folder)
-    gguf = reference_gguf(reference_model(spec)) if kind == "reference" else Path(spec).expanduser()
-    if not gguf.is_file():
-        raise ModelSourceError(f"{spec}: no such GGUF file")
-    folder = gguf_cache_folder(gguf)
-    if not (folder / "config.json").is_file():
-        from .gguf import gguf_to_folder
-
-        gguf_to_folder(gguf, folder)
-    return str(folder)

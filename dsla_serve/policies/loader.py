@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..model.manifest import manifest_path
 from .schema import FieldProblem, Policy
 
 __all__ = ["PolicyError", "load_policy", "parse_policy", "check_policy_paths"]
@@ -178,7 +179,7 @@ def check_policy_paths(policy: Policy, label: str = "<policy>") -> None:
     if policy.artifact is not None and policy.trainer is None:
         need("artifact", policy.artifact, "directory")
         if os.path.isdir(policy.artifact):
-            need("artifact", os.path.join(policy.artifact, "manifest.json"), "file")
+            need("artifact", str(manifest_path(policy.artifact)), "file")
     if policy.trainer is not None:
         for i, path in enumerate(policy.trainer.data):
             need(f"trainer.data.{i}", path, "file or directory")

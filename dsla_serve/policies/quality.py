@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from ..model.manifest import Manifest, has_manifest, read_manifest
 from .schema import Policy
 
 __all__ = ["DepthQuality", "quality_floor", "explain_floor"]
@@ -37,37 +36,17 @@ class DepthQuality:
                    ppl_ratio={d + 1: r for d, r in enumerate(ratios) if r is not None})
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], key: str = "ppl_ratio") -> DepthQuality:
-        """From an artifact's manifest.json data: entry of rank r publishes depth r + 1, and its
-        `metrics[key]` is the ratio measured at that depth (a missing or non-numeric one: not measured).
-        Reads plain JSON data, so no torch is needed; the artifact itself checks the manifest's integrity."""
-        entries = manifest.get("layers")
-        if not isinstance(entries, list):
-            raise ValueError("manifest has no 'layers' list")
-        ratios: list[float | None] = [None] * len(entries)
-        for entry in entries:
-            rank = entry.get("rank") if isinstance(entry, Mapping) else None
-            if not isinstance(rank, int) or not 0 <= rank < len(entries):
-                raise ValueError(f"manifest layer entry {entry!r} has no valid rank")
-            value = (entry.get("metrics") or {}).get(key)
-            ratios[rank] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        return cls.from_ratios(ratios)
+    def from_manifest(cls, manifest: Manifest) -> DepthQuality:
+        """From an artifact's manifest: the entry of rank r publishes depth r + 1, with the ratio measured then."""
+        return cls.from_ratios([entry.ppl_ratio for entry in manifest.layers])
 
     @classmethod
-    def from_artifact_dir(cls, path: str | os.PathLike, key: str = "ppl_ratio") -> DepthQuality:
-        """From `<path>/manifest.json`; nothing published (depth 0 only) when there is no manifest yet."""
-        manifest_path = os.path.join(os.fspath(path), "manifest.json")
-        try:
-            with open(manifest_path, encoding="utf-8") as f:
-                manifest = json.load(f)
-        except FileNotFoundError:
+    def from_artifact_dir(cls, path: str | os.PathLike) -> DepthQuality:
+        """From the manifest in `path`; nothing published (depth 0 only) when there is none yet.
+        Raises ArtifactError (a ValueError) for an unreadable or malformed manifest."""
+        if not has_manifest(path):
             return cls()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{manifest_path}: unreadable manifest: {exc}") from None
-        try:
-            return cls.from_manifest(manifest, key)
-        except ValueError as exc:
-            raise ValueError(f"{manifest_path}: {exc}") from None
+        return cls.from_manifest(read_manifest(path))
 
 
 def explain_floor(policy: Policy, depth_quality: DepthQuality | None) -> tuple[int, str]:

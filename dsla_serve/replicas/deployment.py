@@ -1,36 +1,56 @@
-"""A thin Ray Serve deployment around one `Engine` (the only module of `replicas` that imports Ray).
+"""The Ray Serve wrapper of an `Engine`: one replica of a pool (the only module of `replicas` that imports Ray).
 
-    from ray import serve
-    from dsla_serve.replicas.deployment import EngineDeployment
-    handle = serve.run(EngineDeployment.options(user_config={"depth": 8}).bind(
-        "path/to/model", artifact="path/to/artifact", engine_kwargs={"max_model_len": 4096}))
-    async for delta in handle.options(stream=True).generate.remote("Hello", {"max_tokens": 32}):
-        print(delta["text"], end="")
+    deployment = serve.deployment(ReplicaDeployment).options(...).bind(spec, policy_actor)   # controller/app.py
+    async for delta in handle.options(stream=True).generate.remote(GenerateRequest(...)): ...
 
-or from the command line: `serve run dsla_serve.replicas.deployment:build_app model=tiny:llama`.
-
-- `generate(prompt, sampling, request_id)`: an async stream of JSON-able deltas (`deltas.py`: new text /
-  token ids / logprobs since the previous one; `finish_reason` and `error` on the last;
-  `prompt_logprobs` on the first when asked); a client that goes away aborts its request.
-- `reconfigure(user_config)`: Serve calls it with the deployment's `user_config` at start and on every
-  change, without restarting the replica: `{"depth": d, "refresh_artifact": true}` first loads
-  layers published in the artifact since (default true when the engine has an artifact), then
-  moves to depth d by draining (no request is dropped).
-- `stats()`: the engine's load and latency figures (`Engine.stats()`) plus the replica id, for routing
-  and autoscaling.
+- `generate(request)`: streams `StreamDelta`s (`deltas.py`); a client that goes away aborts its request.
+  Raises QueueFullError past the engine's queue, ValueError for bad token ids or PromptTooLongError,
+  before the first delta.
+- A control loop sends `ReplicaReport`s to the policy actor about twice per controller interval and
+  applies the `ReplicaTargets` it answers with: newly published layers are loaded with
+  `Engine.refresh_artifact` (which attaches the artifact in place when a trainer created it after this
+  replica started), and a new depth is reached with `Engine.set_depth` (which drains: nothing is
+  dropped). Neither restarts anything, and pulling targets reaches every replica however many Serve runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from typing import Any
+from dataclasses import dataclass
 
 from ray import serve
 
-from .deltas import stream_deltas
-from .engine import Engine
-from .sampling import SamplingParams
+from ..model.loading import load_tokenizer
+from ..model.manifest import has_manifest
+from .deltas import TokenTexts, stream_deltas
+from .messages import GenerateRequest, ReplicaReport, ReplicaTargets
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What the replicas of one pool serve, and how (the app builds it from the policy).
+
+    model / tokenizer / dtype / max_model_len: as for `Engine` (tokenizer: a name `load_tokenizer` knows,
+        None = the model's own). artifact: the artifact directory (it may not exist yet: a trainer creates it).
+    max_num_seqs: concurrent requests; max_queue: requests its engine lets wait.
+    gpu_memory_fraction: the share of the GPU the engine plans its cache in.
+    report_every_s: seconds between reports to the policy actor.
+    """
+
+    pool: str
+    model: str
+    tokenizer: str | None
+    artifact: str | None
+    dtype: str | None
+    max_model_len: int | None
+    max_num_seqs: int
+    max_queue: int
+    gpu_memory_fraction: float
+    report_every_s: float
 
 
 def serve_replica_id() -> str:
@@ -41,66 +61,95 @@ def serve_replica_id() -> str:
         return uuid.uuid4().hex[:8]
 
 
-@serve.deployment(max_ongoing_requests=256)
-class EngineDeployment:
-    """One engine replica. `model` and `artifact` as for `Engine`; `engine_kwargs` are its other
-    arguments (max_model_len, max_num_seqs, memory_budget_bytes, dtype, device, ...)."""
+class ReplicaDeployment:
+    """The Serve deployment class of every pool (one deployment per pool, named `pool-<name>`).
 
-    def __init__(self, model: str = "tiny:llama", artifact: str | None = None, depth: int = 0,
-                 engine_kwargs: dict[str, Any] | None = None):
-        self.engine = Engine(model, artifact=artifact, depth=depth, **(engine_kwargs or {}))
-        self.engine.start()
+    `policy_actor`: a handle with `targets(pool) -> ReplicaTargets` and `report(ReplicaReport) -> ReplicaTargets`.
+    """
+
+    async def __init__(self, spec: ReplicaSpec, policy_actor):
+        self.spec = spec
+        self.policy_actor = policy_actor
         self.replica_id = serve_replica_id()
+        targets = await self._ask(policy_actor.targets, spec.pool)
+        self.engine = await asyncio.to_thread(self._build_engine, targets.depth if targets is not None else 0)
+        self.started_max_depth = self.engine.max_depth  # layers loaded at start (later ones come by refresh)
+        self.texts = TokenTexts(self.engine.tokenizer) if self.engine.tokenizer is not None else None
+        self.engine.start()
+        self._applying = asyncio.Lock()  # one change of artifact or depth at a time
+        self._control = asyncio.get_running_loop().create_task(self._control_loop())
+        log.info("pool %s replica %s serving at depth %d", spec.pool, self.replica_id, self.engine.depth)
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        unknown = set(user_config) - {"depth", "refresh_artifact"}
-        if unknown:
-            raise ValueError(f"unknown user_config key(s) {sorted(unknown)}; known: depth, refresh_artifact")
-        if user_config.get("refresh_artifact", self.engine.artifact is not None):
-            # waits for the engine's next step boundary: off the replica's event loop, so streams go on
-            await asyncio.to_thread(self.engine.refresh_artifact)
-        if "depth" in user_config:
-            self.engine.set_depth(int(user_config["depth"]))
+    def _artifact_path(self) -> str | None:
+        path = self.spec.artifact
+        return path if path is not None and has_manifest(path) else None
 
-    async def generate(self, prompt: str | list[int], sampling: dict[str, Any] | None = None,
-                       request_id: str | None = None):
-        """Async generator of deltas (see `deltas.py`). Raises QueueFullError / ValueError before the first."""
-        async for delta in stream_deltas(self.engine, prompt, sampling, request_id):
+    def _build_engine(self, depth: int):
+        from .engine import Engine
+
+        spec = self.spec
+        engine = Engine(spec.model, tokenizer=None if spec.tokenizer is None else load_tokenizer(spec.tokenizer),
+                        artifact=self._artifact_path(), dtype=spec.dtype, max_num_seqs=spec.max_num_seqs,
+                        max_model_len=spec.max_model_len, max_queue=spec.max_queue,
+                        seed=hash(self.replica_id) % (2**31), gpu_memory_fraction=spec.gpu_memory_fraction)
+        engine.set_depth(min(depth, engine.max_depth), wait=True)
+        return engine
+
+    # ------------------------------------------------------------------------------------------
+    async def generate(self, request: GenerateRequest):
+        """Stream the deltas of one request (`deltas.py`)."""
+        async for delta in stream_deltas(self.engine, request, self.texts):
             yield delta
 
-    async def generate_text(self, prompt: str | list[int], sampling: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The whole completion at once: {"text", "token_ids", "finish_reason", "error", "depth"}."""
-        stream = self.engine.add_request(prompt, SamplingParams(**(sampling or {})))
-        out = None
-        async for out in stream:
-            pass
-        c = out.outputs[0]
-        return {"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason, "error": out.error,
-                "depth": self.engine.depth}
+    def report(self) -> ReplicaReport:
+        return ReplicaReport(pool=self.spec.pool, replica_id=self.replica_id,
+                             started_max_depth=self.started_max_depth, engine=self.engine.stats())
 
-    def stats(self) -> dict[str, Any]:
-        return {**self.engine.stats(), "replica": self.replica_id}
+    # ------------------------------------------------------------------------------------------
+    async def _ask(self, method, argument) -> ReplicaTargets | None:
+        try:
+            return await method.remote(argument)
+        except Exception as e:  # noqa: BLE001 - the policy actor restarting must not take the replica down
+            log.warning("pool %s: the policy actor did not answer: %s", self.spec.pool, e)
+            return None
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                targets = await self._ask(self.policy_actor.report, self.report())
+                if targets is not None:
+                    await self.apply(targets)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep serving; the next report retries
+                log.exception("pool %s: applying targets failed", self.spec.pool)
+            await asyncio.sleep(self.spec.report_every_s)
+
+    async def apply(self, targets: ReplicaTargets) -> None:
+        """Load newly published layers, then move to the depth target (drains, drops nothing)."""
+        engine = self.engine
+        async with self._applying:
+            if targets.artifact_depth > engine.max_depth:
+                path = self._artifact_path()
+                if path is None:  # not created yet (the policy actor saw it first): the next report retries
+                    return
+                new = await asyncio.to_thread(engine.refresh_artifact, path)
+                if new:
+                    log.info("pool %s: loaded published layers %s of %s (depth %d available)", self.spec.pool,
+                             new, path, engine.max_depth)
+            depth = min(targets.depth, engine.max_depth)
+            if depth != engine.depth and not engine.draining:
+                log.info("pool %s: depth %d -> %d", self.spec.pool, engine.depth, depth)
+                engine.set_depth(depth)
 
     def check_health(self) -> None:
         if not self.engine.running_loop:
-            raise RuntimeError("the engine loop thread is not running")
+            raise RuntimeError(f"pool {self.spec.pool}: the engine loop is not running")
 
     def __del__(self):
+        control = getattr(self, "_control", None)
+        if control is not None:
+            control.cancel()
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.stop()
-
-
-def build_app(args: dict[str, str]) -> serve.Application:
-    """`serve run dsla_serve.replicas.deployment:build_app model=... artifact=... depth=... max_model_len=...`"""
-    args = dict(args)
-    model = args.pop("model", "tiny:llama")
-    artifact = args.pop("artifact", None)
-    depth = int(args.pop("depth", 0))
-    ints = {"max_model_len", "max_num_seqs", "max_queue", "prefill_chunk_tokens", "memory_budget_bytes"}
-    kwargs = {k: int(v) if k in ints else v for k, v in args.items()}
-    return EngineDeployment.options(user_config={"depth": depth}).bind(model, artifact=artifact, depth=depth,
-                                                                      engine_kwargs=kwargs)
-
-
-__all__ = ["EngineDeployment", "build_app", "serve_replica_id"]

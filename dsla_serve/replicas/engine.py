@@ -30,6 +30,7 @@ import torch
 from ..model import set_depth as set_model_depth
 from .batch import ForwardBatch
 from .cache import CachePool
+from .messages import EngineStats
 from .metrics import EngineMetrics
 from .model_source import (active_dsla_layers, cache_spec, context_limit, eos_token_ids, load_model,
                            max_converted_depth, open_artifact)
@@ -565,33 +566,23 @@ class Engine:
     # ----------------------------------------------------------------------------------------------
     # introspection
     # ----------------------------------------------------------------------------------------------
-    def stats(self) -> dict:
-        """Load and latency figures for routing and autoscaling (plain JSON-able dict)."""
+    def stats(self) -> EngineStats:
+        """Load and latency figures for routing and autoscaling (what a replica reports)."""
         with self._config_lock:
             return self._stats_locked()
 
-    def _stats_locked(self) -> dict:
+    def _stats_locked(self) -> EngineStats:
         pool = self.pool
-        running = len(self.scheduler.running)
         with self._inbox_lock:
             waiting = len(self.scheduler.waiting) + len(self._inbox)
         cached = self.scheduler.cached_tokens()
-        return {
-            "depth": self.depth,
-            "pending_depth": self._pending_depth if self.draining else None,
-            "draining": self.draining,
-            "max_depth": self.max_depth,
-            "available_depths": list(range(self.max_depth + 1)),
-            "running": running,
-            "waiting": waiting,
-            "queue_cap": self.scheduler.max_queue,
-            "max_num_seqs": pool.num_slots,
-            "max_model_len": self.max_model_len,
-            "cache_usage": pool.num_used / pool.num_slots,
-            "cache_token_usage": cached / (pool.num_slots * self.max_model_len),
-            "plan": self.plan.to_dict(),
-            **self.metrics.snapshot(),
-        }
+        return EngineStats(
+            depth=self.depth, pending_depth=self._pending_depth if self.draining else None, draining=self.draining,
+            max_depth=self.max_depth, running=len(self.scheduler.running), waiting=waiting,
+            queue_cap=self.scheduler.max_queue, max_num_seqs=pool.num_slots, max_model_len=self.max_model_len,
+            cache_usage=pool.num_used / pool.num_slots,
+            cache_token_usage=cached / (pool.num_slots * self.max_model_len),
+            **self.metrics.snapshot())
 
 
 def _artifact_dir(artifact) -> Path:

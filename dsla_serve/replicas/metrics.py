@@ -69,6 +69,7 @@ class EngineMetrics:
             self._tokens.popleft()
 
     def snapshot(self) -> dict:
+        """The latency and counter fields of `EngineStats`, as its keyword arguments."""
         now = time.monotonic()
         with self._lock:
             self._trim(now)

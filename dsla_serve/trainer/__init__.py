@@ -5,7 +5,8 @@
 
 Modules: `config` (pydantic ConvertConfig), `data` (documents -> packed sequences), `episodes`
 (retrieval episodes mixed into the rows), `sensitivity` (conversion order), `losses` / `distill` (one layer's DeepSpeed training), `evaluate` (validation),
-`trainer` (the resumable loop), `actor` (the Ray actor; the only module importing ray), `cli`.
+`trainer` (the resumable loop), `progress` (what it tells other processes: `TrainerProgress`, `LayerResult`),
+`actor` (the Ray actor; the only module importing ray), `cli`.
 DeepSpeed is imported only when a run starts; importing this package imports neither it nor Ray.
 """
 
@@ -14,7 +15,7 @@ from importlib import import_module
 # Re-exports resolve on first use (PEP 562), so that `dsla_serve.trainer.losses` and the other
 # torch-only modules import on machines without pydantic (the GPU image lacks it).
 _EXPORTS = {"ConfigError": "config", "ConvertConfig": "config", "load_config": "config", "parse_config": "config",
-            "LayerResult": "trainer", "Progress": "trainer", "ResumeError": "trainer", "RunSummary": "trainer",
+            "LayerResult": "progress", "TrainerProgress": "progress", "ResumeError": "trainer", "RunSummary": "trainer",
             "Trainer": "trainer"}
 __all__ = list(_EXPORTS)
 

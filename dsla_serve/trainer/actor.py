@@ -2,19 +2,20 @@
 
     actor = TrainerActor.options(num_gpus=1).remote(config_dict_or_yaml_path, subscriber=policy_actor)
     ray.get(actor.start.remote())
-    ray.get(actor.progress.remote())   # {'phase': 'training', 'layer': 5, 'step': 120, 'loss': 0.31, ...}
+    ray.get(actor.progress.remote())   # TrainerProgress(phase='training', layer=5, step=120, loss=0.31, ...)
     ray.get(actor.stop.remote())       # ends between two optimiser steps; published layers stay intact
 
 The loop (`Trainer.run`) runs in a thread of the actor, so `progress` and `stop` answer while it
-trains. Each published layer is announced to the subscriber: an actor handle gets
-`subscriber.on_layer_published.remote(layer_idx, depth, metrics)` (fire and forget, training never
-waits on it), a plain callable is called in the training thread (its exceptions are logged, not
-raised). Stopping is safe at any moment: the flag is read between optimiser steps, and an artifact
+trains. Each published layer is announced to the subscriber as a `LayerResult` (progress.py): an
+actor handle gets `subscriber.on_layer_published.remote(result)` (fire and forget, training never
+waits on it), a plain callable is called with it in the training thread (its exceptions are logged,
+not raised). Stopping is safe at any moment: the flag is read between optimiser steps, and an artifact
 append is atomic anyway, so the artifact always holds whole layers only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -23,7 +24,8 @@ from typing import Any
 import ray
 
 from .config import load_config, parse_config
-from .trainer import Trainer
+from .progress import LayerResult, TrainerProgress
+from .trainer import RunSummary, Trainer
 
 log = logging.getLogger("dsla_serve.trainer.actor")
 
@@ -31,29 +33,29 @@ SUBSCRIBER_METHOD = "on_layer_published"
 
 
 class _Subscriber:
-    """Delivers `(layer_idx, depth, metrics)` to an actor handle or a callable."""
+    """Delivers each `LayerResult` to an actor handle or a callable."""
 
     def __init__(self, target: Any):
         self.target = target
 
-    def __call__(self, layer_idx: int, depth: int, metrics: dict) -> None:
+    def __call__(self, result: LayerResult) -> None:
         if self.target is None:
             return
         try:
             if isinstance(self.target, ray.actor.ActorHandle):
-                getattr(self.target, SUBSCRIBER_METHOD).remote(layer_idx, depth, metrics)
+                getattr(self.target, SUBSCRIBER_METHOD).remote(result)
             else:
-                self.target(layer_idx, depth, metrics)
+                self.target(result)
         except Exception:  # a broken subscriber must not lose the trained layer's run
-            log.exception("subscriber failed on layer %d (depth %d)", layer_idx, depth)
+            log.exception("subscriber failed on layer %d (depth %d)", result.layer, result.depth)
 
 
 @ray.remote(max_concurrency=4)
 class TrainerActor:
     """A background `Trainer`. `config`: a ConvertConfig-shaped dict or the path of a convert YAML.
 
-    `subscriber`: None, an actor handle with `on_layer_published(layer_idx, depth, metrics)`, or a
-    callable with that signature. `start=True` starts training at once.
+    `subscriber`: None, an actor handle with `on_layer_published(result: LayerResult)`, or a callable
+    taking a `LayerResult`. `start=True` starts training at once.
     """
 
     def __init__(self, config: dict | str, subscriber: Any = None, start: bool = False):
@@ -62,8 +64,8 @@ class TrainerActor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._trainer: Trainer | None = None
-        self._published: list[dict] = []
-        self._summary: dict | None = None
+        self._published: list[LayerResult] = []
+        self._summary: RunSummary | None = None
         if start:
             self.start()
 
@@ -80,38 +82,35 @@ class TrainerActor:
 
     def _run(self) -> None:
         def published(layer_idx: int, depth: int, metrics: dict) -> None:
-            self._published.append({"layer": layer_idx, "depth": depth, "metrics": metrics})
-            self._notify(layer_idx, depth, metrics)
+            result = LayerResult(layer=layer_idx, rank=depth - 1, metrics=metrics)
+            self._published.append(result)
+            self._notify(result)
 
         try:
-            summary = self._trainer.run(stop_event=self._stop, on_layer=published)
-            self._summary = {"artifact": str(summary.artifact), "order": summary.order,
-                             "published_depth": summary.published_depth, "target_depth": summary.target_depth,
-                             "stopped": summary.stopped, "resumed_from": summary.resumed_from}
+            self._summary = self._trainer.run(stop_event=self._stop, on_layer=published)
         except Exception:
-            log.exception("trainer failed")  # the error is in progress()['error']
+            log.exception("trainer failed")  # the error is in progress().error
 
-    def progress(self) -> dict:
+    def progress(self) -> TrainerProgress:
         """Phase, current layer, step / steps, last loss, published and target depth, error, running."""
-        state = self._trainer.progress() if self._trainer is not None else {"phase": "idle"}
-        state["running"] = self._thread is not None and self._thread.is_alive()
-        return state
+        state = self._trainer.progress() if self._trainer is not None else TrainerProgress()
+        return dataclasses.replace(state, running=self._thread is not None and self._thread.is_alive())
 
-    def published(self) -> list[dict]:
-        """The layers this actor published: [{'layer', 'depth', 'metrics'}], in order."""
+    def published(self) -> list[LayerResult]:
+        """The layers this actor published, in order."""
         return list(self._published)
 
-    def summary(self) -> dict | None:
+    def summary(self) -> RunSummary | None:
         """The last finished run's summary (None while running or after a failure)."""
         return self._summary
 
-    def wait(self, timeout: float | None = None) -> dict:
+    def wait(self, timeout: float | None = None) -> TrainerProgress:
         """Block until the loop ends (or `timeout` seconds); returns `progress()`."""
         if self._thread is not None:
             self._thread.join(timeout)
         return self.progress()
 
-    def stop(self, timeout: float | None = None) -> dict:
+    def stop(self, timeout: float | None = None) -> TrainerProgress:
         """Ask the loop to end at the next safe point and wait for it; returns `progress()`."""
         self._stop.set()
         return self.wait(timeout)

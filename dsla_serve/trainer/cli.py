@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            depth = trainer.progress()["published_depth"]
+            depth = trainer.progress().published_depth
             print(f"interrupted: {config.output} keeps depth {depth}; rerun the same command to resume",
                   file=sys.stderr)
             return 130

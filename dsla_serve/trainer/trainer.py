@@ -16,17 +16,18 @@ each batch; rank 0 alone writes the artifact, the others wait at a barrier after
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..model import Artifact, conversion_order, convert, decoder_layers, set_depth
-from ..model.artifact import MANIFEST_NAME
+from ..model.manifest import has_manifest
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
 from .data import PackedData, add_training_documents, build_dataset, files_stamp, read_present_documents
@@ -35,6 +36,7 @@ from .distributed import DistContext, init_distributed
 from .engine import read_user_config
 from .episodes import TrainingEpisodes
 from .evaluate import answer_divergence, validate
+from .progress import LayerResult, TrainerProgress
 from .seeds import layer_seed
 from .sensitivity import OrderResult, compute_order
 
@@ -56,30 +58,6 @@ LEGACY_RECIPE = {("data", "episodes", "passkey_fraction"): 0.0, ("data", "episod
 
 class ResumeError(ValueError):
     """The output directory holds an artifact made with a different config."""
-
-
-@dataclass
-class Progress:
-    """What the trainer is doing now (read from another thread; values are replaced, never mutated)."""
-
-    phase: str = "idle"  # idle | loading | ordering | training | validating | done | stopped | failed
-    layer: int | None = None
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    published_depth: int = 0
-    target_depth: int | None = None
-    error: str | None = None
-
-    def snapshot(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LayerResult:
-    layer: int
-    rank: int
-    metrics: dict
 
 
 @dataclass
@@ -161,18 +139,17 @@ class Trainer:
         self.data = data
         self.episodes: TrainingEpisodes | None = None
         self.dist: DistContext | None = None
-        self._progress = Progress()
+        self._progress = TrainerProgress()
         self._lock = threading.Lock()
 
     # --- progress -------------------------------------------------------------------------------
-    def progress(self) -> dict:
+    def progress(self) -> TrainerProgress:
         with self._lock:
-            return self._progress.snapshot()
+            return self._progress
 
     def _set(self, **changes) -> None:
         with self._lock:
-            for k, v in changes.items():
-                setattr(self._progress, k, v)
+            self._progress = dataclasses.replace(self._progress, **changes)
 
     # --- setup ----------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -215,7 +192,7 @@ class Trainer:
         out = Path(cfg.output)
         # rank 0 decides for everyone: a rank that looked after rank 0 created the manifest would
         # otherwise skip the (collective) order computation and deadlock the others
-        if dist.broadcast_object((out / MANIFEST_NAME).exists()):
+        if dist.broadcast_object(has_manifest(out)):
             artifact = Artifact.open(out)
             self._check_resumable(artifact)
             return artifact

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from dsla_serve.replicas.messages import EngineStats, ReplicaReport
+
 REPO = Path(__file__).resolve().parents[2]
 ORDER = [3, 1, 0, 2]  # conversion order of the 4-layer tiny Llama in these tests
 
@@ -20,7 +22,8 @@ def free_port() -> int:
 
 def make_artifact(path: Path, ratios: list[float], order: list[int] = ORDER) -> Path:
     """An artifact of `tiny:llama` with len(ratios) layers published (randomly initialised DSLA layers),
-    each with its measured `ppl_ratio` in the manifest, as the trainer writes it."""
+    each with its measured `ppl_ratio` in the manifest, as the trainer writes it. On an artifact made by
+    this function it publishes the layers that are missing (the same ones every time)."""
     import torch
 
     from dsla_serve.model import Artifact, DSLAConfig, convert
@@ -31,7 +34,8 @@ def make_artifact(path: Path, ratios: list[float], order: list[int] = ORDER) -> 
     for rank, ratio in enumerate(ratios):
         torch.manual_seed(rank)  # the gates' random init: the same artifact every time
         convert(model, [order[rank]], DSLAConfig())
-        artifact.append_layer(model, order[rank], {"ppl_ratio": ratio, "val_loss": 5.0})
+        if rank >= artifact.depth:
+            artifact.append_layer(model, order[rank], {"ppl_ratio": ratio, "val_loss": 5.0})
     return path
 
 
@@ -58,3 +62,13 @@ def ray_env() -> dict:
     """runtime_env that lets Ray's workers import dsla_serve from this checkout."""
     paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+
+
+def replica_report(pool, replica, depth, waiting=0, running=0, cache_token_usage=0.0, max_depth=4) -> ReplicaReport:
+    """What a replica of `pool` reports: its engine at `depth` with these loads (the other figures zero)."""
+    engine = EngineStats(depth=depth, pending_depth=None, draining=False, max_depth=max_depth, running=running,
+                         waiting=waiting, queue_cap=8, max_num_seqs=2, max_model_len=64, cache_usage=0.0,
+                         cache_token_usage=cache_token_usage, ttft_p50_s=None, ttft_p95_s=None, tpot_p50_s=None,
+                         tpot_p95_s=None, tokens_per_s=0.0, requests_total=0, completed=0, failed=0, aborted=0,
+                         generated_tokens=0)
+    return ReplicaReport(pool=pool, replica_id=replica, started_max_depth=max_depth, engine=engine)

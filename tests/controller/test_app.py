@@ -17,13 +17,14 @@ import time
 import httpx
 import openai
 import pytest
+import ray
+from ray import serve
 
+from dsla_serve.controller.app import application
+from dsla_serve.policies import load_policy
 from tests.polling import wait_for
 
-from .helpers import make_artifact, policy_dict, ray_env, write_policy
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+from .helpers import free_port, make_artifact, policy_dict, ray_env, write_policy
 
 KEY_ENV, KEY = "DSLA_TEST_API_KEY", "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,11 +43,6 @@ def _corpus(folder):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from dsla_serve.controller.app import application
-    from dsla_serve.policies import load_policy
-
-    from .helpers import free_port
-
     tmp = tmp_path_factory.mktemp("app")
     artifact = make_artifact(tmp / "artifact", [1.0])
     port = free_port()
@@ -154,6 +150,9 @@ def test_openai_client(app):
     echoed = client.completions.create(model=MODEL, prompt="abc", max_tokens=0, echo=True, logprobs=0)
     assert echoed.choices[0].text == "abc" and echoed.choices[0].logprobs.token_logprobs[0] is None
     assert len(echoed.choices[0].logprobs.token_logprobs) == 3 and echoed.usage.completion_tokens == 0
+    by_ids = client.completions.create(model=MODEL, prompt=[104, 105], max_tokens=2, echo=True, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    assert by_ids.choices[0].text.startswith("hi")  # token ids echoed as the text the replica decoded
 
     pieces = list(client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, temperature=0, stream=True,
                                             extra_body={"ignore_eos": True}))
@@ -208,6 +207,7 @@ def test_raw_http_streaming_format(http):
     ({"model": MODEL, "prompt": "x" * 100}, "prompt", "context_length_exceeded"),
     ({"model": "gpt-5", "prompt": "x"}, "model", "model_not_found"),
     ({"model": MODEL, "prompt": "x", "tempreature": 0.5}, "tempreature", "invalid_value"),
+    ({"model": MODEL, "prompt": [[5, 6], [7, 5000]]}, "prompt.1", "invalid_value"),  # the engine's vocabulary check
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(http, body, param, code):
     if isinstance(body, bytes):
@@ -217,7 +217,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(http, body,
     assert r.status_code in (400, 422), r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["code"] == code
-    assert error["message"]
+    assert error["message"] and "Traceback" not in error["message"] and "ServeReplica" not in error["message"]
     assert complete(http, max_tokens=2).status_code == 200
 
 

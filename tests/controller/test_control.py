@@ -7,13 +7,16 @@ from collections import Counter
 
 import pytest
 
-from dsla_serve.controller.control import PolicyControl
-from dsla_serve.controller.quality_source import ArtifactView, read_artifact
-from dsla_serve.controller.routing import RoutingTable
-from dsla_serve.controller.window import PoolWindow
+from dsla_serve.controller.control_plane.artifact_view import ArtifactView, read_artifact
+from dsla_serve.controller.control_plane.control import PolicyControl
+from dsla_serve.controller.control_plane.window import PoolWindow
+from dsla_serve.controller.frontend.routing import RoutingTable
+from dsla_serve.controller.messages import Arrival, Observation, Routing
+from dsla_serve.model.manifest import MANIFEST_FILE, LayerEntry
 from dsla_serve.policies import SLO, DepthQuality, parse_policy
+from dsla_serve.replicas.messages import ReplicaTargets
 
-from .helpers import make_artifact
+from .helpers import make_artifact, replica_report
 
 POLICY = """
 name: unit
@@ -36,32 +39,37 @@ class FakeArtifact:
         self.ratios = list(ratios)
 
     def __call__(self, path, previous):
-        rows = [{"depth": d + 1, "layer": d, "ppl_ratio": r} for d, r in enumerate(self.ratios)]
-        return ArtifactView(path, DepthQuality.from_ratios(self.ratios), rows, 4)
+        layers = tuple(LayerEntry(layer=d, rank=d, file=f"layer_{d}.safetensors", sha256="", metrics={"ppl_ratio": r})
+                       for d, r in enumerate(self.ratios))
+        return ArtifactView(path, DepthQuality.from_ratios(self.ratios), layers, 4)
+
+
+def _routing(weights, replicas=None, version=0) -> Routing:
+    return Routing(weights=weights, replicas=replicas or {}, depths={}, version=version)
 
 
 def test_routing_draws_by_weight_reproducibly():
     table = RoutingTable({"a": 1, "b": 1, "c": 1}, queue_cap=1, seed=7)
     assert table.pick() is None and not table.routable  # nothing routable before the first table
-    table.update({"weights": {"a": 0.75, "b": 0.25, "c": 0.0, "zzz": 1.0}, "version": 3})
+    table.update(_routing({"a": 0.75, "b": 0.25, "c": 0.0, "zzz": 1.0}, version=3))
     draws = [table.pick() for _ in range(4000)]
     counts = Counter(draws)
     assert counts["c"] == 0 and abs(counts["a"] / 4000 - 0.75) < 0.03
     again = RoutingTable({"a": 1, "b": 1, "c": 1}, queue_cap=1, seed=7)
-    again.update({"weights": {"a": 0.75, "b": 0.25, "c": 0.0}})
+    again.update(_routing({"a": 0.75, "b": 0.25, "c": 0.0}))
     assert [again.pick() for _ in range(4000)] == draws  # seeded
 
 
 def test_admission_counts_waiting_beyond_replica_concurrency():
     table = RoutingTable({"a": 2}, queue_cap=3)
-    table.update({"weights": {"a": 1.0}, "replicas": {"a": 1}})
+    table.update(_routing({"a": 1.0}, {"a": 1}))
     for _ in range(5):  # 2 run, 3 wait
         assert not table.full("a")
         table.admit("a")
     assert table.waiting() == 3 and table.full("a")
     table.release("a")
     assert not table.full("a")
-    table.update({"replicas": {"a": 2}})  # a second replica: 4 run at once, 1 waits
+    table.update(_routing({"a": 1.0}, {"a": 2}))  # a second replica: 4 run at once, 1 waits
     table.admit("a")
     assert table.waiting() == 1
 
@@ -71,12 +79,11 @@ def test_window_joins_observations_and_reports():
     assert w.metrics(0.0) is None  # no replica reported: unknown
     for i in range(20):
         w.arrive(float(i) * 0.1)
-    from dsla_serve.controller.window import Observation
     for i in range(10):
         w.finish(Observation("p", at=1.0 + i * 0.1, ttft_s=0.01 * (i + 1), tpot_s=0.002, e2e_s=0.05))
     w.finish(Observation("p", at=2.5, ttft_s=None, tpot_s=None, e2e_s=0.5, ok=False))
-    w.report("r1", 2.0, {"depth": 1, "waiting": 2, "running": 1, "cache_token_usage": 0.25})
-    w.report("r2", 2.5, {"depth": 2, "waiting": 1, "running": 2, "cache_token_usage": 0.5})
+    w.report(replica_report("p", "r1", depth=1, waiting=2, running=1, cache_token_usage=0.25), 2.0)
+    w.report(replica_report("p", "r2", depth=2, waiting=1, running=2, cache_token_usage=0.5), 2.5)
     m = w.metrics(3.0)
     assert (m.depth, m.replicas, m.queue_len, m.running, m.cache_usage) == (2, 2, 3, 3, 0.5)
     assert m.num_samples == 10 and m.ttft_p95_ms == pytest.approx(95.5)
@@ -92,8 +99,7 @@ def _events(pool, start, n, ttft_s, step=0.05):
     out = []
     for i in range(n):
         at = start + i * step
-        out += [{"kind": "arrival", "pool": pool, "at": at},
-                {"kind": "finish", "pool": pool, "at": at, "ttft_s": ttft_s, "tpot_s": 0.001, "e2e_s": ttft_s}]
+        out += [Arrival(pool, at), Observation(pool, at, ttft_s=ttft_s, tpot_s=0.001, e2e_s=ttft_s)]
     return out
 
 
@@ -102,38 +108,38 @@ def test_targets_follow_the_quality_floor_and_the_load():
     artifact = FakeArtifact([1.05])  # depth 1 published and good; depth 2 not yet
     control = PolicyControl(policy, 0.0, artifact_reader=artifact)
     # the fast pool is configured at depth 2 but serves at the floor, 1
-    assert control.report("fast", "f1", {"depth": 0, "waiting": 0, "running": 0}, 0.0)["depth"] == 1
-    assert control.report("accurate", "a1", {"depth": 0}, 0.0) == {"depth": 0, "artifact_depth": 1,
-                                                                  "artifact": "/nowhere", "version": 0}
+    assert control.report(replica_report("fast", "f1", depth=0), 0.0).depth == 1
+    assert control.report(replica_report("accurate", "a1", depth=0), 0.0) == ReplicaTargets(
+        depth=0, artifact_depth=1, artifact="/nowhere", version=0)
     with pytest.raises(KeyError, match="unknown pool"):
-        control.report("nope", "x", {}, 0.0)
-    assert control.routing()["weights"] == {"accurate": 1.0, "fast": 0.0}
+        control.report(replica_report("nope", "x", depth=0), 0.0)
+    assert control.routing().weights == {"accurate": 1.0, "fast": 0.0}
 
     # load step: slow first tokens on the accurate pool -> all traffic deeper (traffic_step 1.0)
     control.record(_events("accurate", 0.1, 10, ttft_s=0.5))
-    control.report("accurate", "a1", {"depth": 0, "waiting": 0, "running": 2}, 1.0)
-    control.report("fast", "f1", {"depth": 1, "waiting": 0, "running": 0}, 1.0)
+    control.report(replica_report("accurate", "a1", depth=0, running=2), 1.0)
+    control.report(replica_report("fast", "f1", depth=1), 1.0)
     decision = control.tick(1.0)
     assert decision.pressure == "high" and decision.changed
-    assert control.routing()["weights"] == {"accurate": 0.0, "fast": 1.0}
+    assert control.routing().weights == {"accurate": 0.0, "fast": 1.0}
     assert "ttft_p95_ms 500 ms vs target 100 ms" in decision.reason
 
     # the trainer publishes depth 2 (good): the floor rises, the fast pool's target follows, and replicas
     # are told to load the new layer (artifact_depth)
     artifact.ratios.append(1.1)
-    control.report("fast", "f1", {"depth": 1}, 1.5)
+    control.report(replica_report("fast", "f1", depth=1), 1.5)
     decision = control.tick(1.5)
-    assert decision.floor == 2 and control.targets("fast")["depth"] == 2
-    assert control.targets("fast")["artifact_depth"] == 2
+    assert decision.floor == 2 and control.targets("fast").depth == 2
+    assert control.targets("fast").artifact_depth == 2
     assert "quality floor 1 -> 2" in decision.reason
 
     # depth 2 re-measured worse than the limit: floor back to 1; the replica still at depth 2 is cut off
     # (it carried all the traffic, so until it reconfigures the accurate pool serves rather than a 503)
     artifact.ratios[1] = 1.5
-    control.report("fast", "f1", {"depth": 2}, 2.0)
-    control.report("accurate", "a1", {"depth": 0}, 2.0)
+    control.report(replica_report("fast", "f1", depth=2), 2.0)
+    control.report(replica_report("accurate", "a1", depth=0), 2.0)
     decision = control.tick(2.0)
-    assert decision.floor == 1 and control.targets("fast")["depth"] == 1
+    assert decision.floor == 1 and control.targets("fast").depth == 1
     assert decision.weights == {"accurate": 1.0, "fast": 0.0} and decision.routable
     assert "no traffic to fast (serving depth 2) beyond floor 1" in decision.reason
 
@@ -141,19 +147,19 @@ def test_targets_follow_the_quality_floor_and_the_load():
     # 1 again; after the cooldown of low pressure the traffic returns to the accurate pool
     for now in (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0):
         control.record(_events("fast", now - 0.5, 1, ttft_s=0.01))
-        control.report("fast", "f1", {"depth": 1}, now)
-        control.report("accurate", "a1", {"depth": 0}, now)
+        control.report(replica_report("fast", "f1", depth=1), now)
+        control.report(replica_report("accurate", "a1", depth=0), now)
         control.tick(now)
-    assert control.routing()["weights"] == {"accurate": 1.0, "fast": 0.0}
+    assert control.routing().weights == {"accurate": 1.0, "fast": 0.0}
 
     status = control.status(10.0)
-    assert [p["name"] for p in status["pools"]] == ["accurate", "fast"]
-    fast = status["pools"][1]
-    assert fast["configured_depth"] == 2 and fast["depth_target"] == 1 and fast["serving_depths"] == [1]
-    assert status["quality"]["floor"] == 1 and status["quality"]["available_depth"] == 2
-    assert [d["allowed"] for d in status["quality"]["depths"]] == [True, False]
-    assert status["slo"]["attainment"] == 1.0
-    reasons = [d["reason"] for d in status["decisions"]]
+    assert [p.name for p in status.pools] == ["accurate", "fast"]
+    fast = status.pools[1]
+    assert fast.configured_depth == 2 and fast.depth_target == 1 and fast.serving_depths == [1]
+    assert status.quality.floor == 1 and status.quality.available_depth == 2
+    assert [(d.depth, d.ppl_ratio, d.allowed) for d in status.quality.depths] == [(1, 1.05, True), (2, 1.5, False)]
+    assert status.slo.attainment == 1.0
+    reasons = [d.reason for d in status.decisions]
     assert any("moved 100% of traffic shallower" in r for r in reasons)
     assert any("moved 100% of traffic deeper" in r for r in reasons)
 
@@ -164,9 +170,9 @@ def test_reading_a_real_artifact(tmp_path):
     path = make_artifact(tmp_path / "art", [1.02, 1.3])
     view = read_artifact(str(path))
     assert view.quality == DepthQuality.from_ratios([1.02, 1.3])
-    assert [r["layer"] for r in view.depths] == [3, 1] and view.planned_depth == 4
+    assert [e.layer for e in view.layers] == [3, 1] and view.planned_depth == 4
     assert read_artifact(str(path), view) is view  # unchanged manifest: not parsed again
-    (path / "manifest.json").write_text("{broken")
+    (path / MANIFEST_FILE).write_text("{broken")
     broken = read_artifact(str(path), view)
     assert broken.error and broken.quality == view.quality  # keep what was known
 
@@ -190,7 +196,7 @@ class _FakeServeController:
 def test_scaler_asks_serve_once_per_change():
     import asyncio
 
-    from dsla_serve.controller.scaling import ServeScaler
+    from dsla_serve.controller.control_plane.scaling import ServeScaler
 
     scaler = ServeScaler("app", {"a": "pool-a", "b": "pool-b"}, {"a": 1, "b": 1})
     fake = _FakeServeController()

@@ -10,10 +10,12 @@ from collections import Counter
 import pytest
 import torch
 
-from dsla_serve.controller.ingress_core import IngressCore
-from dsla_serve.controller.prompt_sample import (PromptReservoir, chat_prompt_text, served_prompts_path,
-                                                 write_prompts_jsonl)
-from dsla_serve.controller.protocol import ChatCompletionRequest
+from dsla_serve.controller.frontend.ingress_state import IngressState
+from dsla_serve.controller.frontend.prompt_sample import PromptReservoir, chat_prompt_text, write_prompts_jsonl
+from dsla_serve.controller.frontend.protocol import ChatCompletionRequest
+from dsla_serve.controller.messages import PromptSampleStatus
+from dsla_serve.model import Artifact
+from dsla_serve.model.manifest import served_prompts_path
 from dsla_serve.policies import load_policy
 from dsla_serve.trainer.data import read_present_documents
 from dsla_serve.trainer.trainer import Trainer
@@ -68,9 +70,9 @@ def _policy(tmp_path, **trainer):
 
 
 @pytest.mark.parametrize("opted_in", [False, True])
-def test_ingress_core_collects_only_when_opted_in(tmp_path, opted_in):
+def test_ingress_collects_only_when_opted_in(tmp_path, opted_in):
     policy = _policy(tmp_path, serve_prompts_sample=opted_in, serve_prompts_max=3)
-    core = IngressCore(policy, policy_actor=None, pools={})
+    core = IngressState(policy, policy_actor=None, pools={})
     core.served_prompts([f"prompt {i}" for i in range(10)])
     asyncio.run(core.write_prompt_sample())
     path = served_prompts_path(policy.artifact_dir)
@@ -79,7 +81,7 @@ def test_ingress_core_collects_only_when_opted_in(tmp_path, opted_in):
         return
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(x)["text"].startswith("prompt ") for x in lines)
-    assert core.prompt_sample.status() == {"kept": 3, "capacity": 3, "seen": 10, "file": str(path)}
+    assert core.prompt_sample.status() == PromptSampleStatus(kept=3, capacity=3, seen=10, file=str(path))
 
 
 def test_served_prompts_reach_only_layers_trained_after_them(tmp_path):
@@ -103,8 +105,7 @@ def test_served_prompts_reach_only_layers_trained_after_them(tmp_path):
         baseline[out] = trainer.data
     plain, served = baseline[plain_dir], baseline[served_dir]
     assert served.train.shape[0] > plain.train.shape[0] and torch.equal(served.val, plain.val)
-    manifest = json.loads((served_dir / "manifest.json").read_text())
-    assert [e["metrics"]["train_only_sequences"] for e in manifest["layers"]] == \
+    assert [e.metrics["train_only_sequences"] for e in Artifact.open(served_dir).entries] == \
         [0, served.train.shape[0] - plain.train.shape[0]]
     first = sorted(layer_hashes(plain_dir).items())[0]
     assert first in layer_hashes(served_dir).items()  # the published layer is untouched

@@ -11,12 +11,15 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from dsla_serve.controller.errors import APIError, install_error_handlers, parse_body
-from dsla_serve.controller.formatting import (ChatStream, Choice, CompletionStream, TokenText, chat_response,
-                                              completion_response)
-from dsla_serve.controller.prompting import Limits, encode_chat, encode_prompt, resolve_max_tokens, sampling_kwargs
-from dsla_serve.controller.protocol import ChatCompletionRequest, CompletionRequest
+from dsla_serve.controller.frontend.errors import APIError, install_error_handlers, parse_body
+from dsla_serve.controller.frontend.formatting import (ChatStream, Choice, CompletionStream, chat_response,
+                                                       completion_response)
+from dsla_serve.controller.frontend.prompting import (Limits, encode_chat, encode_prompt, resolve_max_tokens,
+                                                      sampling_params)
+from dsla_serve.controller.frontend.protocol import ChatCompletionRequest, CompletionRequest
 from dsla_serve.model.tiny_tokenizer import build_byte_tokenizer
+from dsla_serve.replicas.deltas import TokenTexts
+from dsla_serve.replicas.messages import StreamDelta
 
 TOKENIZER = build_byte_tokenizer()
 
@@ -102,15 +105,26 @@ def test_limits_name_what_is_broken():
 
 def test_prompts_and_chat_template():
     assert encode_prompt(TOKENIZER, "hi") == [104, 105]
-    with pytest.raises(APIError, match=r"\[0, 259\)"):
-        encode_prompt(TOKENIZER, [1, 5000])
+    assert encode_prompt(TOKENIZER, [1, 5000]) == [1, 5000]  # token ids go to the engine, which checks them
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert TOKENIZER.decode(encode_chat(TOKENIZER, request)) == "user: hi\nassistant: "
-    params = sampling_kwargs(request, 5)
-    assert params["max_tokens"] == 5 and params["logprobs"] is None and params["echo"] is False
+    params = sampling_params(request, 5)
+    assert params.max_tokens == 5 and params.logprobs is None and params.echo is False
     bad = CompletionRequest.model_validate({"model": "m", "prompt": "x", "top_k": -1, "stop_token_ids": [-3]})
     with pytest.raises(APIError, match="stop_token_ids"):
-        sampling_kwargs(bad, 5)
+        sampling_params(bad, 5)
+
+
+TEXTS = TokenTexts(TOKENIZER)
+
+
+def _delta(ids, text, entries=None, finish=None, prompt_logprobs=None, prompt_ids=()) -> StreamDelta:
+    """A delta as a replica makes it: the texts of the token ids it names come with it."""
+    named = set(ids) | {t for e in entries or [] for t in e} | set(prompt_ids)
+    named |= {t for e in prompt_logprobs or [] for t in e or {}}
+    return StreamDelta(request_id="r", token_ids=list(ids), text=text, prompt_tokens=len(prompt_ids), depth=2,
+                       finish_reason=finish, logprobs=entries, prompt_logprobs=prompt_logprobs,
+                       token_texts=TEXTS.of(sorted(named)))
 
 
 def _choice(prompt: str, generated: str, with_prompt_logprobs: bool) -> Choice:
@@ -118,19 +132,15 @@ def _choice(prompt: str, generated: str, with_prompt_logprobs: bool) -> Choice:
     ids = encode_prompt(TOKENIZER, generated)
     entries = [{t: -0.5, 120: -1.5} for t in ids]
     choice = Choice(index=0, prompt_ids=prompt_ids)
-    first = {"token_ids": ids[:1], "text": generated[:1], "logprobs": entries[:1], "finish_reason": None, "depth": 2}
-    if with_prompt_logprobs:
-        first["prompt_logprobs"] = [None] + [{t: -2.0} for t in prompt_ids[1:]]
-    choice.add(first)
-    choice.add({"token_ids": ids[1:], "text": generated[1:], "logprobs": entries[1:], "finish_reason": "length"})
+    prompt_logprobs = [None] + [{t: -2.0} for t in prompt_ids[1:]] if with_prompt_logprobs else None
+    choice.add(_delta(ids[:1], generated[:1], entries[:1], prompt_logprobs=prompt_logprobs, prompt_ids=prompt_ids))
+    choice.add(_delta(ids[1:], generated[1:], entries[1:], finish="length"))
     return choice
 
 
 def test_completion_response_with_echo_and_logprobs():
-    tokens = TokenText(TOKENIZER)
     choice = _choice("ab", "cd", with_prompt_logprobs=True)
-    body = completion_response("cmpl-1", 0, "tiny", [choice], tokens, echo=True, logprobs=1,
-                               prompt_texts=["ab"]).model_dump()
+    body = completion_response("cmpl-1", 0, "tiny", [choice], echo=True, logprobs=1, prompt_texts=["ab"]).model_dump()
     c = body["choices"][0]
     assert c["text"] == "abcd" and c["finish_reason"] == "length"
     lp = c["logprobs"]
@@ -143,17 +153,16 @@ def test_completion_response_with_echo_and_logprobs():
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
     assert body["system_fingerprint"] == "dsla-depth-2"
 
-    plain = completion_response("cmpl-2", 0, "tiny", [_choice("ab", "cd", False)], tokens, echo=False, logprobs=1,
+    plain = completion_response("cmpl-2", 0, "tiny", [_choice("ab", "cd", False)], echo=False, logprobs=1,
                                 prompt_texts=[""])
     parsed = oa.Completion.model_validate(plain.model_dump())
     assert parsed.choices[0].text == "cd" and parsed.choices[0].logprobs.token_logprobs == [-0.5, -0.5]
 
 
 def test_streamed_chunks_are_openai_chunks():
-    tokens = TokenText(TOKENIZER)
     choice = Choice(index=0, prompt_ids=[97])
-    stream = CompletionStream("cmpl-1", 0, "tiny", tokens, echo=True, logprobs=0)
-    delta = {"token_ids": [98], "text": "b", "logprobs": [{98: -0.1}], "finish_reason": None}
+    stream = CompletionStream("cmpl-1", 0, "tiny", echo=True, logprobs=0)
+    delta = _delta([98], "b", [{98: -0.1}], prompt_logprobs=[None], prompt_ids=[97])
     choice.add(delta)
     event = stream.chunk(choice, delta, "a")
     assert event.startswith("data: ") and event.endswith("\n\n")
@@ -162,10 +171,10 @@ def test_streamed_chunks_are_openai_chunks():
     assert chunk["choices"][0]["text"] == "ab" and chunk["choices"][0]["logprobs"]["text_offset"] == [0, 1]
     assert chunk["choices"][0]["logprobs"]["token_logprobs"] == [None, -0.1]
 
-    chat = ChatStream("chatcmpl-1", 0, "tiny", tokens, logprobs=True, top_logprobs=1)
+    chat = ChatStream("chatcmpl-1", 0, "tiny", logprobs=True, top_logprobs=1)
     for event in (chat.role(), chat.chunk(choice, delta), chat.usage([choice])):
         oa_chat.ChatCompletionChunk.model_validate(json.loads(event[len("data: "):]))
-    final = chat_response("chatcmpl-1", 0, "tiny", _choice("hi", "yo", False), tokens, logprobs=True, top_logprobs=1)
+    final = chat_response("chatcmpl-1", 0, "tiny", _choice("hi", "yo", False), logprobs=True, top_logprobs=1)
     parsed = oa_chat.ChatCompletion.model_validate(final.model_dump())
     assert parsed.choices[0].message.content == "yo"
     assert [t.token for t in parsed.choices[0].logprobs.content] == ["y", "o"]

@@ -88,6 +88,32 @@ def test_a_reader_picks_up_newly_published_layers(tmp_path, trained):
     assert conversion_order(replica) == [2, 0] and torch.equal(logits(replica), logits(trained))
 
 
+def test_refresh_reads_each_published_layer_once(tmp_path, trained, monkeypatch):
+    """A reader that applies after every reload reads (and hashes) only the layers it has not loaded."""
+    import dsla_serve.model.artifact as artifact_module
+
+    reads = []
+    real = artifact_module.read_layer_bytes
+    monkeypatch.setattr(artifact_module, "read_layer_bytes", lambda d, entry: reads.append(entry.layer) or real(d, entry))
+    convert(trained, [3], CONFIG)
+    randomize_dsla(trained, scale=0.2)
+    writer = Artifact.create(tmp_path / "art", tiny(), base_model_id="tiny", config=CONFIG, order=ORDER)
+    reader, replica = None, tiny()
+    for layer in ORDER:
+        writer.append_layer(trained, layer, {"loss": 1.0})
+        if reader is None:
+            reader = Artifact.open(tmp_path / "art")
+        else:
+            assert reader.reload() == [layer]
+        reader.apply(replica)
+    assert reads == ORDER  # one read per layer, in the order published: not 1 + 2 + 3
+    assert torch.equal(logits(replica), logits(trained))
+    reader.apply(replica, depth=1)  # another depth of the layers it holds: nothing read
+    assert reads == ORDER and get_depth(replica) == 1
+    Artifact.open(tmp_path / "art").apply(tiny())  # another model: its own reads
+    assert reads == ORDER + ORDER
+
+
 def test_layers_must_be_published_in_order(tmp_path, trained):
     artifact = Artifact.create(tmp_path / "art", tiny(), base_model_id="tiny", config=CONFIG, order=ORDER)
     with pytest.raises(ArtifactError, match=r"layer 0 is not next in the order \[2, 0, 3\]: layer 2 is"):

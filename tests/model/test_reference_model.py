@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from dsla_serve.model import Artifact, DSLAConfig, convert, dsla_layers, get_depth, model_fingerprint, set_depth
-from dsla_serve.model.sources import resolve_model
+from dsla_serve.model.loading import resolve_model
 
 from ..reference import FINGERPRINT, REFERENCE, chat_ids, load_reference
 from .helpers import randomize_dsla

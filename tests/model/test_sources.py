@@ -10,9 +10,9 @@ import pytest
 
 from dsla_serve.model import gguf as gguf_module
 from dsla_serve.model import sources
-from dsla_serve.model.loading import load_model_and_tokenizer
+from dsla_serve.model.loading import load_model_and_tokenizer, resolve_model
 from dsla_serve.model.sources import (ModelSourceError, gguf_cache_folder, normalise_spec, reference_gguf,
-                                      reference_model, resolve_model, spec_kind)
+                                      reference_model, spec_kind)
 
 
 @pytest.fixture

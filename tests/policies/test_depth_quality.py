@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from dsla_serve.model import Artifact, DSLAConfig, convert
+from dsla_serve.model.manifest import MANIFEST_FILE, BaseModelInfo, LayerEntry, Manifest, write_manifest
+from dsla_serve.model.tiny import build_tiny_model
 from dsla_serve.policies import DepthQuality, convert_config_data, load_policy, parse_policy, quality_floor
+from dsla_serve.trainer.config import parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY, LLAMA = EXAMPLES / "tiny-policy.yaml", EXAMPLES / "policy-llama-7b.yaml"
@@ -16,34 +19,34 @@ POLICY = parse_policy("model: {path: a/b}\nartifact: /a\npools: [{name: a, depth
                       "slo: {ttft_p95_ms: 100, tpot_p95_ms: 10}\nquality: {max_ppl_ratio: 1.2}\n")
 
 
-def test_from_manifest_orders_entries_by_rank_and_tolerates_missing_metrics():
-    manifest = {"layers": [{"layer": 0, "rank": 1, "metrics": {"ppl_ratio": 1.3}},
-                           {"layer": 3, "rank": 0, "metrics": {"ppl_ratio": 1.05, "val_loss": 2.0}},
-                           {"layer": 2, "rank": 2, "metrics": {"ppl_ratio": True}}]}
-    quality = DepthQuality.from_manifest(manifest)
-    assert quality == DepthQuality(available_depth=3, ppl_ratio={1: 1.05, 2: 1.3})
+def _manifest(ratios) -> Manifest:
+    layers = tuple(LayerEntry(layer=rank, rank=rank, file=f"layer_{rank}.safetensors", sha256="0" * 64,
+                              metrics={} if ratio is None else {"ppl_ratio": ratio, "val_loss": 2.0})
+                   for rank, ratio in enumerate(ratios))
+    return Manifest(base_model=BaseModelInfo(id="m", fingerprint="f", num_layers=4), dsla_config=DSLAConfig(),
+                    layer_kind="dsla", order=(0, 1, 2, 3), layers=layers, metadata={}, created_at="", updated_at="")
+
+
+def test_from_manifest_reads_each_depths_ratio_and_tolerates_missing_or_odd_ones():
+    quality = DepthQuality.from_manifest(_manifest([1.05, 1.3, True, None]))
+    assert quality == DepthQuality(available_depth=4, ppl_ratio={1: 1.05, 2: 1.3})
     assert quality_floor(POLICY, quality) == 1
-    with pytest.raises(ValueError, match="no valid rank"):
-        DepthQuality.from_manifest({"layers": [{"rank": 5}]})
 
 
 def test_from_artifact_dir(tmp_path):
     assert DepthQuality.from_artifact_dir(tmp_path) == DepthQuality()  # the trainer has not started yet
-    (tmp_path / "manifest.json").write_text(json.dumps({"layers": [{"rank": 0, "metrics": {"ppl_ratio": 1.1}}]}))
+    write_manifest(tmp_path, _manifest([1.1]))
     assert DepthQuality.from_artifact_dir(tmp_path).ppl_ratio == {1: 1.1}
-    (tmp_path / "manifest.json").write_text("{not json")
+    (tmp_path / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="manifest.json: unreadable manifest"):
         DepthQuality.from_artifact_dir(tmp_path)
 
 
 def test_reads_a_real_artifact(tmp_path):
-    """The contract with dsla_serve.model.Artifact: entries with `rank` and `metrics` in manifest.json."""
-    model_package = pytest.importorskip("dsla_serve.model")
-    from dsla_serve.model.tiny import build_tiny_model
-
+    """The contract with dsla_serve.model.Artifact: what it writes is what the policy reads."""
     model = build_tiny_model("llama", num_layers=2)
-    artifact = model_package.Artifact.create(tmp_path, model, base_model_id="tiny:llama", config=None, order=[1, 0])
-    model_package.convert(model, [1, 0])
+    artifact = Artifact.create(tmp_path, model, base_model_id="tiny:llama", config=None, order=[1, 0])
+    convert(model, [1, 0])
     artifact.append_layer(model, 1, {"ppl_ratio": 1.05})
     artifact.append_layer(model, 0, {"ppl_ratio": 1.3})
     quality = DepthQuality.from_artifact_dir(tmp_path)
@@ -54,9 +57,8 @@ def test_reads_a_real_artifact(tmp_path):
 @pytest.mark.parametrize("path", [TINY, LLAMA], ids=["tiny", "llama"])
 def test_trainer_section_is_a_valid_convert_config(path):
     """The contract with dsla_serve.trainer: the controller hands this dict to `parse_config`."""
-    trainer_config = pytest.importorskip("dsla_serve.trainer.config")
     policy = load_policy(path)
-    config = trainer_config.parse_config(convert_config_data(policy))
+    config = parse_config(convert_config_data(policy))
     assert config.base_model == policy.model.path and str(config.output) == policy.artifact_dir
     assert config.depth == policy.trainer.depth and config.order.method == policy.trainer.order
     assert config.training.steps == policy.trainer.steps_per_layer

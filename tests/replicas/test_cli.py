@@ -35,12 +35,19 @@ def test_stream_from_stdin_at_a_depth_of_the_tiny_model(capsys, monkeypatch):
     assert "converted all 4 layers" in out.err and "2 softmax + 2 DSLA layers" in out.err
 
 
-def test_same_seed_same_text(capsys):
-    argv = ["--prompt", "x", "--temperature", "1.0", "--seed", "5", "--max-tokens", "8", "--json", "--ignore-eos",
-            "--max-model-len", "32"]
-    first = json.loads(_run(argv, capsys)[1].out)
-    second = json.loads(_run(argv, capsys)[1].out)
-    assert first["token_ids"] == second["token_ids"]
+def _tokens(capsys, temperature: float, seed: int) -> list[int]:
+    argv = ["--prompt", "x", "--temperature", str(temperature), "--seed", str(seed), "--max-tokens", "12", "--json",
+            "--ignore-eos", "--max-model-len", "32"]
+    return json.loads(_run(argv, capsys)[1].out)["token_ids"]
+
+
+def test_seed_and_temperature_reach_the_sampler(capsys):
+    sampled = {seed: _tokens(capsys, 1.0, seed) for seed in (5, 6)}
+    assert _tokens(capsys, 1.0, 5) == sampled[5]  # the same seed, the same text
+    assert sampled[5] != sampled[6]  # another seed, another text (12 tokens over a 259-token vocabulary)
+    greedy = _tokens(capsys, 0.0, 5)
+    assert greedy == _tokens(capsys, 0.0, 6)  # greedy ignores the seed
+    assert greedy not in sampled.values()  # and temperature 1 samples away from it
 
 
 def test_errors_are_clear(capsys):

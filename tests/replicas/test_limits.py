@@ -52,7 +52,7 @@ def test_queue_full_then_room_again(engine):
     with pytest.raises(QueueFullError, match=r"queue is full \(4 requests, max_queue\)"):
         engine.add_request([1, 2, 3], GREEDY)
     engine.step()  # three are admitted into the three slots, one still waits
-    assert engine.stats()["running"] == 3 and engine.stats()["waiting"] == 1
+    assert engine.stats().running == 3 and engine.stats().waiting == 1
     streams.append(engine.add_request([1, 2, 3], GREEDY))
     outs = [s.result() for s in streams]
     assert all(o.outputs[0].finish_reason == "length" for o in outs)

@@ -73,7 +73,7 @@ def test_abort_ends_the_stream_and_frees_the_slot():
     finally:
         engine.stop()
     assert final.finished and final.outputs[0].finish_reason == "abort" and len(final.outputs[0].token_ids) < 50
-    assert engine.pool.num_free == 3 and engine.stats()["aborted"] >= 1
+    assert engine.pool.num_free == 3 and engine.stats().aborted >= 1
 
 
 def test_stop_aborts_what_is_left():

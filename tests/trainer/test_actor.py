@@ -4,15 +4,17 @@ import os
 from pathlib import Path
 
 import pytest
+import ray
 
 from dsla_serve.model import Artifact
 from dsla_serve.model.loading import load_model_and_tokenizer
+from dsla_serve.trainer.actor import TrainerActor, _Subscriber
+from dsla_serve.trainer.progress import LayerResult
 
 from tests.polling import wait_for
 
 from .helpers import config_dict
 
-ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -32,38 +34,36 @@ class Collector:
     def __init__(self):
         self.events = []
 
-    def on_layer_published(self, layer_idx, depth, metrics):
-        self.events.append((layer_idx, depth, metrics["val_loss"]))
+    def on_layer_published(self, result: LayerResult):
+        self.events.append((result.layer, result.depth, result.metrics["val_loss"]))
 
     def get(self):
         return self.events
 
 
 def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, tmp_path):
-    from dsla_serve.trainer.actor import TrainerActor
-
     out = tmp_path / "artifact"
     cfg = config_dict(corpus, out, depth=4, training={"steps": 60})
     collector = Collector.remote()
     actor = TrainerActor.remote(cfg, subscriber=collector)
-    assert ray.get(actor.progress.remote())["phase"] == "idle"
+    assert ray.get(actor.progress.remote()).phase == "idle"
     assert ray.get(actor.start.remote()) is True
     assert ray.get(actor.start.remote()) is False  # already running
 
     # progress answers while training runs; wait for the first published layer and a few steps more
-    wait_for(lambda: ray.get(actor.progress.remote())["published_depth"] >= 1, timeout=120, every=0.1)
-    wait_for(lambda: (p := ray.get(actor.progress.remote()))["phase"] == "training" and p["step"] >= 3,
+    wait_for(lambda: ray.get(actor.progress.remote()).published_depth >= 1, timeout=120, every=0.1)
+    wait_for(lambda: (p := ray.get(actor.progress.remote())).phase == "training" and p.step >= 3,
              timeout=120, every=0.1)
     progress = ray.get(actor.stop.remote(60.0))
-    assert progress["phase"] == "stopped" and not progress["running"] and progress["error"] is None
-    depth = progress["published_depth"]
-    assert 1 <= depth < 4 and progress["layer"] == [0, 1, 2, 3][depth]  # stopped inside the next layer
+    assert progress.phase == "stopped" and not progress.running and progress.error is None
+    depth = progress.published_depth
+    assert 1 <= depth < 4 and progress.layer == [0, 1, 2, 3][depth]  # stopped inside the next layer
 
     published = ray.get(actor.published.remote())
-    assert [p["depth"] for p in published] == list(range(1, depth + 1))
+    assert [p.depth for p in published] == list(range(1, depth + 1))
     events = wait_for(lambda: ray.get(collector.get.remote()) if len(ray.get(collector.get.remote())) == depth
                       else None, timeout=10, every=0.1)
-    assert [(layer, d) for layer, d, _ in events] == [(p["layer"], p["depth"]) for p in published]
+    assert [(layer, d) for layer, d, _ in events] == [(p.layer, p.depth) for p in published]
 
     # the artifact holds exactly the published layers, whole: it loads and verifies
     artifact = Artifact.open(out)
@@ -73,20 +73,19 @@ def test_actor_publishes_in_the_background_and_stops_cleanly(local_ray, corpus, 
     artifact.apply(model)
     files = {p.name for p in out.iterdir()}  # no temporary files left behind
     assert files == {"manifest.json"} | {f"layer_{e.layer}.safetensors" for e in artifact.entries}
-    assert ray.get(actor.summary.remote())["stopped"] is True
+    assert ray.get(actor.summary.remote()).stopped is True
     ray.kill(actor)
 
 
 def test_a_callable_subscriber_is_called_and_its_failure_is_contained(caplog):
-    from dsla_serve.trainer.actor import _Subscriber
-
     seen = []
-    _Subscriber(lambda layer, depth, metrics: seen.append((layer, depth, metrics)))(3, 1, {"val_loss": 1.0})
-    assert seen == [(3, 1, {"val_loss": 1.0})]
+    result = LayerResult(layer=3, rank=0, metrics={"val_loss": 1.0})
+    _Subscriber(seen.append)(result)
+    assert seen == [result] and result.depth == 1
 
-    def broken(layer, depth, metrics):
+    def broken(result):
         raise ValueError("subscriber bug")
 
-    _Subscriber(broken)(3, 1, {})  # logged, not raised: the layer is already published
-    assert "subscriber failed on layer 3" in caplog.text
-    _Subscriber(None)(3, 1, {})
+    _Subscriber(broken)(result)  # logged, not raised: the layer is already published
+    assert "subscriber failed on layer 3 (depth 1)" in caplog.text
+    _Subscriber(None)(result)

@@ -16,8 +16,9 @@ import asyncio
 import logging
 from typing import Any
 
-from ..policies import Policy, convert_config_data
-from .prompt_sample import served_prompts_path
+from ...model.manifest import served_prompts_path
+from ...policies import Policy, convert_config_data
+from ...trainer.progress import TrainerProgress
 
 log = logging.getLogger("ray.serve")
 
@@ -60,10 +61,9 @@ class TrainerLink:
         self.policy = policy
         self.config = convert_config(policy)
         self.actor = None
-        self.error: str | None = None
 
     async def start(self) -> None:
-        from ..trainer.actor import TrainerActor
+        from ...trainer.actor import TrainerActor
 
         resources = self.policy.trainer.resources
         options: dict[str, Any] = {"num_cpus": resources.num_cpus}
@@ -77,15 +77,14 @@ class TrainerLink:
     def started(self) -> bool:
         return self.actor is not None
 
-    async def progress(self) -> dict[str, Any]:
-        """The trainer's progress dict, or {"phase": "unreachable", "error": ...}."""
+    async def progress(self) -> TrainerProgress:
+        """The trainer's progress; phase "unreachable" (with the error) when it does not answer."""
         if self.actor is None:
-            return {"phase": "waiting for the pools to serve", "error": self.error, "running": False}
+            return TrainerProgress(phase="waiting for the pools to serve")
         try:
-            progress = await asyncio.wait_for(self.actor.progress.remote(), timeout=5.0)
+            return await asyncio.wait_for(self.actor.progress.remote(), timeout=5.0)
         except Exception as e:  # noqa: BLE001 - a dead or busy trainer must not stall decisions
-            return {"phase": "unreachable", "error": f"{type(e).__name__}: {e}", "running": False}
-        return {**progress, "artifact": self.config["output"]}
+            return TrainerProgress(phase="unreachable", error=f"{type(e).__name__}: {e}")
 
     def stop(self) -> None:
         """Ask the trainer to stop at its next safe point (published layers stay intact)."""
@@ -100,6 +99,6 @@ def check_trainer(policy: Policy) -> None:
     """Raise TrainerSetupError (or the trainer's ConfigError) early, in the CLI, when the trainer section
     cannot run as written."""
     if policy.trainer is not None:
-        from ..trainer import parse_config
+        from ...trainer import parse_config
 
         parse_config(convert_config(policy), label="trainer section")

@@ -68,10 +68,11 @@ def _connect_or_start(num_cpus, num_gpus) -> bool:
     return True
 
 
-def _status(app: str) -> dict | None:
+def _status(app: str):
+    """The policy actor's `Status` of `app`, or None when it does not answer."""
     from ray import serve
 
-    from ..app import POLICY_ACTOR_NAME
+    from ..controller.app import POLICY_ACTOR_NAME
 
     try:
         return serve.get_deployment_handle(POLICY_ACTOR_NAME, app).status.remote().result(timeout_s=5)
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         url = url_of(policy)
         print(f"serving {policy.http.model_name!r} at {url}/v1 (ready in {time.monotonic() - began:.0f} s); "
               f"status: {url}/v1/dsla/status or `dsla-serve status --url {url}`; Ctrl-C to stop", flush=True)
-        from ..status_view import status_line
+        from .status_view import status_line
 
         while True:
             if args.status_every > 0:

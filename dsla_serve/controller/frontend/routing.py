@@ -1,7 +1,7 @@
 """The ingress's copy of the routing table, and its admission control.
 
     table = RoutingTable(pools, seed=0)
-    table.update(policy_actor_routing)          # {"weights", "replicas", "depths", "version"}
+    table.update(routing)                       # the policy actor's `Routing`
     pool = table.pick()                         # weighted random, seeded; None = nothing routable
     table.admit(pool) ... table.release(pool)   # in-flight counts, for the queue cap
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+
+from ..messages import Routing
 
 
 class RoutingTable:
@@ -32,13 +33,14 @@ class RoutingTable:
         self.version = -1
         self.in_flight: dict[str, int] = {name: 0 for name in concurrency}
 
-    def update(self, routing: Mapping[str, Any]) -> None:
+    def update(self, routing: Routing) -> None:
         """Take the policy actor's routing (unknown pools ignored, missing ones keep their values)."""
-        for key, target in (("weights", self.weights), ("replicas", self.replicas), ("depths", self.depths)):
-            for name, value in dict(routing.get(key, {})).items():
+        for given, target in ((routing.weights, self.weights), (routing.replicas, self.replicas),
+                              (routing.depths, self.depths)):
+            for name, value in given.items():
                 if name in target:
                     target[name] = value
-        self.version = int(routing.get("version", self.version))
+        self.version = routing.version
 
     @property
     def routable(self) -> bool:

@@ -2,8 +2,8 @@
 observations it sends to the policy actor.
 
 Two background tasks run on the replica's event loop: one refreshes the routing table from the
-policy actor, one flushes request observations (arrivals, finished requests with their latencies) to
-it. Both survive the policy actor restarting: the ingress keeps routing by the last table it got.
+policy actor (`Routing`), one flushes request observations (`Arrival`, `Observation`: finished requests
+with their latencies) to it. Both survive the policy actor restarting: the ingress keeps routing by the last table it got.
 With `trainer.serve_prompts_sample`, a third writes the served-prompt sample (prompt_sample.py) next
 to the artifact for the background trainer, every PROMPT_SAMPLE_WRITE_EVERY_S when it changed.
 """
@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import time
 from typing import Any
 
-from ..policies import Policy
+from ...model.loading import load_tokenizer
+from ...policies import Policy
+from ..messages import Arrival, Observation
 from .prompt_sample import ServedPromptSample, write_prompts_jsonl
-from .prompting import Limits, load_tokenizer
+from .prompting import Limits
 from .routing import RoutingTable
-from .runs import retry_after_s
-from .window import Observation, meets_slo
 
 log = logging.getLogger("ray.serve")
 
@@ -30,7 +31,7 @@ FLUSH_EVERY_S = 0.25
 PROMPT_SAMPLE_WRITE_EVERY_S = 5.0
 
 
-class IngressCore:
+class IngressState:
     def __init__(self, policy: Policy, policy_actor, pools: dict[str, Any], *, seed: int = 0, metrics=None):
         self.policy = policy
         self.policy_actor = policy_actor
@@ -42,7 +43,7 @@ class IngressCore:
                                   policy.http.queue_cap, seed=seed)
         self.api_key = read_api_key(policy)
         self.tokenizer = None
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Arrival | Observation] = []
         self.routing_every_s = min(max(policy.controller.interval_s / 2, 0.1), 1.0)
         self.routing_error: str | None = None
         self.prompt_sample = prompt_sample_of(policy, seed)
@@ -51,7 +52,7 @@ class IngressCore:
     async def start(self) -> None:
         """Load the tokenizer, fetch the first routing table, start the background tasks."""
         model = self.policy.model
-        self.tokenizer = await asyncio.to_thread(load_tokenizer, model.path, model.tokenizer)
+        self.tokenizer = await asyncio.to_thread(load_tokenizer, model.tokenizer or model.path)
         await self.refresh_routing()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._every(self.routing_every_s, self.refresh_routing)),
@@ -101,7 +102,7 @@ class IngressCore:
         sample.written(version)
 
     # ------------------------------------------------------------------------------------------
-    # bookkeeping called by runs
+    # bookkeeping of runs
     # ------------------------------------------------------------------------------------------
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(retry_after_s(self.policy.controller.interval_s))}
@@ -111,18 +112,17 @@ class IngressCore:
             self.metrics.refused(reason)
 
     def arrived(self, pool: str) -> None:
-        self.events.append({"kind": "arrival", "pool": pool, "at": time.monotonic()})
+        self.events.append(Arrival(pool=pool, at=time.monotonic()))
 
     def finished(self, pool: str, depth: int | None, endpoint: str, ok: bool, ttft_s: float | None,
                  tpot_s: float | None, e2e_s: float) -> None:
         """A started request ended (any way): release its slot, record it for the policy and Prometheus."""
         self.table.release(pool)
         obs = Observation(pool=pool, at=time.monotonic(), ttft_s=ttft_s, tpot_s=tpot_s, e2e_s=e2e_s, ok=ok)
-        self.events.append({"kind": "finish", "pool": pool, "at": obs.at, "ttft_s": ttft_s, "tpot_s": tpot_s,
-                            "e2e_s": e2e_s, "ok": ok})
+        self.events.append(obs)
         if self.metrics is not None:
             self.metrics.finished(pool, depth, endpoint, "ok" if ok else "error", ttft_s, tpot_s, e2e_s,
-                                  violated_targets(obs, self.policy))
+                                  obs.missed_targets(self.policy.slo))
 
     def start_failed(self, pool: str, endpoint: str, code: str) -> None:
         if self.metrics is not None:
@@ -158,17 +158,6 @@ def read_api_key(policy: Policy) -> str | None:
     return value
 
 
-def violated_targets(obs: Observation, policy: Policy) -> list[str]:
-    """Which SLO targets a finished request missed (names as in the policy)."""
-    if meets_slo(obs, policy.slo):
-        return []
-    slo, out = policy.slo, []
-    if not obs.ok:
-        return ["failed"]
-    if obs.ttft_s is not None and obs.ttft_s * 1e3 > slo.ttft_p95_ms:
-        out.append("ttft_p95_ms")
-    if obs.tpot_s is not None and obs.tpot_s * 1e3 > slo.tpot_p95_ms:
-        out.append("tpot_p95_ms")
-    if slo.e2e_p95_ms is not None and obs.e2e_s * 1e3 > slo.e2e_p95_ms:
-        out.append("e2e_p95_ms")
-    return out
+def retry_after_s(interval_s: float) -> int:
+    """Seconds a refused client should wait: one controller interval (when things can change), >= 1."""
+    return max(1, math.ceil(interval_s))

@@ -5,26 +5,29 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 from rich.console import Console
 
+from dsla_serve.commands import build as build_cmd
+from dsla_serve.commands import serve as serve_cmd
+from dsla_serve.commands import status as status_cmd
+from dsla_serve.commands.status_view import render, status_line
 from dsla_serve.controller.app import IMPORT_PATH, build_app
-from dsla_serve.controller.commands import build as build_cmd
-from dsla_serve.controller.commands import serve as serve_cmd
-from dsla_serve.controller.commands import status as status_cmd
-from dsla_serve.controller.control import PolicyControl
-from dsla_serve.controller.status_view import render, status_line
-from dsla_serve.controller.trainer_link import TrainerSetupError, convert_config
+from dsla_serve.controller.control_plane.control import PolicyControl
+from dsla_serve.controller.control_plane.trainer_link import TrainerSetupError, convert_config
+from dsla_serve.controller.messages import Status
 from dsla_serve.policies import load_policy
-from dsla_serve.trainer import parse_config
-
-from .helpers import REPO, policy_dict, write_policy
+from dsla_serve.trainer import TrainerProgress, parse_config
+from tests.controller.helpers import REPO, policy_dict, replica_report, write_policy
 
 TINY_POLICY = REPO / "examples" / "tiny-policy.yaml"
 
@@ -116,10 +119,12 @@ def test_trainer_section_maps_onto_the_trainer_config():
 def test_status_views_render(tmp_path, capsys):
     policy = load_policy(write_policy(tmp_path / "p.yaml", policy_dict(8000)))
     control = PolicyControl(policy, 0.0)
-    control.report("accurate", "r1", {"depth": 0, "waiting": 1, "running": 2, "max_depth": 0}, 0.0)
+    control.report(replica_report("accurate", "r1", depth=0, waiting=1, running=2, max_depth=0), 0.0)
     control.tick(0.5)
-    control.set_trainer_progress({"phase": "training", "layer": 3, "step": 5, "steps": 60, "loss": 0.5})
+    control.set_trainer_progress(TrainerProgress(phase="training", layer=3, step=5, steps=60, loss=0.5))
     status = control.status(1.0)
+    # what `dsla-serve status` reads back from the JSON the ingress sends is the same Status
+    assert TypeAdapter(Status).validate_python(json.loads(json.dumps(dataclasses.asdict(status)))) == status
     line = status_line(status)
     assert line.startswith("routing accurate 100% @d0") and "training layer 3 step 5/60" in line
     console = Console(file=io.StringIO(), width=200)

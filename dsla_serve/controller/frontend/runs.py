@@ -1,7 +1,7 @@
 """One request on one pool, as the ingress sees it: admission, the replica's delta stream, timing.
 
-    run = await start_run(core, index, prompt_ids, params, endpoint, arrived)  # 429/503 raised here
-    async for delta in run: ...                   # then `run.choice` holds the whole output
+    run = await start_run(core, index, prompt_ids, sampling, endpoint, arrived)  # 429/503/400 raised here
+    async for delta in run: ...                   # StreamDeltas; then `run.choice` holds the whole output
 
 Every run ends in exactly one of: finished (whatever finish_reason), refused with 429/503 before it
 started, or failed with an error the client is told about. The ingress's in-flight count is released
@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from ..replicas.outputs import PromptTooLongError, QueueFullError
+from ...replicas.messages import GenerateRequest, StreamDelta
+from ...replicas.outputs import PromptTooLongError, QueueFullError
+from ...replicas.sampling import SamplingParams
 from .errors import APIError
 from .formatting import Choice
-
-if TYPE_CHECKING:
-    from .ingress_core import IngressCore
+from .ingress_state import IngressState
 
 log = logging.getLogger("ray.serve")
 
@@ -33,29 +31,29 @@ log = logging.getLogger("ray.serve")
 class Run:
     """A request started on a pool; iterate it for deltas (the first one already received)."""
 
-    def __init__(self, core: IngressCore, pool: str, stream, first: dict[str, Any], choice: Choice,
+    def __init__(self, core: IngressState, pool: str, stream, first: StreamDelta, choice: Choice,
                  arrived: float, endpoint: str):
         self.core, self.pool, self.stream, self.choice = core, pool, stream, choice
         self.endpoint = endpoint
         self.arrived = arrived
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
-        self._pending: dict[str, Any] | None = first
+        self._pending: StreamDelta | None = first
         self._closed = False
         self._note(first)
 
-    def _note(self, delta: dict[str, Any]) -> None:
-        if delta.get("token_ids"):
+    def _note(self, delta: StreamDelta) -> None:
+        if delta.token_ids:
             now = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = now
             self.last_token_at = now
         self.choice.add(delta)
 
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    def __aiter__(self) -> AsyncIterator[StreamDelta]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+    async def _iterate(self) -> AsyncIterator[StreamDelta]:
         ok = False
         try:
             if self._pending is not None:
@@ -65,7 +63,7 @@ class Run:
                 async for delta in self.stream:
                     self._note(delta)
                     yield delta
-                    if delta.get("finish_reason"):
+                    if delta.finish_reason:
                         break
             ok = self.choice.finish_reason not in (None, "error", "abort")
         finally:
@@ -92,10 +90,12 @@ class Run:
         self.core.finished(self.pool, self.choice.depth, self.endpoint, ok, ttft, tpot, now - self.arrived)
 
 
-async def start_run(core: IngressCore, index: int, prompt_ids: list[int], params: dict[str, Any],
-                    endpoint: str, arrived: float) -> Run:
+async def start_run(core: IngressState, index: int, prompt_ids: list[int], sampling: SamplingParams, endpoint: str,
+                    arrived: float, *, param: str = "prompt", return_prompt_text: bool = False) -> Run:
     """Pick a pool, admit the request and start it; raise APIError (429 / 503 / 400 / 500) if it cannot
-    start. The first delta is awaited here, so a replica refusing the request still yields a status code."""
+    start. The first delta is awaited here, so a replica refusing the request (a full queue, token ids
+    outside its vocabulary, a prompt too long) still yields a status code; `param` names the prompt in
+    a 400. `return_prompt_text`: the first delta carries the prompt decoded (for echo and the sample)."""
     table = core.table
     pool = table.pick()
     if pool is None:
@@ -111,7 +111,9 @@ async def start_run(core: IngressCore, index: int, prompt_ids: list[int], params
     request_id = uuid.uuid4().hex
     stream = None
     try:
-        stream = core.pools[pool].options(stream=True).generate.remote(prompt_ids, params, request_id)
+        request = GenerateRequest(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling,
+                                  return_prompt_text=return_prompt_text)
+        stream = core.pools[pool].options(stream=True).generate.remote(request)
         first = await stream.__anext__()
     except asyncio.CancelledError:  # the client went away while waiting
         table.release(pool)
@@ -120,29 +122,30 @@ async def start_run(core: IngressCore, index: int, prompt_ids: list[int], params
         raise
     except Exception as e:  # noqa: BLE001 - mapped to a status code for the client
         table.release(pool)
-        error = _api_error(core, e, pool)
+        error = _api_error(core, e, pool, param)
         core.start_failed(pool, endpoint, error.code or "error")
         raise error from None
     return Run(core, pool, stream, first, Choice(index=index, prompt_ids=prompt_ids), arrived, endpoint)
 
 
-def _api_error(core: IngressCore, e: Exception, pool: str) -> APIError:
+def _api_error(core: IngressState, e: Exception, pool: str, param: str) -> APIError:
     if isinstance(e, QueueFullError):
         return APIError(429, f"pool {pool} is at its queue cap; retry later", code="queue_full",
                         headers=core.retry_after())
     if isinstance(e, BackPressureError):
         return APIError(503, f"pool {pool} is overloaded; retry later", code="overloaded", headers=core.retry_after())
     if isinstance(e, PromptTooLongError):
-        return APIError(400, str(e), param="max_tokens", code="context_length_exceeded")
+        return APIError(400, _replica_message(e), param="max_tokens", code="context_length_exceeded")
     if isinstance(e, DeploymentUnavailableError):
         return APIError(503, f"pool {pool} is unavailable: {e}", code="pool_unavailable", headers=core.retry_after())
-    if isinstance(e, (ValueError, TypeError)):
-        return APIError(400, str(e), code="invalid_value")
+    if isinstance(e, (ValueError, TypeError)):  # the engine's check of the prompt's token ids
+        return APIError(400, f"{param}: {_replica_message(e)}", param=param, code="invalid_value")
     log.error("request on pool %s failed to start: %r", pool, e)
     return APIError(503, f"pool {pool} failed to start the request ({type(e).__name__}); retry",
                     code="pool_error", headers=core.retry_after())
 
 
-def retry_after_s(interval_s: float) -> int:
-    """Seconds a refused client should wait: one controller interval (when things can change), >= 1."""
-    return max(1, math.ceil(interval_s))
+def _replica_message(e: Exception) -> str:
+    """The message of the exception the replica raised: Ray's wrapper of it reads as a remote traceback."""
+    cause = getattr(e, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else e)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
-from ..policies import Policy
+from ...policies import Policy
+from ...replicas.messages import ReplicaReport, ReplicaTargets
+from ..messages import Arrival, Observation, Routing, Status
 from .control import PolicyControl
 from .scaling import ServeScaler
 
@@ -59,16 +60,19 @@ class PolicyActor:
     # ------------------------------------------------------------------------------------------
     # called by replicas and the ingress
     # ------------------------------------------------------------------------------------------
-    async def report(self, pool: str, replica_id: str, stats: dict[str, Any]) -> dict[str, Any]:
-        return self.control.report(pool, replica_id, stats, time.monotonic())
+    async def targets(self, pool: str) -> ReplicaTargets:
+        return self.control.targets(pool)
 
-    async def record(self, events: list[dict[str, Any]]) -> None:
+    async def report(self, report: ReplicaReport) -> ReplicaTargets:
+        return self.control.report(report, time.monotonic())
+
+    async def record(self, events: list[Arrival | Observation]) -> None:
         self.control.record(events)
 
-    async def routing(self) -> dict[str, Any]:
+    async def routing(self) -> Routing:
         return self.control.routing()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> Status:
         return self.control.status(time.monotonic())
 
     # ------------------------------------------------------------------------------------------

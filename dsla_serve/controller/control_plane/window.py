@@ -4,8 +4,8 @@ Two sources, joined into one `PoolMetrics` per pool:
 
 - request observations from the ingress (arrival; and when a request ends, its TTFT, TPOT and
   end-to-end latency as the client saw them): percentiles, SLO attainment and the request rate;
-- replica reports (each replica's engine stats, every second or so): depth, queue, running
-  requests, cache use. A replica that stopped reporting for `stale_after_s` no longer counts.
+- replica reports (`ReplicaReport`: each replica's engine stats, every second or so): depth, queue,
+  running requests, cache use. A replica that stopped reporting for `stale_after_s` no longer counts.
 
 Pure Python (no Ray), with time passed in, so it is tested like the decision functions.
 """
@@ -14,39 +14,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
-from ..policies import SLO, PoolMetrics
-from ..replicas.metrics import percentile
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One finished request as the ingress saw it. Times in seconds; tpot None for one token or less."""
-
-    pool: str
-    at: float
-    ttft_s: float | None
-    tpot_s: float | None
-    e2e_s: float
-    ok: bool = True
+from ...policies import SLO, PoolMetrics
+from ...replicas.messages import ReplicaReport
+from ...replicas.metrics import percentile
+from ..messages import Observation
 
 
 @dataclass(frozen=True)
-class ReplicaReport:
+class _Reported:
     at: float
-    stats: dict[str, Any]
-
-
-def meets_slo(obs: Observation, slo: SLO) -> bool:
-    """Whether a finished request met every latency target (a failed request never does)."""
-    if not obs.ok:
-        return False
-    if obs.ttft_s is not None and obs.ttft_s * 1e3 > slo.ttft_p95_ms:
-        return False
-    if obs.tpot_s is not None and obs.tpot_s * 1e3 > slo.tpot_p95_ms:
-        return False
-    return slo.e2e_p95_ms is None or obs.e2e_s * 1e3 <= slo.e2e_p95_ms
+    report: ReplicaReport
 
 
 class PoolWindow:
@@ -58,7 +36,7 @@ class PoolWindow:
         self.stale_after_s = stale_after_s
         self.arrivals: deque[float] = deque()
         self.finished: deque[Observation] = deque()
-        self.replicas: dict[str, ReplicaReport] = {}
+        self.replicas: dict[str, _Reported] = {}
 
     def arrive(self, at: float) -> None:
         self.arrivals.append(at)
@@ -66,8 +44,8 @@ class PoolWindow:
     def finish(self, obs: Observation) -> None:
         self.finished.append(obs)
 
-    def report(self, replica_id: str, at: float, stats: dict[str, Any]) -> None:
-        self.replicas[replica_id] = ReplicaReport(at, dict(stats))
+    def report(self, report: ReplicaReport, at: float) -> None:
+        self.replicas[report.replica_id] = _Reported(at, report)
 
     def trim(self, now: float) -> None:
         start = now - self.window_s
@@ -78,31 +56,30 @@ class PoolWindow:
         for rid in [r for r, rep in self.replicas.items() if now - rep.at > self.stale_after_s]:
             del self.replicas[rid]
 
-    def live_replicas(self, now: float) -> dict[str, dict[str, Any]]:
+    def live_replicas(self, now: float) -> dict[str, ReplicaReport]:
         self.trim(now)
-        return {rid: rep.stats for rid, rep in self.replicas.items()}
+        return {rid: rep.report for rid, rep in self.replicas.items()}
 
     def metrics(self, now: float) -> PoolMetrics | None:
         """The pool over the window; None while no replica of it has reported (unknown to `decide`)."""
         self.trim(now)
         if not self.replicas:
             return None
-        stats = [rep.stats for rep in self.replicas.values()]
+        stats = [rep.report.engine for rep in self.replicas.values()]
         ok = [o for o in self.finished if o.ok]
         ttft = [o.ttft_s * 1e3 for o in ok if o.ttft_s is not None]
         tpot = [o.tpot_s * 1e3 for o in ok if o.tpot_s is not None]
         e2e = [o.e2e_s * 1e3 for o in ok]
-        usage = [_cache_usage(s) for s in stats]
-        usage = [u for u in usage if u is not None]
         return PoolMetrics(
             name=self.name,
             # the deepest depth any replica serves at (or is still draining from): what the floor gate needs
-            depth=max(int(s.get("depth", 0)) for s in stats),
+            depth=max(s.depth for s in stats),
             replicas=len(stats),
-            queue_len=sum(int(s.get("waiting", 0)) for s in stats),
-            running=sum(int(s.get("running", 0)) for s in stats),
+            queue_len=sum(s.waiting for s in stats),
+            running=sum(s.running for s in stats),
             ttft_p95_ms=percentile(ttft, 95), tpot_p95_ms=percentile(tpot, 95), e2e_p95_ms=percentile(e2e, 95),
-            cache_usage=max(usage) if usage else None,
+            # the fullest replica's share of cached tokens (slots are pre-sized, so tokens are what fills)
+            cache_usage=max(s.cache_token_usage for s in stats),
             num_samples=len(ok),
             requests_per_s=len(self.arrivals) / self.window_s,
         )
@@ -110,13 +87,5 @@ class PoolWindow:
     def slo_attainment(self, now: float, slo: SLO) -> tuple[int, int]:
         """(requests that met every target, requests finished) over the window."""
         self.trim(now)
-        return sum(meets_slo(o, slo) for o in self.finished), len(self.finished)
+        return sum(o.meets(slo) for o in self.finished), len(self.finished)
 
-
-def _cache_usage(stats: dict[str, Any]) -> float | None:
-    """Fraction of the cache's token capacity in use (slots are pre-sized, so tokens are what fills)."""
-    for key in ("cache_token_usage", "cache_usage"):
-        value = stats.get(key)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None

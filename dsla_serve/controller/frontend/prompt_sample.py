@@ -17,12 +17,8 @@ import random
 import tempfile
 from pathlib import Path
 
-SERVED_PROMPTS_FILE = "served-prompts.jsonl"
-
-
-def served_prompts_path(artifact_dir: str | os.PathLike) -> Path:
-    """Where the sample of an artifact's serving policy is written (inside the artifact directory)."""
-    return Path(artifact_dir) / SERVED_PROMPTS_FILE
+from ...model.manifest import served_prompts_path
+from ..messages import PromptSampleStatus
 
 
 class PromptReservoir:
@@ -129,6 +125,6 @@ class ServedPromptSample:
         self.written(version)
         return self.path
 
-    def status(self) -> dict:
-        return {"kept": len(self.reservoir), "capacity": self.reservoir.capacity, "seen": self.reservoir.seen,
-                "file": str(self.path)}
+    def status(self) -> PromptSampleStatus:
+        return PromptSampleStatus(kept=len(self.reservoir), capacity=self.reservoir.capacity,
+                                  seen=self.reservoir.seen, file=str(self.path))

@@ -14,7 +14,7 @@ import time
 
 from .common import CommandError, add_http_overrides, add_policy_argument, check_runnable, fail, read_policy, url_of
 
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # .../dsla_serve
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../dsla_serve
 
 HELP = "deploy a policy's app onto an existing Ray cluster (--address) and return"
 

@@ -6,6 +6,8 @@
     POST /v1/chat/completions    chat through the tokenizer's chat template: logprobs, streaming
     GET  /v1/dsla/status         pools, depths, routing, SLO attainment, quality, trainer, decisions
 
+The ingress tokenizes (the chat template for chat); the replica checks the ids against its model's
+vocabulary and sends text back, once, with every token text a logprobs response needs.
 Each request goes to one pool, drawn by the routing weights the policy actor publishes. The response
 headers `X-DSLA-Pool` and `X-DSLA-Depth` (and `system_fingerprint`, `dsla-depth-<d>`) say which pool
 and depth served it. With `trainer.serve_prompts_sample`, accepted prompts are offered to the bounded
@@ -16,6 +18,7 @@ class-based routes that Serve builds.)
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,12 +27,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from ..policies import Policy
+from ...policies import Policy
+from ...replicas.messages import StreamDelta
+from ...replicas.sampling import SamplingParams
+from ..messages import IngressStatus
 from .errors import APIError, install_error_handlers, parse_body
-from .formatting import SSE_DONE, ChatStream, CompletionStream, TokenText, chat_response, completion_response, sse
-from .ingress_core import IngressCore
+from .formatting import SSE_DONE, ChatStream, CompletionStream, chat_response, completion_response, sse
+from .ingress_state import IngressState
 from .prompt_sample import chat_prompt_text
-from .prompting import encode_chat, encode_prompt, resolve_max_tokens, sampling_kwargs
+from .prompting import encode_chat, encode_prompt, resolve_max_tokens, sampling_params
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, new_id, now
 from .runs import Run, start_run
 
@@ -43,7 +49,7 @@ OPEN_PATHS = {"/health", "/", "/docs", "/openapi.json"}
 
 @app.middleware("http")
 async def _require_api_key(request: Request, call_next):
-    core: IngressCore | None = getattr(request.app.state, "core", None)
+    core: IngressState | None = getattr(request.app.state, "core", None)
     if core is not None and request.url.path not in OPEN_PATHS \
             and not core.authorized(request.headers.get("authorization")):
         return APIError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key",
@@ -51,7 +57,7 @@ async def _require_api_key(request: Request, call_next):
     return await call_next(request)
 
 
-async def merge(runs: list[Run]) -> AsyncIterator[tuple[int, dict]]:
+async def merge(runs: list[Run]) -> AsyncIterator[tuple[int, StreamDelta]]:
     """(index of the run, delta) from several runs as they come."""
     if len(runs) == 1:
         async for delta in runs[0]:
@@ -120,9 +126,8 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - outside a Serve replica
             log.warning("ingress metrics disabled: %s", e)
             metrics = None
-        self.core = IngressCore(self.policy, policy_actor, pools, seed=seed, metrics=metrics)
+        self.core = IngressState(self.policy, policy_actor, pools, seed=seed, metrics=metrics)
         await self.core.start()
-        self.tokens = TokenText(self.core.tokenizer)
         app.state.core = self.core
 
     # ------------------------------------------------------------------------------------------
@@ -132,12 +137,14 @@ class Ingress:
                            f"{self.policy.http.model_name!r} (see /v1/models)", param="model", code="model_not_found")
         return self.policy.http.model_name
 
-    async def _start_all(self, prompts: list[list[int]], params: list[dict], endpoint: str) -> list[Run]:
+    async def _start_all(self, prompts: list[list[int]], sampling: list[SamplingParams], endpoint: str,
+                         params: list[str], prompt_texts: list[bool]) -> list[Run]:
         arrived = time.monotonic()
         runs: list[Run] = []
         try:
-            for i, (ids, p) in enumerate(zip(prompts, params)):
-                runs.append(await start_run(self.core, i, ids, p, endpoint, arrived))
+            for i, (ids, p, param, text) in enumerate(zip(prompts, sampling, params, prompt_texts)):
+                runs.append(await start_run(self.core, i, ids, p, endpoint, arrived, param=param,
+                                            return_prompt_text=text))
         except BaseException:
             for run in runs:
                 run.close(False)
@@ -156,37 +163,38 @@ class Ingress:
 
     @app.get("/v1/dsla/status")
     async def status(self):
-        body = await self.core.policy_actor.status.remote()
-        body["ingress"] = {"in_flight": dict(self.core.table.in_flight), "waiting": self.core.table.waiting(),
-                           "queue_cap": self.core.table.queue_cap, "routing_version": self.core.table.version,
-                           "routing_error": self.core.routing_error}
-        if self.core.prompt_sample is not None:  # counts only, never the prompts
-            body["ingress"]["served_prompt_sample"] = self.core.prompt_sample.status()
-        return body
+        status = await self.core.policy_actor.status.remote()
+        table, sample = self.core.table, self.core.prompt_sample
+        ingress = IngressStatus(in_flight=dict(table.in_flight), waiting=table.waiting(), queue_cap=table.queue_cap,
+                                routing_version=table.version, routing_error=self.core.routing_error,
+                                served_prompt_sample=sample.status() if sample is not None else None)  # counts only
+        return dataclasses.asdict(dataclasses.replace(status, ingress=ingress))
 
     @app.post("/v1/completions")
     async def completions(self, request: Request):
         body: CompletionRequest = await parse_body(request, CompletionRequest)
         model = self._check_model(body.model)
         prompts = body.prompts()
-        multi = len(prompts) > 1
-        ids = [encode_prompt(self.core.tokenizer, p, param=f"prompt.{i}" if multi else "prompt")
-               for i, p in enumerate(prompts)]
-        params = [sampling_kwargs(body, resolve_max_tokens(len(x), body.max_tokens, self.core.limits)) for x in ids]
-        texts = [p if isinstance(p, str) else self.core.tokenizer.decode(p) for p in prompts] if body.echo \
-            else [""] * len(prompts)
-        runs = await self._start_all(ids, params, "completions")
-        if self.core.prompt_sample is not None:
-            self.core.served_prompts([p if isinstance(p, str) else self.core.tokenizer.decode(p) for p in prompts])
+        params = [f"prompt.{i}" if len(prompts) > 1 else "prompt" for i in range(len(prompts))]
+        ids = [encode_prompt(self.core.tokenizer, p) for p in prompts]
+        sampling = [sampling_params(body, resolve_max_tokens(len(x), body.max_tokens, self.core.limits)) for x in ids]
+        want_text = body.echo or self.core.prompt_sample is not None
+        runs = await self._start_all(ids, sampling, "completions", params,
+                                     [want_text and not isinstance(p, str) for p in prompts])
+        # a prompt given as token ids comes back as text from the replica (on its first delta)
+        texts = [p if isinstance(p, str) else run.choice.prompt_text or "" for p, run in zip(prompts, runs)]
+        self.core.served_prompts(texts)
+        if not body.echo:
+            texts = [""] * len(prompts)
         request_id, created = new_id("cmpl"), now()
         if not body.stream:
             await collect_all(runs)
             _raise_choice_error(runs)
-            response = completion_response(request_id, created, model, [r.choice for r in runs], self.tokens,
-                                           echo=body.echo, logprobs=body.logprobs, prompt_texts=texts)
+            response = completion_response(request_id, created, model, [r.choice for r in runs], echo=body.echo,
+                                           logprobs=body.logprobs, prompt_texts=texts)
             return JSONResponse(response.model_dump(), headers=_served_headers(runs))
 
-        fmt = CompletionStream(request_id, created, model, self.tokens, echo=body.echo, logprobs=body.logprobs)
+        fmt = CompletionStream(request_id, created, model, echo=body.echo, logprobs=body.logprobs)
 
         async def events():
             try:
@@ -210,9 +218,9 @@ class Ingress:
         model = self._check_model(body.model)
         ids = encode_chat(self.core.tokenizer, body)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        params = sampling_kwargs(body, resolve_max_tokens(len(ids), body.requested_max_tokens, self.core.limits,
-                                                          param=param))
-        runs = await self._start_all([ids], [params], "chat")
+        sampling = sampling_params(body, resolve_max_tokens(len(ids), body.requested_max_tokens, self.core.limits,
+                                                            param=param))
+        runs = await self._start_all([ids], [sampling], "chat", ["messages"], [False])
         if self.core.prompt_sample is not None:
             self.core.served_prompts([chat_prompt_text(body)])
         run = runs[0]
@@ -220,11 +228,10 @@ class Ingress:
         if not body.stream:
             await collect_all(runs)
             _raise_choice_error(runs)
-            response = chat_response(request_id, created, model, run.choice, self.tokens, logprobs=body.logprobs,
-                                     top_logprobs=top)
+            response = chat_response(request_id, created, model, run.choice, logprobs=body.logprobs, top_logprobs=top)
             return JSONResponse(response.model_dump(), headers=_served_headers(runs))
 
-        fmt = ChatStream(request_id, created, model, self.tokens, logprobs=body.logprobs, top_logprobs=top)
+        fmt = ChatStream(request_id, created, model, logprobs=body.logprobs, top_logprobs=top)
 
         async def events():
             try:

@@ -23,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import httpx
+    from pydantic import TypeAdapter, ValidationError
     from rich.console import Console
 
-    from ..status_view import render
+    from ..controller.messages import Status
     from .common import CommandError, fail, read_policy, url_of
+    from .status_view import render
 
     url, key = args.url, args.api_key
     if args.policy is not None:
@@ -50,9 +52,13 @@ def run(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001 - not one of ours
             message = response.text[:200]
         return fail(f"{url}/v1/dsla/status answered {response.status_code}: {message}")
-    status = response.json()
+    body = response.json()
     if args.json:
-        print(json.dumps(status, indent=2))
-    else:
-        render(status, Console(), decisions=args.decisions)
+        print(json.dumps(body, indent=2))
+        return 0
+    try:
+        status = TypeAdapter(Status).validate_python(body)
+    except ValidationError as e:
+        return fail(f"{url}/v1/dsla/status answered a body this dsla-serve does not read (another version?): {e}")
+    render(status, Console(), decisions=args.decisions)
     return 0

@@ -13,9 +13,9 @@ import time
 
 import httpx
 
-from .helpers import REPO, free_port, policy_dict, write_policy
+from tests.controller.helpers import REPO, free_port, policy_dict, write_policy
 
-RUN_SERVE = ("import sys, argparse; from dsla_serve.controller.commands import serve; "
+RUN_SERVE = ("import sys, argparse; from dsla_serve.commands import serve; "
              "p = argparse.ArgumentParser(); serve.add_arguments(p); sys.exit(serve.run(p.parse_args(sys.argv[1:])))")
 
 

@@ -1,14 +1,16 @@
-"""From an OpenAI request to what a replica runs: prompt token ids and sampling parameters.
+"""From an OpenAI request to what a replica runs: prompt token ids and `SamplingParams`.
 
 The ingress tokenizes (applying the chat template for chat requests) so that it can refuse an
-over-long prompt or an excessive `max_tokens` with a 400 before any replica is bothered.
+over-long prompt or an excessive `max_tokens` with a 400 before any replica is bothered. Token ids a
+client sends are passed on as they are: the replica's engine checks every prompt against the
+model's vocabulary (the one check), and its refusal comes back as a 400 (runs.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from ...replicas.sampling import SamplingParams
 from .errors import APIError
 from .protocol import ChatCompletionRequest, CompletionRequest
 
@@ -26,27 +28,9 @@ class Limits:
     max_model_len: int | None = None
 
 
-def load_tokenizer(model_path: str, tokenizer_path: str | None = None):
-    """The tokenizer of the policy's model (`model.tokenizer` when the policy names one)."""
-    from ..model.loading import load_tokenizer as load
-
-    return load(tokenizer_path or model_path)
-
-
-def encode_prompt(tokenizer, prompt: str | list[int], param: str = "prompt") -> list[int]:
-    """Token ids of a completion prompt (a string, or token ids checked against the vocabulary)."""
-    if isinstance(prompt, str):
-        ids = list(tokenizer(prompt)["input_ids"])
-    else:
-        vocab = len(tokenizer)
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise APIError(400, f"{param}: token ids must be in [0, {vocab}), got {bad[:5]}", param=param,
-                           code="invalid_value")
-        ids = list(prompt)
-    if not ids:
-        raise APIError(400, f"{param}: the prompt is empty (no tokens)", param=param, code="invalid_value")
-    return ids
+def encode_prompt(tokenizer, prompt: str | list[int]) -> list[int]:
+    """Token ids of a completion prompt: a string tokenized, token ids as given (the engine checks them)."""
+    return list(tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else list(prompt)
 
 
 def encode_chat(tokenizer, request: ChatCompletionRequest) -> list[int]:
@@ -93,27 +77,19 @@ def resolve_max_tokens(prompt_len: int, requested: int | None, limits: Limits, p
     return requested
 
 
-def sampling_kwargs(request: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
-    """`SamplingParams` keyword arguments for the replica (plain data, so it crosses Ray cheaply)."""
+def sampling_params(request: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParams:
+    """What the replica samples with; the engine's own validation speaks as a 400 before the request
+    leaves the ingress."""
     if isinstance(request, CompletionRequest):
         logprobs, echo = request.logprobs, request.echo
     else:
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         echo = False
-    kwargs = dict(max_tokens=max_tokens, temperature=float(request.temperature), top_p=float(request.top_p),
-                  top_k=request.top_k, seed=request.seed, stop=request.stop_list() or None,
-                  stop_token_ids=list(request.stop_token_ids or []), ignore_eos=request.ignore_eos,
-                  logprobs=logprobs, echo=echo)
-    _check_sampling(kwargs)
-    return kwargs
-
-
-def _check_sampling(kwargs: dict[str, Any]) -> None:
-    """Let the engine's own validation speak (as a 400) before the request leaves the ingress."""
-    from ..replicas.sampling import SamplingParams
-
     try:
-        asdict(SamplingParams(**kwargs))
+        return SamplingParams(max_tokens=max_tokens, temperature=float(request.temperature),
+                              top_p=float(request.top_p), top_k=request.top_k, seed=request.seed,
+                              stop=request.stop_list() or None, stop_token_ids=list(request.stop_token_ids or []),
+                              ignore_eos=request.ignore_eos, logprobs=logprobs, echo=echo)
     except ValueError as e:
         message = str(e).removeprefix("SamplingParams.")
         param = message.split(" ", 1)[0] if message[:1].isalpha() else None

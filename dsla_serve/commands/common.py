@@ -7,9 +7,9 @@ import os
 import sys
 from typing import Any
 
-from ...policies import Policy, PolicyError, load_policy
+from ..policies import Policy, PolicyError, load_policy
 
-DSLA_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DSLA_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class CommandError(Exception):
@@ -45,7 +45,7 @@ def read_policy(path: str, *, check_paths: bool, host: str | None = None, port: 
 
 def check_runnable(policy: Policy, *, local: bool) -> None:
     """Fail early, with the field named, on what would only fail inside a replica later."""
-    from ..trainer_link import TrainerSetupError, check_trainer
+    from ..controller.control_plane.trainer_link import TrainerSetupError, check_trainer
 
     try:
         check_trainer(policy)
@@ -60,7 +60,8 @@ def check_runnable(policy: Policy, *, local: bool) -> None:
 def prepare_model(policy: Policy) -> None:
     """Build the cached folder of a GGUF or short-named model here, before Ray starts, so the one-time
     conversion is shown in this terminal and replicas find it ready; CommandError when it cannot load."""
-    from ...model.sources import ModelSourceError, resolve_model
+    from ..model.loading import resolve_model
+    from ..model.sources import ModelSourceError
 
     for spec in dict.fromkeys(s for s in (policy.model.path, policy.model.tokenizer) if s):
         try:
@@ -84,7 +85,7 @@ def start_serve(policy: Policy, *, seed: int = 0, start_trainer: bool = True):
     """Start Serve's HTTP proxy on the policy's host/port and run the application (returns at once)."""
     from ray import serve
 
-    from ..app import application
+    from ..controller.app import application
 
     serve.start(http_options={"host": policy.http.host, "port": policy.http.port})
     serve.run(application(policy, seed=seed, start_trainer=start_trainer), name=policy.name, route_prefix="/",

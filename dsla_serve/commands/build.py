@@ -33,7 +33,7 @@ def serve_config(policy, source: str, seed: int = 0) -> dict:
     """The Serve config (a plain dict) for `policy`, validated by ray.serve.schema.ServeDeploySchema."""
     from ray.serve.schema import ServeDeploySchema
 
-    from ..app import IMPORT_PATH, policy_args
+    from ..controller.app import IMPORT_PATH, policy_args
 
     config = {
         "proxy_location": "EveryNode",
