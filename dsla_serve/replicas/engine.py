@@ -23,11 +23,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from ..model import set_depth as set_model_depth
+from ..model.storage import location_key
 from .batch import ForwardBatch
 from .cache import CachePool
 from .messages import EngineStats
@@ -201,36 +201,45 @@ class Engine:
     def refresh_artifact(self, path=None) -> list[int]:
         """Load the artifact's layers published since the last read; returns their indices.
 
-        With `path` (a directory or `Artifact`) on an engine built without an artifact, it opens that
-        artifact and loads all its published layers: a replica started before the trainer created its
+        With `path` (a directory, a URI or an `Artifact`) on an engine built without an artifact, it opens
+        that artifact and loads all its published layers: a replica started before the trainer created its
         artifact attaches it in place, with no second engine. With `path` on an engine that already reads
-        an artifact, `path` must be that same artifact. Runs between steps (no restart, nothing
-        dropped); the current depth is kept and the new layers make deeper depths available to
-        `set_depth`. Raises ValueError without an artifact or `path`, or for a different artifact, and
-        ArtifactError (the model untouched) when the artifact does not fit the model.
+        an artifact, `path` must be that same artifact. The manifest is read, and new layers of an object
+        store downloaded into the node-local cache, in the calling thread; only loading them into the model
+        runs between steps (no restart, nothing dropped), so a slow or unreachable store never stalls
+        generation. The current depth is kept and the new layers make deeper depths available to
+        `set_depth`. Raises ValueError without an artifact or `path`, or for a different artifact,
+        ArtifactError (the model untouched) when the artifact does not fit the model, and
+        ArtifactUnavailable when its store cannot be reached (nothing changes; call again later).
         """
         if path is not None and self.artifact is None:
             artifact = open_artifact(path)
+            artifact.fetch()
             return self._between_steps(lambda: self._attach_artifact_now(artifact))
         if self.artifact is None:
             raise ValueError("this engine was built without an artifact: nothing to refresh (pass the artifact's "
                              "path to attach one)")
         if path is not None and _artifact_dir(path) != _artifact_dir(self.artifact):
             raise ValueError(f"this engine reads the artifact {self.artifact.path}; it cannot switch to {path}")
-        return self._between_steps(self._refresh_artifact_now)
+        self.artifact.reload()
+        if self.artifact.depth <= self.max_depth:
+            return []
+        self.artifact.fetch()
+        return self._between_steps(self._load_published_now)
 
     def _attach_artifact_now(self, artifact) -> list[int]:
         if self.artifact is not None:  # another caller attached it first
-            return self._refresh_artifact_now()
+            return self._load_published_now()
         self._load_artifact_layers(artifact)
         self.artifact = artifact
         return [entry.layer for entry in artifact.entries]
 
-    def _refresh_artifact_now(self) -> list[int]:
-        new = self.artifact.reload()
-        if new:
+    def _load_published_now(self) -> list[int]:
+        """Load the published layers the model lacks (the manifest as last read); returns them."""
+        before = self.max_depth
+        if self.artifact.depth > before:
             self._load_artifact_layers(self.artifact)
-        return new
+        return [entry.layer for entry in self.artifact.entries[before:self.max_depth]]
 
     def _load_artifact_layers(self, artifact) -> None:
         """Load every published layer of `artifact` into the model (checked first, the model untouched on
@@ -585,9 +594,9 @@ class Engine:
             **self.metrics.snapshot())
 
 
-def _artifact_dir(artifact) -> Path:
-    """The resolved directory of an artifact given as a path or an `Artifact`."""
-    return Path(getattr(artifact, "path", artifact)).resolve()
+def _artifact_dir(artifact) -> str:
+    """One name per artifact location, given as a path, a URI or an `Artifact`."""
+    return location_key(getattr(artifact, "path", artifact))
 
 
 def _prompt_list(prompts) -> list[Prompt]:
