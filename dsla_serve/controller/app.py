@@ -57,17 +57,15 @@ def replica_spec(policy: Policy, pool_name: str) -> ReplicaSpec:
 
 
 def pool_options(policy: Policy, pool_name: str) -> dict[str, Any]:
-    """Serve options of a pool's deployment: resources, replicas and how many requests reach a replica.
+    """Serve options of a pool's deployment: resources (custom ones too), replicas and how many requests
+    reach a replica.
 
     A replica accepts its concurrency plus its engine's queue, so that waiting requests wait in its
     engine (where the policy actor sees them) rather than unseen in Serve's router.
     """
     pool = policy.pool(pool_name)
-    actor = {"num_cpus": pool.resources.num_cpus}
-    if pool.resources.num_gpus:
-        actor["num_gpus"] = pool.resources.num_gpus
     return {"name": pool_deployment_name(pool.name), "num_replicas": pool.initial_replicas,
-            "ray_actor_options": actor,
+            "ray_actor_options": pool.resources.ray_options(),  # custom resources place it on given nodes
             "max_ongoing_requests": pool.max_concurrent_requests + replica_queue(policy, pool.name),
             "health_check_period_s": 5, "graceful_shutdown_timeout_s": 30}
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..model.manifest import manifest_path
+from ..model.storage import is_uri
 from .schema import FieldProblem, Policy
 
 __all__ = ["PolicyError", "load_policy", "parse_policy", "check_policy_paths"]
@@ -163,7 +164,8 @@ def check_policy_paths(policy: Policy, label: str = "<policy>") -> None:
     """Raise `PolicyError` naming each local path the policy needs that does not exist here.
 
     Not done by default: `dsla-serve build` may describe a cluster whose paths exist only there.
-    An artifact directory may be missing when a trainer will create it.
+    An artifact directory may be missing when a trainer will create it; an object store URI is not
+    checked here (the policy actor reports it in the status when it cannot be read).
     """
     problems = []
 
@@ -176,7 +178,7 @@ def check_policy_paths(policy: Policy, label: str = "<policy>") -> None:
         need("model.path", policy.model.path, "file" if policy.model.path.endswith(".gguf") else "directory")
     if policy.model.tokenizer is not None and os.path.isabs(policy.model.tokenizer):
         need("model.tokenizer", policy.model.tokenizer, "file or directory")
-    if policy.artifact is not None and policy.trainer is None:
+    if policy.artifact is not None and policy.trainer is None and not is_uri(policy.artifact):
         need("artifact", policy.artifact, "directory")
         if os.path.isdir(policy.artifact):
             need("artifact", str(manifest_path(policy.artifact)), "file")

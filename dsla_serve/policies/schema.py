@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..model.sources import GGUF_SUFFIX, ModelSourceError, normalise_spec, spec_kind
+from ..model.storage import is_uri, mask
 
 __all__ = [
     "FieldProblem", "ModelSection", "TrainerSection", "Resources", "Pool", "SLO", "Quality",
@@ -79,11 +80,50 @@ class ModelSection(_Section):
         return spec_kind(self.path) in ("folder", "gguf")
 
 
+def _resolve_location(value: str, info: ValidationInfo) -> str:
+    """An artifact location: an object store URI as written (without a trailing slash; no credentials in
+    it), else a local path resolved like `_resolve_path`."""
+    if not is_uri(value):
+        return _resolve_path(value, info)
+    if mask(value) != value:
+        raise ValueError(f"{mask(value)}: credentials do not belong in the URI (it is logged and written into "
+                         "Serve configs); set them in the environment the storage library reads")
+    return value.rstrip("/")
+
+
+_RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
 class Resources(_Section):
-    """Ray resources of one actor or replica. Ray accepts a fraction of a GPU only below one GPU."""
+    """Ray resources of one actor or replica. Ray accepts a fraction of a GPU only below one GPU.
+
+    `custom`: Ray custom resources (`ray start --resources '{"trainer_node": 1}'`), to place the actor or
+    replica on the nodes that have them."""
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict, description="Ray custom resources, e.g. "
+                                     "{gpu_node: 1} for nodes started with --resources '{\"gpu_node\": 1}'")
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not name or name in _RAY_BUILTIN_RESOURCES or name.startswith("node:"):
+                raise ValueError(f"{name!r}: not a custom resource (use num_cpus / num_gpus; Ray reserves "
+                                 f"{', '.join(sorted(_RAY_BUILTIN_RESOURCES))} and node:<ip>)")
+            if amount <= 0:
+                raise ValueError(f"{name}: {amount} must be > 0")
+        return value
+
+    def ray_options(self) -> dict[str, Any]:
+        """These resources as Ray actor options (num_cpus always, num_gpus and resources when set)."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            options["num_gpus"] = self.num_gpus
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
 
     @field_validator("num_gpus")
     @classmethod
@@ -97,8 +137,8 @@ class TrainerSection(_Section):
     """Chained distillation running in the background, publishing one layer at a time."""
 
     data: list[str] = Field(min_length=1, description="text files, folders or .jsonl files to train on")
-    output_dir: str | None = Field(None, description="artifact directory to write when `artifact` is not "
-                                                     "given (with `artifact`, layers are appended there)")
+    output_dir: str | None = Field(None, description="artifact directory or object store URI (s3://, gs://) to "
+                                   "write when `artifact` is not given (with `artifact`, layers are appended there)")
     order: Literal["retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "list"] = "retrieval_delta"
     order_list: list[int] | None = Field(None, description="layer indices, required when order is list")
     depth: int = Field(ge=1, description="number of layers to convert in total (the depth to reach)")
@@ -130,7 +170,7 @@ class TrainerSection(_Section):
     @field_validator("output_dir")
     @classmethod
     def _resolve_output(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve_path(value, info)
+        return None if value is None else _resolve_location(value, info)
 
     @field_validator("deepspeed")
     @classmethod
@@ -271,7 +311,8 @@ class Policy(_Section):
 
     name: str = Field("dsla-serve", pattern=_NAME, description="application name (Ray Serve app, logs)")
     model: ModelSection
-    artifact: str | None = Field(None, min_length=1, description="existing DSLA artifact directory")
+    artifact: str | None = Field(None, min_length=1, description="DSLA artifact: a directory, or an object store "
+                                 "URI (s3://bucket/path, gs://bucket/path) that every node reads")
     trainer: TrainerSection | None = None
     pools: list[Pool] = Field(min_length=1)
     slo: SLO
@@ -296,7 +337,7 @@ class Policy(_Section):
     @field_validator("artifact")
     @classmethod
     def _resolve_artifact(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve_path(value, info)
+        return None if value is None else _resolve_location(value, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -320,6 +361,9 @@ class Policy(_Section):
                 raise FieldProblem("trainer.output_dir", "required when no artifact is given: where to write layers")
             if self.artifact is not None and self.trainer.output_dir is not None:
                 raise FieldProblem("trainer.output_dir", "not allowed with artifact: the trainer appends to artifact")
+            if self.trainer.serve_prompts_sample and is_uri(self.artifact_dir):
+                raise FieldProblem("trainer.serve_prompts_sample", "needs a local artifact directory (the ingress "
+                                   "writes the sample beside the layers); the artifact is an object store URI")
         for i, pool in enumerate(self.pools):
             cap = self.quality.max_depth if self.quality is not None else 0
             if cap is not None and pool.depth > cap:

@@ -1,7 +1,7 @@
 """`ConvertConfig`: the whole user surface of `dsla-serve convert`, validated by pydantic from YAML.
 
     base_model: tiny:llama               # folder, .gguf, hub id, smollm2-135m, or tiny:<arch> (random)
-    output: ../artifacts/tiny            # the artifact directory (created; an existing one is resumed)
+    output: ../artifacts/tiny            # the artifact directory or s3:// / gs:// URI (an existing one is resumed)
     depth: 2                             # layers to convert (default: all)
     data: {paths: [../../shared/data/tinyshakespeare.txt], seq_len: 128,
            episodes: {passkey_fraction: 0.25, recall_fraction: 0.1}}   # retrieval episodes mixed in
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..model.config import DSLAConfig
 from ..model.sources import ModelSourceError, normalise_spec
+from ..model.storage import is_uri, mask
 from ..quality.recall import KEY_WORDS
 
 class ConfigError(ValueError):
@@ -205,7 +206,8 @@ class ConvertConfig(_Strict):
 
     base_model: str = Field(description="local model folder, .gguf file, hub id, a reference model's short name "
                             "(smollm2-135m), or tiny:<arch>")
-    output: Path = Field(description="artifact directory; an existing artifact of this config is resumed")
+    output: Path | str = Field(description="artifact directory, or an object store URI (s3://bucket/path, "
+                               "gs://...); an existing artifact of this config is resumed")
     depth: int | None = Field(None, ge=1, description="layers to convert (default: every layer)")
     seed: int = Field(0, ge=0, description="base seed of the data split and of each layer's initialisation and "
                       "batches (derived from it and the layer index); tiny:<arch> models are always built with seed 0")
@@ -251,7 +253,13 @@ class ConvertConfig(_Strict):
 
     @field_validator("output")
     @classmethod
-    def _resolve_output(cls, v: Path, info: ValidationInfo) -> Path:
+    def _resolve_output(cls, v: Path | str, info: ValidationInfo) -> Path | str:
+        """A local directory resolved like every path here; an object store URI kept as written."""
+        if is_uri(v):
+            if mask(v) != v:
+                raise ValueError(f"{mask(v)}: credentials do not belong in the URI; set them in the environment "
+                                 "the storage library reads")
+            return v.rstrip("/")
         return _resolve(v, info)
 
     @field_validator("device")

@@ -28,6 +28,7 @@ import torch
 
 from ..model import Artifact, conversion_order, convert, decoder_layers, set_depth
 from ..model.manifest import has_manifest
+from ..model.storage import mask
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
 from .data import PackedData, add_training_documents, build_dataset, files_stamp, read_present_documents
@@ -37,6 +38,7 @@ from .engine import read_user_config
 from .episodes import TrainingEpisodes
 from .evaluate import answer_divergence, validate
 from .progress import LayerResult, TrainerProgress
+from .publish import Backoff, publish_layer
 from .seeds import layer_seed
 from .sensitivity import OrderResult, compute_order
 
@@ -64,7 +66,7 @@ class ResumeError(ValueError):
 class RunSummary:
     """The outcome of `Trainer.run`: the layers published by this run and the artifact's state."""
 
-    artifact: Path
+    artifact: Path | str  # a local directory, or the object store URI
     order: list[int]
     published_depth: int
     target_depth: int
@@ -128,12 +130,14 @@ class Trainer:
     """Runs a `ConvertConfig` to its target depth. Usable without Ray; `TrainerActor` wraps it.
 
     `model`, `tokenizer` and `data` may be given (tests, notebooks); else they are loaded from the
-    config. After `run`, `self.model` is the converted model at the published depth.
+    config. `publish_backoff`: how long to keep retrying a layer the store failed to take (`publish.py`).
+    After `run`, `self.model` is the converted model at the published depth.
     """
 
     def __init__(self, config: ConvertConfig, *, model: torch.nn.Module | None = None, tokenizer=None,
-                 data: PackedData | None = None):
+                 data: PackedData | None = None, publish_backoff: Backoff = Backoff()):
         self.config = config
+        self.publish_backoff = publish_backoff
         self.model = model
         self.tokenizer = tokenizer
         self.data = data
@@ -189,7 +193,7 @@ class Trainer:
     def _open_artifact(self, stop_event) -> Artifact | None:
         """The existing artifact of this config (resume), or a new one with a freshly computed order."""
         cfg, dist = self.config, self.dist
-        out = Path(cfg.output)
+        out = cfg.output  # a local directory (Path) or an object store URI (str)
         # rank 0 decides for everyone: a rank that looked after rank 0 created the manifest would
         # otherwise skip the (collective) order computation and deadlock the others
         if dist.broadcast_object(has_manifest(out)):
@@ -248,7 +252,7 @@ class Trainer:
             artifact = self._open_artifact(stop_event)
             if artifact is None:
                 self._set(phase="stopped")
-                return RunSummary(Path(self.config.output), [], 0, 0, stopped=True)
+                return RunSummary(self.config.output, [], 0, 0, stopped=True)
             summary = self._train(artifact, stop_event, on_layer, on_step)
             self._set(phase="stopped" if summary.stopped else "done")
             return summary
@@ -270,7 +274,7 @@ class Trainer:
         artifact.apply(model)
         resumed = artifact.depth
         if resumed:
-            log.info("resuming %s at depth %d of %d", artifact.path, resumed, target)
+            log.info("resuming %s at depth %d of %d", mask(str(artifact.path)), resumed, target)
         summary = RunSummary(artifact.path, order, resumed, target, resumed_from=resumed)
         self._set(published_depth=resumed, target_depth=target)
         ds_user = read_user_config(cfg.deepspeed)
@@ -335,7 +339,21 @@ class Trainer:
             metrics["seconds"] = fit.seconds + time.perf_counter() - start
         if cfg.data.train_only_paths:
             metrics["train_only_sequences"] = self.data.info.get("train_only_sequences", 0)
-        if dist.is_main:
-            artifact.append_layer(model, layer, metrics)
+        published = self._publish(artifact, layer, metrics, stop_event) if dist.is_main else True
         dist.barrier()  # the others wait until the layer is on disk
+        if not dist.broadcast_object(published):
+            return None
         return LayerResult(layer, rank, metrics)
+
+    def _publish(self, artifact: Artifact, layer: int, metrics: dict, stop_event) -> bool:
+        """Append the layer, retrying while the store is unreachable (`publish.py`); the retries show in
+        the progress (phase "publishing", error saying why and when the next attempt is)."""
+        self._set(phase="publishing")
+
+        def retrying(attempt: int, delay: float, error: Exception) -> None:
+            self._set(error=f"store unreachable (attempt {attempt} failed), retrying in {delay:.0f} s: {error}")
+
+        published = publish_layer(artifact, self.model, layer, metrics, backoff=self.publish_backoff,
+                                  stop_event=stop_event, on_retry=retrying)
+        self._set(error=None)
+        return published

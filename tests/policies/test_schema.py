@@ -300,3 +300,40 @@ def test_without_episodes_the_trainer_order_defaults_to_loss_delta():
     assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order == "retrieval_delta"
     data["trainer"].update(passkey_fraction=0, recall_fraction=0)
     assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order == "loss_delta"
+
+
+def test_artifact_locations_may_be_object_store_uris(tmp_path):
+    data = tiny_data()
+    data["trainer"]["output_dir"] = "s3://bucket/runs/tiny/"
+    policy = load_policy(write(tmp_path, data), check_paths=False)
+    assert policy.artifact_dir == "s3://bucket/runs/tiny"  # kept as written, not joined to the file's folder
+    data = tiny_data()
+    del data["trainer"]
+    data["artifact"] = "gs://bucket/art"
+    assert load_policy(write(tmp_path, data), check_paths=True).artifact == "gs://bucket/art"  # not a local path
+
+    data = tiny_data()
+    data["trainer"]["output_dir"] = "s3://AKIA:s3cr3t@bucket/run"
+    message = error_of(tmp_path, data)
+    assert "trainer.output_dir: s3://***@bucket/run: credentials do not belong in the URI" in message
+    assert "s3cr3t" not in message
+    data = tiny_data()
+    data["trainer"].update(output_dir="s3://bucket/run", serve_prompts_sample=True)
+    assert "trainer.serve_prompts_sample: needs a local artifact directory" in error_of(tmp_path, data)
+
+
+def test_custom_resources_place_pools_and_the_trainer(tmp_path):
+    from dsla_serve.controller.app import pool_options
+
+    data = tiny_data()
+    data["pools"][0]["resources"] = {"num_cpus": 0.5, "custom": {"serving": 1}}
+    data["trainer"]["resources"] = {"num_cpus": 1, "custom": {"trainer_node": 0.5}}
+    policy = load_policy(write(tmp_path, data))
+    assert pool_options(policy, policy.pools[0].name)["ray_actor_options"] == {"num_cpus": 0.5,
+                                                                             "resources": {"serving": 1.0}}
+    assert "resources" not in pool_options(policy, policy.pools[1].name)["ray_actor_options"]
+    assert policy.trainer.resources.ray_options() == {"num_cpus": 1.0, "resources": {"trainer_node": 0.5}}
+    for bad, why in (({"CPU": 1}, "not a custom resource"), ({"serving": 0}, "must be > 0"),
+                     ({"serving": "1"}, "valid number")):
+        data["pools"][0]["resources"] = {"custom": bad}
+        assert why in error_of(tmp_path, data), bad

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from ...model.manifest import served_prompts_path
+from ...model.storage import mask
 from ...policies import Policy, convert_config_data
 from ...trainer.progress import TrainerProgress
 
@@ -65,13 +66,10 @@ class TrainerLink:
     async def start(self) -> None:
         from ...trainer.actor import TrainerActor
 
-        resources = self.policy.trainer.resources
-        options: dict[str, Any] = {"num_cpus": resources.num_cpus}
-        if resources.num_gpus:
-            options["num_gpus"] = resources.num_gpus
+        options = self.policy.trainer.resources.ray_options()  # custom resources pin it to given nodes
         self.actor = TrainerActor.options(**options).remote(self.config, None, True)
-        log.info("background trainer started: %s -> %s, depth %d", self.config["base_model"], self.config["output"],
-                 self.config["depth"])
+        log.info("background trainer started: %s -> %s, depth %d", self.config["base_model"],
+                 mask(str(self.config["output"])), self.config["depth"])
 
     @property
     def started(self) -> bool:
