@@ -81,14 +81,22 @@ class Load:
                 sent = time.monotonic()
                 try:
                     r = client.post(f"{self.url}/v1/completions", json=body)
-                    code = None if r.status_code == 200 else (r.json().get("error") or {}).get("code")
-                    outcome = Outcome(sent, time.monotonic(), r.status_code, r.headers.get("X-DSLA-Depth"), code)
+                    outcome = Outcome(sent, time.monotonic(), r.status_code, r.headers.get("X-DSLA-Depth"),
+                                      None if r.status_code == 200 else _error_code(r))
                 except httpx.HTTPError as e:
                     outcome = Outcome(sent, time.monotonic(), None, error=type(e).__name__)
                 with self._lock:
                     self.outcomes.append(outcome)
                 if not outcome.ok:
                     time.sleep(0.2)  # as a client honouring Retry-After would, briefly
+
+
+def _error_code(response: httpx.Response) -> str:
+    """The OpenAI-style error code of the ingress, or what answered instead (Serve's proxy answers plain text)."""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"{response.status_code} {response.text[:60]!r}"
 
 
 def summary(outcomes: list[Outcome], start: float) -> dict:
@@ -99,4 +107,5 @@ def summary(outcomes: list[Outcome], start: float) -> dict:
             "codes": sorted({str(o.code or o.status or o.error) for o in failed}),
             "failed_between_s": [round(min(o.sent for o in failed) - start, 1),
                                  round(max(o.ended for o in failed) - start, 1)] if failed else None,
-            "longest_s": round(max((o.ended - o.sent for o in outcomes), default=0.0), 1)}
+            "longest_s": round(max((o.ended - o.sent for o in outcomes), default=0.0), 1),
+            "slower_than_5s": sum(o.ended - o.sent > 5 for o in outcomes)}
