@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 
 import httpx
@@ -32,7 +33,12 @@ pytestmark = pytest.mark.slow
 
 
 def record(name: str, figures: dict) -> None:
-    line = json.dumps({"scenario": name, **figures}, sort_keys=True)
+    from importlib.metadata import version
+
+    machine = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+               "load_average": [round(x, 1) for x in os.getloadavg()], "python": sys.version.split()[0],
+               **{package: version(package) for package in ("ray", "s3fs", "moto", "torch")}}
+    line = json.dumps({"scenario": name, **figures, "machine": machine}, sort_keys=True)
     print(line)
     path = os.environ.get("DSLA_FAULT_RESULTS")
     if path:

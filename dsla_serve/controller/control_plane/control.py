@@ -89,10 +89,12 @@ class PolicyControl:
     # ------------------------------------------------------------------------------------------
     def refresh_artifact(self) -> bool:
         """Re-read the artifact; True when the published depths or their quality changed."""
-        before = self.artifact.quality
+        before, error = self.artifact.quality, self.artifact.error
         self.artifact = self._read_artifact(self.policy.artifact_dir, self.artifact)
-        if self.artifact.error:
+        if self.artifact.error and self.artifact.error != error:  # once per new problem, not every interval
             log.warning("artifact unreadable, keeping what was known: %s", self.artifact.error)
+        elif error and not self.artifact.error:
+            log.info("artifact readable again")
         return self.artifact.quality != before
 
     def tick(self, now: float, *, read_artifact: bool = True) -> Decision:
