@@ -1,10 +1,11 @@
 """DSLA artifacts: one directory (or object store location) that serves every depth of a chained conversion.
 
 The artifact's layout and its manifest are `manifest.py`'s (read and written there only, through
-`storage.py`: a local directory or an `s3://` / `gs://` URI); this module puts layers into it and into models. `rank` is a layer's position in the order: publishing it makes
-depth rank + 1 available. The order may be longer than the published layers (it is planned before the
-layers are trained); layers are published strictly in order, each file before the manifest entry that
-names it, every write atomic, so a crash never leaves a half-written depth. Loading checks the
+`storage.py`: a local directory or an `s3://` / `gs://` URI); this module puts layers into it and into
+models. `rank` is a layer's position in the order: publishing it makes depth rank + 1 available. The
+order may be longer than the published layers (it is planned before the layers are trained); layers are
+published strictly in order, each file before the manifest entry that names it, every write whole or
+nothing, so a crash (or a store failing in between) never leaves a half-written depth. Loading checks the
 manifest version, the base model fingerprint, the layer kind and each file's sha256 before touching
 the model; a layer already loaded into a model from the same file is not read again. An artifact is
 one nested family, so all its layers are of one kind. Only safetensors is read: no pickle.
@@ -31,8 +32,9 @@ from .baselines import LAYER_KINDS, layer_class, layer_kind, non_default_setting
 from .config import DSLAConfig
 from .fingerprint import model_fingerprint
 from .manifest import (MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ArtifactError, BaseModelInfo, LayerEntry,
-                       Manifest, artifact_file, fetch_layer, has_manifest, layer_file_name, location_names, manifest_path,
-                       read_layer_bytes, read_manifest, validate_order, write_layer_bytes, write_manifest)
+                       Manifest, artifact_file, fetch_layer, has_manifest, layer_file_name, location_names,
+                       manifest_path, read_layer_bytes, read_manifest, validate_order, write_layer_bytes,
+                       write_manifest)
 from .storage import is_uri, mask
 from .surgery import attach_twin, conversion_order, decoder_layers, dsla_layers, set_depth
 
@@ -189,7 +191,8 @@ class Artifact:
         try:
             return load_safetensors(data)
         except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
-            raise ArtifactError(f"{artifact_file(self._path, entry.file)}: not a readable safetensors file: {e}") from None
+            raise ArtifactError(f"{artifact_file(self._path, entry.file)}: not a readable safetensors file: "
+                                f"{e}") from None
 
     def verify(self, depth: int | None = None) -> None:
         """Check that the files of the first `depth` published layers exist and match their sha256."""

@@ -44,9 +44,9 @@ _OLD_VERSIONS = {1: "version 1 artifacts identify their base model in a host-dep
 _LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
 
 __all__ = ["ArtifactError", "ArtifactUnavailable", "BaseModelInfo", "LayerEntry", "Manifest", "MANIFEST_FILE",
-           "MANIFEST_FORMAT", "MANIFEST_VERSION", "artifact_file", "fetch_layer", "has_manifest", "layer_file_name", "location_names",
-           "manifest_stamp", "read_layer_bytes", "read_manifest", "served_prompts_path", "write_layer_bytes",
-           "write_manifest"]
+           "MANIFEST_FORMAT", "MANIFEST_VERSION", "artifact_file", "fetch_layer", "has_manifest", "layer_file_name",
+           "location_names", "manifest_stamp", "read_layer_bytes", "read_manifest", "served_prompts_path",
+           "write_layer_bytes", "write_manifest"]
 
 
 class ArtifactError(ValueError):

@@ -196,8 +196,10 @@ class RemoteStore(ArtifactStore):
         return f"{self.root}/{name}"
 
     def _failed(self, doing: str, name: str, e: Exception) -> StorageError:
-        refused = isinstance(e, PermissionError) or type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError")
-        return StorageError(f"cannot {doing} {self.where(name)}: {type(e).__name__}: {mask(str(e))}", retryable=not refused)
+        refused = isinstance(e, PermissionError) or type(e).__name__ in ("NoCredentialsError",
+                                                                          "PartialCredentialsError")
+        return StorageError(f"cannot {doing} {self.where(name)}: {type(e).__name__}: {mask(str(e))}",
+                            retryable=not refused)
 
     def read(self, name: str) -> bytes:
         try:

@@ -50,7 +50,8 @@ def test_convert_writes_its_artifact_to_s3(s3, bucket, tmp_path):
     from tests.trainer.helpers import config_dict, write_corpus
 
     uri = f"s3://{bucket}/tiny"
-    config = config_dict(write_corpus(tmp_path / "corpus", documents=6), tmp_path / "unused", depth=1, training={"steps": 2},
+    config = config_dict(write_corpus(tmp_path / "corpus", documents=6), tmp_path / "unused", depth=1,
+                         training={"steps": 2},
                          data={"episodes": {"passkey_fraction": 0, "recall_fraction": 0}})
     (tmp_path / "convert.yaml").write_text(yaml.safe_dump(config))
     assert main(["convert", str(tmp_path / "convert.yaml"), "--output", uri, "--quiet"]) == 0

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import torch
 
-from dsla_serve.model import Artifact, ArtifactError, DSLAConfig, conversion_order, convert
+from dsla_serve.model import Artifact, ArtifactError, DSLAConfig, conversion_order, convert, set_depth
 from dsla_serve.model import layer_cache
 from dsla_serve.model.manifest import ArtifactUnavailable, read_manifest
 from dsla_serve.model.storage import RemoteStore, StorageError, is_uri, location_key, mask, open_store
@@ -121,10 +121,7 @@ def test_an_object_store_artifact_round_trips_through_the_node_cache(uri, traine
                             "manifest.json"]  # each layer before the manifest naming it
     reader = Artifact.open(uri)
     replica = reader.apply(tiny())
-    convert_order = conversion_order(replica)
-    assert convert_order == [2, 0]
-    from dsla_serve.model import set_depth
-
+    assert conversion_order(replica) == [2, 0]
     set_depth(trained, 2)
     assert torch.equal(logits(replica), logits(trained))
     shas = sorted(e.sha256 for e in reader.entries)
