@@ -122,7 +122,7 @@ def test_the_store_unreachable_during_a_publish(s3, tmp_path):
     policy = write_policy(
         tmp_path / "policy.yaml", port,
         trainer={"data": [str(corpus(tmp_path / "corpus"))], "output_dir": f"s3://{bucket}/run", "order": "forward",
-                 "depth": 2, "steps_per_layer": 30, "seq_len": 32, "batch_size": 2, "passkey_fraction": 0,
+                 "depth": 2, "steps_per_layer": 120, "seq_len": 32, "batch_size": 2, "passkey_fraction": 0,
                  "recall_fraction": 0, "resources": {"num_cpus": 0, "custom": {"trainer_node": 1}}},
         pools=[{"name": "fast", "depth": 2, "max_concurrent_requests": 2,
                 "resources": {"num_cpus": 0.5, "custom": {"serving": 1}}}])
@@ -131,7 +131,7 @@ def test_the_store_unreachable_during_a_publish(s3, tmp_path):
         deploy(cluster, policy)
         wait_for(lambda: status(url)["pools"][0]["serving_depths"] == [1], timeout=300, every=0.5)
         load = Load(url, clients=2, deadline_s=60).start()
-        s3.stop()  # the trainer is on layer 2 now: its publish will meet a store that does not answer
+        s3.stop()  # the trainer is on layer 2 now (120 steps): its publish will meet a store that does not answer
         down = time.monotonic()
         seen = []
 
@@ -139,6 +139,7 @@ def test_the_store_unreachable_during_a_publish(s3, tmp_path):
             s = status(url)
             seen.append(s)
             trainer = s["trainer"] or {}
+            assert s["quality"]["available_depth"] < 2, "layer 2 was published before the store went away"
             return trainer.get("phase") == "publishing" and "store unreachable" in (trainer.get("error") or "") and s
 
         first_retry = wait_for(retrying, timeout=300, every=1.0)

@@ -94,7 +94,8 @@ class Load:
 def _error_code(response: httpx.Response) -> str:
     """The OpenAI-style error code of the ingress, or what answered instead (Serve's proxy answers plain text)."""
     try:
-        return str(response.json()["error"]["code"])
+        error = response.json()["error"]
+        return f"{response.status_code} {error['code'] or error['message'][:60]}"
     except (ValueError, KeyError, TypeError):
         return f"{response.status_code} {response.text[:60]!r}"
 
