@@ -6,7 +6,7 @@ tokens (`ForwardBatch`), so one pass serves chunked prefill and batched decode t
 the weights once. Per layer kind at the current depth:
 
 On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, the
-rotary embedding is fused with the cache write (`triton_fused.py`), and q/k/v and gate/up run as one
+rotary embedding is fused with the cache write (`dsla_serve.kernels.block`), and q/k/v and gate/up run as one
 GEMM each over merged weights (`merged_weights.py`); elsewhere the HF modules run as they are.
 
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from ..kernels import chunk_dsla
+from ..kernels.attention import decode_attention
 from ..kernels.dispatch import recurrent_dsla_pool
 from .batch import ForwardBatch
 from .cache import CachePool
-from .decode_attention import decode_attention
 from .merged_weights import merge_linears
 
 
@@ -44,7 +44,7 @@ def _fused_kernels_usable(model, device: torch.device) -> bool:
     if device.type != "cuda" or os.environ.get("DSLA_BACKEND", "auto") == "torch":
         return False
     try:
-        from . import triton_fused  # noqa: F401
+        from ..kernels import block  # noqa: F401
     except ImportError:
         return False
     config = model.config
@@ -98,7 +98,7 @@ class ModelRunner:
 
     def _forward_fused(self, batch: ForwardBatch) -> torch.Tensor:
         """The same function with residual adds fused into the RMSNorms and the MLP activation fused."""
-        from .triton_fused import add_rmsnorm, silu_mul
+        from ..kernels.block import add_rmsnorm, silu_mul
 
         h = self.embed(batch.input_ids)
         cos, sin = self._rotary(h, batch)
@@ -141,7 +141,7 @@ class ModelRunner:
         q, k, v = q.view(N, -1, D), k.view(N, -1, D), v.view(N, -1, D)  # [N, H, D], [N, Hk, D] x 2
         kc, vc = self.pool.k[i], self.pool.v[i]
         if self.fused:
-            from .triton_fused import rope_kv_write
+            from ..kernels.block import rope_kv_write
             rope_kv_write(q, k, v, cos, sin, kc, vc, batch.kv_slots, batch.kv_pos)
         else:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
