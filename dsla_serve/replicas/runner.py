@@ -6,14 +6,17 @@ tokens (`ForwardBatch`), so one pass serves chunked prefill and batched decode t
 the weights once. Per layer kind at the current depth:
 
 On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, the
-rotary embedding is fused with the cache write (`dsla_serve.kernels.block`), and q/k/v and gate/up run as one
-GEMM each over merged weights (`merged_weights.py`); elsewhere the HF modules run as they are.
+rotary embedding is fused with the cache write (`dsla_serve.kernels.block`), and q/k/v (softmax
+layers), q/k/v plus both gate projections (DSLA layers) and gate/up run as one GEMM each over merged
+weights (`merged_weights.py`); elsewhere the HF modules run as they are.
 
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
   through SDPA over their slot's prefix (lower-right causal mask), decode rows through
   `decode_attention` (split-K Triton kernel on CUDA);
 - DSLA: `chunk_dsla` for the prefill segments (initial states gathered from the pool, final states
-  written back) and `recurrent_dsla_pool` for the decode rows (pool updated in place).
+  written back) and `recurrent_dsla_pool` for the decode rows (pool updated in place), both given the
+  gate logits (the kernels take logsigmoid(.) / tau at their loads) and q/k/v/gates as column views of
+  the projection output (read in place).
 """
 
 from __future__ import annotations
@@ -72,14 +75,20 @@ class ModelRunner:
         self.dsla = dict(dsla_layers)
         self.fused = _fused_kernels_usable(model, pool.device) if fused is None else fused
         self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
+        self.dsla_proj: dict[int, tuple] = {}  # layer -> merged (weight, bias) of twin.projection_linears()
         self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
         if self.fused:
             for i, layer in enumerate(self.layers):
-                if i not in self.dsla:
-                    merged = merge_linears(layer.self_attn, ("q_proj", "k_proj", "v_proj"))
+                if i in self.dsla:
+                    merged = merge_linears(self.dsla[i].projection_linears())
+                    if merged is not None:
+                        self.dsla_proj[i] = merged
+                else:
+                    attn = layer.self_attn
+                    merged = merge_linears([attn.q_proj, attn.k_proj, attn.v_proj])
                     if merged is not None:
                         self.qkv[i] = merged
-                merged = merge_linears(layer.mlp, ("gate_proj", "up_proj"))
+                merged = merge_linears([layer.mlp.gate_proj, layer.mlp.up_proj])
                 if merged is not None:
                     self.gate_up[i] = merged
 
@@ -167,8 +176,12 @@ class ModelRunner:
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
-        q, k, v, g1, g2 = twin.project(x[None])  # [1, N, heads, D]
+        if i in self.dsla_proj:  # one GEMM; q/k/v and the gate logits are column views of its output
+            q, k, v, g1, g2 = twin.split_projection(F.linear(x, *self.dsla_proj[i])[None])  # [1, N, heads, D]
+        else:
+            q, k, v, g1, g2 = twin.project(x[None], gate_logits=True)
         mix = twin.mix()
+        tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
         P, N = batch.num_prefill_tokens, x.shape[0]
         parts = []
@@ -176,13 +189,14 @@ class ModelRunner:
             rows = batch.prefill_state_slots
             o, (f1, f2) = chunk_dsla(q[:, :P], k[:, :P], v[:, :P], g1[:, :P], g2[:, :P], mix,
                                      initial_state=(s1.index_select(0, rows), s2.index_select(0, rows)),
-                                     output_final_state=True, cu_seqlens=batch.cu_seqlens)
+                                     output_final_state=True, cu_seqlens=batch.cu_seqlens,
+                                     gate_logit_normalizer=tau)
             s1.index_copy_(0, rows, f1.to(s1.dtype))
             s2.index_copy_(0, rows, f2.to(s2.dtype))
             parts.append(o[0])
         if batch.num_decode:
             o = recurrent_dsla_pool(q[0, P:, None], k[0, P:, None], v[0, P:, None], g1[0, P:, None],
-                                    g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots)
+                                    g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return twin.read_out(o, x.dtype)

@@ -30,7 +30,7 @@ def test_engine_with_fused_kernels_equals_hf_generate():
         engine = Engine(model, depth=2, max_model_len=32, max_num_seqs=2, prefill_chunk_tokens=8)
         # what CUDA gets (fused kernels, merged q/k/v and gate/up weights); the interpreter runs it here
         engine.runner = ModelRunner(model, engine.pool, engine.runner.dsla, fused=True)
-        assert len(engine.runner.qkv) == 2 and len(engine.runner.gate_up) == 4
+        assert len(engine.runner.qkv) == 2 and len(engine.runner.dsla_proj) == 2 and len(engine.runner.gate_up) == 4
         prompts = random_prompts(2, seed=1, low=5, high=14)
         outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
         for p, o in zip(prompts, outs):
