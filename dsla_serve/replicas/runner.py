@@ -42,6 +42,18 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+def dsla_inputs(twin, x: torch.Tensor, merged: tuple | None = None):
+    """What the runner passes to the DSLA kernels for x [N, hidden]: (q, k, v, l1, l2), each
+    [1, N, heads, D], l1/l2 the gate logits (pass gate_logit_normalizer=twin.gate_logit_normalizer).
+
+    With `merged` (= merge_linears(twin.projection_linears())) one GEMM computes them all and they are
+    column views of its output; without, the twin's own projections (contiguous).
+    """
+    if merged is not None:
+        return twin.split_projection(F.linear(x, *merged)[None])
+    return twin.project(x[None], gate_logits=True)
+
+
 def _fused_kernels_usable(model, device: torch.device) -> bool:
     """Triton fused kernels on CUDA, for the standard Llama-family blocks (RMSNorm, gated SiLU MLP)."""
     if device.type != "cuda" or os.environ.get("DSLA_BACKEND", "auto") == "torch":
@@ -176,10 +188,7 @@ class ModelRunner:
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
-        if i in self.dsla_proj:  # one GEMM; q/k/v and the gate logits are column views of its output
-            q, k, v, g1, g2 = twin.split_projection(F.linear(x, *self.dsla_proj[i])[None])  # [1, N, heads, D]
-        else:
-            q, k, v, g1, g2 = twin.project(x[None], gate_logits=True)
+        q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i))  # [1, N, heads, D]
         mix = twin.mix()
         tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]

@@ -52,8 +52,6 @@ def _dqk_intra_kernel(
     m_i = t_i < length
     tok_i = bos + t_i
     m_ik = m_i[:, None] & m_k[None, :]
-    b_q = tl.load(q + tok_i[:, None] * s_q + hq * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
-    b_k = tl.load(k + tok_i[:, None] * s_k + hk * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
     gi = tok_i[:, None] * s_g + hq * K + o_k[None, :]
     gl1 = load_gate(g1 + gi, m_ik, gate_scale, GATE_LOGITS) * LOG2E
     gl2 = load_gate(g2 + gi, m_ik, gate_scale, GATE_LOGITS) * LOG2E
@@ -64,6 +62,7 @@ def _dqk_intra_kernel(
     mid1 = tl.sum(tl.where((r == BC // 2 - 1)[:, None], c1, 0.0), axis=0)
     mid2 = tl.sum(tl.where((r == BC // 2 - 1)[:, None], c2, 0.0), axis=0)
     da_rows = dA + (tok_i * H + hq) * BT  # row t of dA holds dA[t, s] for the chunk's s
+    out = (tok_i * H + hq)[:, None] * K + o_k[None, :]
 
     # dq from the keys of earlier sub-chunks j (walking back from i - 1): reference r = b at the row
     # before sub-chunk i; key side 2^(r - b_s) = 2^(suffix of j after s + sub-chunks between), query
@@ -89,11 +88,19 @@ def _dqk_intra_kernel(
         dq2 = tl.dot(a, kf2, dq2)
         between1 += totj1
         between2 += totj2
-    dq1 = dq1 * tl.exp2(c1)
-    dq2 = dq2 * tl.exp2(c2)
+    b_k = tl.load(k + tok_i[:, None] * s_k + hk * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
     a = tl.load(da_rows[:, None] + i_i * BC + r[None, :], mask=m_i[:, None], other=0.0).to(dt)  # diagonal
-    dq1 += tl.exp2(c1 - mid1[None, :]) * tl.dot(a, (b_k * tl.exp2(mid1[None, :] - c1)).to(dt))
-    dq2 += tl.exp2(c2 - mid2[None, :]) * tl.dot(a, (b_k * tl.exp2(mid2[None, :] - c2)).to(dt))
+    dq1 = (dq1 * tl.exp2(c1) + tl.exp2(c1 - mid1[None, :]) * tl.dot(a, (b_k * tl.exp2(mid1[None, :] - c1)).to(dt)))
+    dq2 = (dq2 * tl.exp2(c2) + tl.exp2(c2 - mid2[None, :]) * tl.dot(a, (b_k * tl.exp2(mid2[None, :] - c2)).to(dt)))
+    dq1 = dq1 * scale
+    dq2 = dq2 * scale
+    tl.store(dq + out, m1 * dq1 + m2 * dq2, mask=m_ik)
+    b_q = tl.load(q + tok_i[:, None] * s_q + hq * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
+    part = ((i_c * H + hq) * tl.num_programs(0) + i_p) * 2
+    tl.store(dmix_part + part, tl.sum(tl.sum(b_q * dq1, axis=1), axis=0))
+    tl.store(dmix_part + part + 1, tl.sum(tl.sum(b_q * dq2, axis=1), axis=0))
+    zq1 = (m1 * b_q) * dq1  # dg's query terms; dq1, dq2 are not needed past here
+    zq2 = (m2 * b_q) * dq2
 
     # dk from the queries of later sub-chunks j: reference r = b at the row before sub-chunk j; query
     # side 2^(b_t - r) = 2^(c_j,t), key side 2^(r - b_s) = 2^(suffix of i after s + sub-chunks between).
@@ -118,30 +125,22 @@ def _dqk_intra_kernel(
         dk2 = tl.dot(a_t, qf2, dk2)
         between1 += tl.sum(gj1, axis=0)
         between2 += tl.sum(gj2, axis=0)
-    dk1 = dk1 * tl.exp2(tot1[None, :] - c1)
-    dk2 = dk2 * tl.exp2(tot2[None, :] - c2)
     a_t = tl.load(dA + (tok_i * H + hq)[None, :] * BT + i_i * BC + r[:, None], mask=m_i[None, :],
                   other=0.0).to(dt)  # diagonal, transposed
-    dk1 += tl.exp2(mid1[None, :] - c1) * tl.dot(a_t, (b_q * tl.exp2(c1 - mid1[None, :])).to(dt))
-    dk2 += tl.exp2(mid2[None, :] - c2) * tl.dot(a_t, (b_q * tl.exp2(c2 - mid2[None, :])).to(dt))
-
-    dq1 = dq1 * scale
-    dq2 = dq2 * scale
-    dk1 = dk1 * (scale * m1)
-    dk2 = dk2 * (scale * m2)
-    out = (tok_i * H + hq)[:, None] * K + o_k[None, :]
-    tl.store(dq + out, m1 * dq1 + m2 * dq2, mask=m_ik)
+    dk1 = (dk1 * tl.exp2(tot1[None, :] - c1)
+           + tl.exp2(mid1[None, :] - c1) * tl.dot(a_t, (b_q * tl.exp2(c1 - mid1[None, :])).to(dt))) * (scale * m1)
+    dk2 = (dk2 * tl.exp2(tot2[None, :] - c2)
+           + tl.exp2(mid2[None, :] - c2) * tl.dot(a_t, (b_q * tl.exp2(c2 - mid2[None, :])).to(dt))) * (scale * m2)
     tl.store(dk + out, dk1 + dk2, mask=m_ik)
-    tl.store(z1 + out, m1 * b_q * dq1 - b_k * dk1, mask=m_ik)
-    tl.store(z2 + out, m2 * b_q * dq2 - b_k * dk2, mask=m_ik)
-    part = ((i_c * H + hq) * tl.num_programs(0) + i_p) * 2
-    tl.store(dmix_part + part, tl.sum(tl.sum(b_q * dq1, axis=1), axis=0))
-    tl.store(dmix_part + part + 1, tl.sum(tl.sum(b_q * dq2, axis=1), axis=0))
+    tl.store(z1 + out, zq1 - b_k * dk1, mask=m_ik)
+    tl.store(z2 + out, zq2 - b_k * dk2, mask=m_ik)
 
 
 # Launch settings; benchmarks/kernels.py sweeps them on the GPU. One warp per program, as the forward's
-# score kernel (its layout conversions and reductions then need no barrier across warps).
-TUNING = {"bk": 32, "num_warps": 1, "num_stages": 2}
+# score kernel (its layout conversions and reductions then need no barrier across warps). sm_90 compile
+# report (benchmarks/compile_report.py, triton 3.9, bf16 logits): bk 16 242-244 registers, no spills;
+# bk 32 spills 328 bytes at one warp (237 registers, none spilled, at two).
+TUNING = {"bk": 16, "num_warps": 1, "num_stages": 2}
 
 
 def chunk_dqk_intra(q, k, g1, g2, gates: Gates, mix, dA, scale: float, layout: ChunkLayout):

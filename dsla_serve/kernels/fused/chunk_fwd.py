@@ -72,13 +72,16 @@ def _chunk_output_kernel(
 
 # Launch settings; benchmarks/kernels.py sweeps them on the GPU. A value tile covering V computes the
 # decay factors once per (chunk, head). bk 64 measured 0.1-0.15 ms faster than bk 32 at T=32k in three
-# runs; sm_90 compile report (triton 3.6, bf16, K=V=128): 233 registers, 104 KB of shared memory, no
-# spills (two programs per SM).
-TUNING = {"bk": 64, "bv": 128, "num_warps": 4, "num_stages": 2}
+# runs (bf16 log-decays); sm_90 compile report (triton 3.6, bf16, K=V=128): 233 registers, 104 KB of
+# shared memory, no spills (two programs per SM). Decay sums in three pieces (fp32 log-decays, gate
+# logits) take "bk_split": at 64 they spill (benchmarks/compile_report.py, triton 3.9), at 32 218
+# registers and no spills.
+TUNING = {"bk": 64, "bk_split": 32, "bv": 128, "num_warps": 4, "num_stages": 2}
 
 
-def output_tiles(K: int, V: int) -> tuple[int, int]:
-    return min(TUNING["bk"], pow2(K)), min(TUNING["bv"], pow2(V))
+def output_tiles(K: int, V: int, one_piece: bool = True) -> tuple[int, int]:
+    bk = TUNING["bk"] if one_piece else TUNING["bk_split"]
+    return min(bk, pow2(K)), min(TUNING["bv"], pow2(V))
 
 
 def chunk_output(q, v, g1, g2, gates: Gates, mix, h1, h2, A, scale: float, layout: ChunkLayout, out_dtype):
@@ -94,7 +97,7 @@ def chunk_output(q, v, g1, g2, gates: Gates, mix, h1, h2, A, scale: float, layou
     H, K = q.shape[1], q.shape[2]
     HK, V = v.shape[1], v.shape[2]
     o = q.new_empty(q.shape[0], H, V, dtype=out_dtype)
-    bk, bv = output_tiles(K, V)
+    bk, bv = output_tiles(K, V, gates.one_piece)
     cu, ci, boffs, T = layout.kernel_args()
     grid = (triton.cdiv(V, bv), layout.num_chunks, H)
     _chunk_output_kernel[grid](
