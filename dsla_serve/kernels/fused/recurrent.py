@@ -9,7 +9,6 @@ synchronisation and fixed-size buffers (CUDA-graph capturable).
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
