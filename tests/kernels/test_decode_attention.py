@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from dsla_serve.replicas.decode_attention import decode_attention_torch
+from dsla_serve.kernels.attention import decode_attention_torch
 
 
 def _direct(q, k_cache, v_cache, slots, lengths, scale):
@@ -42,12 +42,13 @@ def test_triton_kernel_matches_torch_form_in_interpreter():
     pytest.importorskip("triton")
     script = textwrap.dedent("""
         import torch
-        import dsla_serve.replicas.triton_attention as ta
-        from dsla_serve.replicas.decode_attention import decode_attention_torch
+        import dsla_serve.kernels.attention.decode_triton as ta
+        from dsla_serve.kernels.attention import decode_attention_torch
         ta._num_sms = lambda device: 4  # CPU tensors: pretend a 4-SM GPU (forces several splits)
         g = torch.Generator().manual_seed(0)
         cases = [(3, 4, 2, 16, 5, 70, torch.float32), (2, 4, 4, 32, 3, 33, torch.float32),
-                 (1, 8, 1, 16, 2, 40, torch.float32), (2, 4, 2, 16, 3, 90, torch.float16)]
+                 (1, 8, 1, 16, 2, 40, torch.float32), (2, 4, 2, 16, 3, 90, torch.float16),
+                 (2, 4, 2, 80, 3, 50, torch.float32)]  # a head dim that is not a power of two
         for B, H, Hk, D, P, L, dtype in cases:  # (the interpreter's bf16 tl.dot is broken; fp16 stands in)
             q = torch.randn(B, H, D, generator=g).to(dtype)
             k, v = torch.randn(2, P, Hk, L + 1, D, generator=g).to(dtype)

@@ -30,7 +30,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         o: [B, H, D] in q's dtype.
     """
     if _triton_wanted(q):
-        from .triton_attention import decode_attention_triton
+        from .decode_triton import decode_attention_triton
         return decode_attention_triton(q, k_cache, v_cache, slots, lengths, scale, max_len)
     return decode_attention_torch(q, k_cache, v_cache, slots, lengths, scale, max_len)
 
