@@ -67,7 +67,9 @@ class Engine:
             (2 GiB on the CPU). See `planner.py`.
         max_queue: requests that may wait for a slot; beyond it `add_request` raises QueueFullError.
         prefill_chunk_tokens: most prompt tokens processed per step (chunked prefill).
-        use_cuda_graphs: capture the decode step in CUDA graphs (CUDA only).
+        use_cuda_graphs: capture the decode step in CUDA graphs (CUDA only). If a capture fails the
+            engine decodes without graphs from then on, logs the error and reports it in `stats()`
+            (`cuda_graphs`), unless `require_cuda_graphs`, when the step raises instead.
         seed: seeds the generators of requests that bring no seed of their own.
     """
 
@@ -75,7 +77,7 @@ class Engine:
                  max_num_seqs: int = 256, max_model_len: int | None = None,
                  memory_budget_bytes: int | None = None, gpu_memory_fraction: float = 0.9,
                  max_queue: int = 1024, prefill_chunk_tokens: int = 2048, use_cuda_graphs: bool = True,
-                 seed: int = 0):
+                 require_cuda_graphs: bool = False, seed: int = 0):
         for name, value, low in (("max_num_seqs", max_num_seqs, 1), ("max_queue", max_queue, 0),
                                  ("prefill_chunk_tokens", prefill_chunk_tokens, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -95,6 +97,8 @@ class Engine:
         self.vocab_size = self.model.config.vocab_size
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda"
+        self.require_cuda_graphs = require_cuda_graphs
+        self.cuda_graph_error: str | None = None  # why graphs were given up, if they were
         self._seeds = random.Random(seed)
         self.metrics = EngineMetrics()
         self.scheduler = Scheduler(max_queue, prefill_chunk_tokens)
@@ -155,6 +159,7 @@ class Engine:
         self.graphs = None
         if self.use_cuda_graphs:
             from .cuda_graphs import DecodeGraphs
+            self.cuda_graph_error = None
             self.graphs = DecodeGraphs(self.runner, self.pool.num_slots)
 
     def set_depth(self, depth: int, wait: bool = False, timeout: float | None = None) -> None:
@@ -464,8 +469,11 @@ class Engine:
         if not prefill and self.graphs is not None:
             try:
                 logits = self.graphs.run(decode)
-            except Exception:  # noqa: BLE001 - a capture failure costs speed, not correctness
+            except Exception as e:  # noqa: BLE001 - a capture failure costs speed, not correctness
+                if self.require_cuda_graphs:
+                    raise
                 log.exception("CUDA graph capture failed; decoding without graphs from now on")
+                self.cuda_graph_error = f"{type(e).__name__}: {e}"[:500]
                 self.graphs = None
         if logits is None:
             batch = ForwardBatch.build(prefill, decode, logit_rows, self.device)
@@ -591,6 +599,8 @@ class Engine:
             queue_cap=self.scheduler.max_queue, max_num_seqs=pool.num_slots, max_model_len=self.max_model_len,
             cache_usage=pool.num_used / pool.num_slots,
             cache_token_usage=cached / (pool.num_slots * self.max_model_len),
+            cuda_graphs=("on" if self.graphs is not None else
+                         f"failed: {self.cuda_graph_error}" if self.cuda_graph_error else "off"),
             **self.metrics.snapshot())
 
 

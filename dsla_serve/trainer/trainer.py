@@ -50,11 +50,14 @@ StepCallback = Callable[[int, int, float], None]  # (layer index, step, loss)
 # Config sections that must match an artifact's to resume it (paths, device, output and the
 # target depth may change between runs; so may train-only data, which only layers trained after
 # it appears see: published layers are never retrained).
-RESUME_KEYS = ("seed", "dtype", "order", "training", "dsla")
+RESUME_KEYS = ("seed", "dtype", "layer_kind", "order", "training", "dsla")
 NOT_RESUME_DATA_KEYS = ("paths", "train_only_paths")
+# Recorded in the recipe but free to change on resume: how the steps are taken (the same loop either way)
+# and how much validation text scores a layer (metrics only, never the layer's weights).
+NOT_COMPARED = (("training", "optimizer"), ("data", "max_val_tokens"))
 # Recipe fields added since artifacts were first written, with the value that reproduces how an
 # artifact without them was trained (no episodes, no answer term): a resume compares against these.
-LEGACY_RECIPE = {("data", "episodes", "passkey_fraction"): 0.0, ("data", "episodes", "recall_fraction"): 0.0,
+LEGACY_RECIPE = {("layer_kind",): "dsla", ("data", "episodes", "passkey_fraction"): 0.0, ("data", "episodes", "recall_fraction"): 0.0,
                  ("training", "loss", "answer_kl"): 0.0, ("order", "episode_sequences"): None}
 
 
@@ -114,6 +117,18 @@ def _without_inert(recipe: dict) -> dict:
     return recipe
 
 
+def _without(recipe: dict, paths) -> dict:
+    """`recipe` without the leaves at `paths` (tuples of keys)."""
+    recipe = copy.deepcopy(recipe)
+    for path in paths:
+        node = recipe
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return recipe
+
+
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     """Human-readable `field (artifact X, config Y)` for each leaf that differs."""
     out = []
@@ -158,7 +173,7 @@ class Trainer:
     # --- setup ----------------------------------------------------------------------------------
     def _load(self) -> None:
         cfg = self.config
-        self.dist = init_distributed(cfg.device)
+        self.dist = init_distributed(cfg.device, deepspeed=cfg.training.optimizer == "deepspeed")
         if self.model is None:
             dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.dist.device.type == "cuda" else "float32")
             # seed 0: `tiny:<arch>` names one model everywhere (replicas build it the same way); the
@@ -215,7 +230,7 @@ class Trainer:
         log.info("conversion order (%s): %s", result.method, result.order)
         if dist.is_main:
             Artifact.create(out, self.model, base_model_id=cfg.base_model, config=cfg.dsla_config(),
-                            order=result.order, metadata={"order": result.to_metadata(), "recipe": _recipe(cfg),
+                            kind=cfg.layer_kind, order=result.order, metadata={"order": result.to_metadata(), "recipe": _recipe(cfg),
                                                           "data": self.data.info})
         dist.barrier()
         return Artifact.open(out)
@@ -224,6 +239,9 @@ class Trainer:
         # The base model itself is checked by fingerprint when the artifact is applied (a moved model
         # directory is still the same model).
         cfg = self.config
+        if artifact.kind != cfg.layer_kind:
+            raise ResumeError(f"{artifact.manifest_path}: the artifact holds {artifact.kind!r} layers, the config's "
+                              f"layer_kind is {cfg.layer_kind!r}; use another output directory")
         if artifact.config != cfg.dsla_config():
             raise ResumeError(f"{artifact.manifest_path}: DSLA config {artifact.config} differs from the config's "
                               f"{cfg.dsla_config()}; use another output directory")
@@ -233,6 +251,8 @@ class Trainer:
             saved = _with_legacy_defaults(saved, now)
             if _episodes_off(saved) and _episodes_off(now):  # then what only episodes use cannot differ
                 saved, now = _without_inert(saved), _without_inert(now)
+        if saved is not None:
+            saved, now = _without(saved, NOT_COMPARED), _without(now, NOT_COMPARED)
         differ = _differences(saved, now) if saved is not None else []
         if differ:
             raise ResumeError(f"{artifact.manifest_path}: cannot resume, the artifact was made with different "
@@ -312,7 +332,7 @@ class Trainer:
         seed = layer_seed(cfg.seed, layer)
         self._set(phase="training", layer=layer, step=0, steps=cfg.training.steps, loss=None)
         torch.manual_seed(seed)  # the new layer's initialisation (all devices)
-        convert(model, [layer], cfg.dsla_config())
+        convert(model, [layer], cfg.dsla_config(), kind=cfg.layer_kind)
         set_depth(model, depth)
 
         def step_done(step: int, loss: float) -> None:
@@ -330,7 +350,8 @@ class Trainer:
                      weights=cfg.training.loss, layer_idx=layer)
         metrics = {"val_loss": v.ce, "ppl": v.ppl, "teacher_ppl": v.teacher_ppl, "ppl_ratio": v.ppl_ratio,
                    "val_kl": v.kl, "val_mse": v.mse, "val_objective": v.objective,
-                   "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
+                   "train_loss_first": fit.losses[0] if fit.losses else None,
+                   "train_loss_last": fit.losses[-1] if fit.losses else None,
                    "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
                    "train_tokens": fit.tokens, "train_tokens_per_s": fit.tokens_per_second,
                    "world_size": dist.world_size}

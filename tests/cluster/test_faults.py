@@ -121,9 +121,11 @@ def test_the_store_unreachable_during_a_publish(s3, tmp_path):
     url = f"http://127.0.0.1:{port}"
     policy = write_policy(
         tmp_path / "policy.yaml", port,
-        trainer={"data": [str(corpus(tmp_path / "corpus"))], "output_dir": f"s3://{bucket}/run", "order": "forward",
-                 "depth": 2, "steps_per_layer": 120, "seq_len": 32, "batch_size": 2, "passkey_fraction": 0,
-                 "recall_fraction": 0, "resources": {"num_cpus": 0, "custom": {"trainer_node": 1}}},
+        trainer={"data": {"paths": [str(corpus(tmp_path / "corpus"))], "seq_len": 32,
+                          "episodes": {"passkey_fraction": 0, "recall_fraction": 0}},
+                 "output_dir": f"s3://{bucket}/run", "order": "forward", "depth": 2,
+                 "training": {"steps": 120, "micro_batch_size": 2},
+                 "resources": {"num_cpus": 0, "custom": {"trainer_node": 1}}},
         pools=[{"name": "fast", "depth": 2, "max_concurrent_requests": 2,
                 "resources": {"num_cpus": 0.5, "custom": {"serving": 1}}}])
     with LocalCluster(tmp_path / "nodes", head_resources={"trainer_node": 1}) as cluster:
