@@ -48,7 +48,7 @@ if [ -z "${SKIP_FINGERPRINT:-}" ]; then
 import torch
 from dsla_serve.model.fingerprint import model_fingerprint
 from dsla_serve.model.loading import load_model_and_tokenizer
-from dsla_serve.model.sources import resolve_model
+from dsla_serve.model.loading import resolve_model
 from tests.reference import FINGERPRINT
 print("folder", resolve_model("smollm2-135m"), flush=True)
 model, _ = load_model_and_tokenizer("smollm2-135m", dtype="bfloat16", device="cuda")

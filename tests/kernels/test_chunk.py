@@ -150,6 +150,26 @@ def test_public_dispatch_uses_torch_backend_on_cpu():
     assert torch.equal(o, o_t) and torch.equal(s[0], s_t[0]) and torch.equal(s[1], s_t[1])
 
 
+def test_training_on_the_gpu_takes_the_triton_backward_only_at_verified_head_dims(monkeypatch):
+    """Head dim 64 faults in the Triton backward on H100/H200: gradients there go through PyTorch."""
+    from types import SimpleNamespace
+
+    from dsla_serve.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_triton_wanted", lambda q: True)
+
+    def tensors(head_dim, requires_grad, cuda=True):
+        t = SimpleNamespace(is_cuda=cuda, shape=(1, 8, 2, head_dim), requires_grad=requires_grad)
+        return [t, t, t, t, t, SimpleNamespace(requires_grad=False)]
+
+    assert dispatch.chunk_backend(*tensors(128, True)) == "triton"
+    assert dispatch.chunk_backend(*tensors(64, True)) == "torch"
+    assert dispatch.chunk_backend(*tensors(64, False)) == "triton"  # inference keeps the kernels
+    with torch.no_grad():
+        assert dispatch.chunk_backend(*tensors(64, True)) == "triton"
+    assert dispatch.chunk_backend(*tensors(64, True, cuda=False)) == "triton"  # the interpreter's tests
+
+
 def _bad(change):
     """Valid keyword arguments with the entries returned by change(inputs) replaced."""
     torch.manual_seed(0)
