@@ -29,7 +29,7 @@ def app(reference_artifact, tmp_path_factory):
         quality={"max_ppl_ratio": 1.5, "max_depth": 1},
     )
     policy = load_policy(write_policy(tmp_path_factory.mktemp("reference-app") / "policy.yaml", policy))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_env())
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_env())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
