@@ -2,6 +2,7 @@
 inside a function): no cycles, and the directions of docs/design.md.
 
     controller, commands, cli -> policies, replicas, trainer -> quality -> model -> kernels
+    commands -> bench -> policies
 
 kernels import nothing else of the package; policies import neither torch nor ray; replicas import no
 controller, trainer or policies.
@@ -109,7 +110,8 @@ ALLOWED = {
     "replicas": {"model", "kernels"},
     "trainer": {"quality", "model", "kernels"},
     "controller": {"policies", "replicas", "trainer", "quality", "model", "kernels"},
-    "commands": {"controller", "policies", "replicas", "trainer", "quality", "model", "kernels"},
+    "bench": {"policies"},
+    "commands": {"controller", "bench", "policies", "replicas", "trainer", "quality", "model", "kernels"},
 }
 
 
@@ -140,6 +142,11 @@ def test_the_two_halves_of_the_controller_import_nothing_of_each_other():
     wrong = [f"{m} -> {d}" for m, deps in GRAPH.items() for half, other in halves.items()
              if m.startswith(f"dsla_serve.controller.{half}") for d in deps if d.startswith(other)]
     assert wrong == []
+
+
+def test_bench_imports_neither_torch_nor_ray():
+    """`dsla-serve bench` is a client: it loads no model and no cluster."""
+    assert {d for deps in _imports_of("bench").values() for d in deps} & {"torch", "ray", "transformers"} == set()
 
 
 def test_policies_import_neither_torch_nor_ray():

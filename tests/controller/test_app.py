@@ -81,6 +81,20 @@ def http(app):
         yield client
 
 
+def _trainer_processes() -> list:
+    """The trainer actor's process among this test's (Ray titles it `ray::TrainerRunner...`)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "TrainerRunner" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def status(http) -> dict:
     response = http.get("/v1/dsla/status")
     assert response.status_code == 200, response.text
@@ -392,4 +406,7 @@ def test_trainer_publishes_a_layer_that_replicas_load_without_restart(http):
     new = after["quality"]["depths"][1]
     assert new["depth"] == 2 and new["layer"] == 1 and new["ppl_ratio"] > 0  # measured by the trainer
     assert after["quality"]["floor"] == 2 and after["trainer"]["published_depth"] == 2
+    # its run is over: the policy actor ends the trainer's process (its memory goes back) and keeps its progress
+    wait_for(lambda: status(http)["trainer"]["phase"] == "done" and not _trainer_processes(), timeout=60)
+    assert status(http)["trainer"]["published_depth"] == 2
     assert complete(http, max_tokens=2).status_code == 200

@@ -1,0 +1,160 @@
+"""The adaptive claim on this CPU machine, through the real Ray Serve app: a rate sweep and a burst
+trace against three deployments of the same model with the same replicas and memory, back to back.
+
+    python benchmarks/adaptive_cpu.py --artifact ARTIFACT --output-dir benchmarks/results
+
+    adaptive     pools `accurate` (depth 0) and `fast` (the deepest depth), one replica each to start,
+                 at most 2 replicas in all (2 CPUs, a replica takes 1): the policy actor moves traffic
+                 deeper under pressure and gives the CPUs to the pool that carries it
+    static-d0    one pool at depth 0, 2 replicas
+    static-deep  one pool at the deepest depth, 2 replicas
+
+Every replica has the same max_concurrent_requests and engine memory budget. The workload (long
+prompts, short answers) is the one where depth matters on a CPU: softmax attention's prefill grows
+with the square of the prompt, DSLA's linearly. Each variant gets the same rates and the same trace,
+generated with the same seeds, measured with `dsla-serve bench`'s code (dsla_serve/bench/). Writes
+`adaptive_cpu.json` (every run, the load average before and after each variant) and
+`adaptive_cpu.png` (SLO attainment and goodput against rate), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0]).resolve() == HERE:
+    sys.path.pop(0)  # Ray hands the driver's path to its workers: benchmarks/kernels.py would shadow `kernels`
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+SLO = {"ttft_p95_ms": 3000, "tpot_p95_ms": 400, "e2e_p95_ms": 8000}
+PROMPT_TOKENS, OUTPUT_TOKENS = "uniform:2048:4000", "uniform:16:32"  # within the tiny model's 4096 positions
+POOL = {"resources": {"num_cpus": 1}, "max_concurrent_requests": 4}
+
+
+def policy(variant: str, port: int, artifact: str, deep: int) -> dict:
+    """The policy of one variant (same model, SLO, controller, limits; pools differ)."""
+    if variant == "adaptive":
+        pools = [{"name": "accurate", "depth": 0, "min_replicas": 0, "max_replicas": 2, "initial_replicas": 1, **POOL},
+                 {"name": "fast", "depth": deep, "min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, **POOL}]
+    elif variant == "static-d0":
+        pools = [{"name": "accurate", "depth": 0, "min_replicas": 2, "max_replicas": 2, **POOL}]
+    else:
+        pools = [{"name": "fast", "depth": deep, "min_replicas": 2, "max_replicas": 2, **POOL}]
+    return {
+        "name": variant.replace("-", "_"),
+        "model": {"path": "tiny:llama", "dtype": "float32", "max_model_len": 4096},
+        "artifact": artifact,
+        "pools": pools,
+        "slo": SLO,
+        "quality": {"max_ppl_ratio": 1.5, "max_depth": deep},
+        "controller": {"interval_s": 1, "window_s": 15, "cooldown_s": 5, "hysteresis": 0.2, "min_samples": 5,
+                       "traffic_step": 0.5},
+        "http": {"host": "127.0.0.1", "port": port, "max_prompt_tokens": 4064, "max_tokens_limit": 32,
+                 "queue_cap": 32},
+    }
+
+
+def burst_trace(seed: int = 0) -> list:
+    """Quiet (0.2/s) and burst (2/s) phases, 20 s each, twice: about 100 s and 90 requests."""
+    from dsla_serve.bench.arrivals import Arrival, gamma
+
+    out, start = [], 0.0
+    for phase, (rate, seconds) in enumerate([(0.2, 20), (2.0, 20), (0.2, 20), (2.0, 20), (0.2, 20)]):
+        for a in gamma(rate, 1.0, int(rate * seconds * 3), seed + phase):
+            if a.at < seconds:
+                out.append(Arrival(start + a.at))
+        start += seconds
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", required=True, help="a tiny:llama artifact with its layers' measured ppl ratios")
+    parser.add_argument("--rates", default="0.25,0.5,1,1.5,2,3,4")
+    parser.add_argument("--requests", type=int, default=40, help="most requests per rate (and a minute's worth, "
+                                                                  "at least 15)")
+    parser.add_argument("--variants", default="adaptive,static-d0,static-deep")
+    parser.add_argument("--corpus", default=str(REPO / "tests" / "data" / "alice_ch1-2.txt"))
+    parser.add_argument("--output-dir", default=str(HERE / "results"))
+    parser.add_argument("--port", type=int, default=8031)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from dsla_serve.bench.arrivals import gamma
+    from dsla_serve.bench.plot import plot_rates
+    from dsla_serve.bench.report import table
+    from dsla_serve.bench.run import BenchConfig, load_corpus, run_once, warm_up
+    from dsla_serve.bench.workload import Lengths
+    from dsla_serve.controller.app import application
+    from dsla_serve.policies import SLO as SLOTargets
+    from dsla_serve.policies import DepthQuality, Policy, explain_floor
+
+    deep = explain_floor(Policy.model_validate(policy("static-deep", args.port, args.artifact, 99)),
+                         DepthQuality.from_artifact_dir(args.artifact))[0]  # the floor: the deepest depth that passes
+    rates = [float(r) for r in args.rates.split(",")]
+    slo = SLOTargets(**SLO)
+    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{os.cpu_count()} CPUs, {platform.processor()}",
+              "python": platform.python_version(), "artifact": args.artifact, "deep": deep, "slo": SLO,
+              "workload": {"prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS,
+                           "requests_per_rate": f"max(15, min({args.requests}, 60 x rate))", "rates": rates, "arrivals": "poisson"},
+              "variants": {}}
+    summaries = []
+    for variant in args.variants.split(","):
+        data = policy(variant, args.port, args.artifact, deep)
+        loaded = Policy.model_validate(data)
+        entry = {"policy": data, "load_avg_before": os.getloadavg(), "runs": [], "trace": None}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+            serve.run(application(loaded, start_trainer=False), name=loaded.name, route_prefix="/",
+                      external_scaler_enabled=True)
+            url = f"http://127.0.0.1:{args.port}"
+            config = BenchConfig(url=url, model="tiny-llama", prompt_tokens=Lengths.parse(PROMPT_TOKENS),
+                                 output_tokens=Lengths.parse(OUTPUT_TOKENS), duration_s=240, timeout_s=180, seed=0)
+            corpus = load_corpus(config, [args.corpus])
+
+            async def measure():
+                await warm_up(config, corpus, 3)
+                for rate in rates:
+                    count = max(15, min(args.requests, round(60 * rate)))
+                    summary, _ = await run_once(config, corpus, gamma(rate, 1.0, count, seed=1),
+                                                label=variant, rate=rate, slo=slo)
+                    print(table([summary]).splitlines()[-1], flush=True)
+                    entry["runs"].append(summary.to_dict())
+                    summaries.append(summary)
+                    await asyncio.sleep(20)  # let the controller see the quiet (its window) before the next rate
+                trace, _ = await run_once(config, corpus, burst_trace(), label=f"{variant} burst", rate=None, slo=slo)
+                print(table([trace]).splitlines()[-1], flush=True)
+                entry["trace"] = trace.to_dict()
+
+            asyncio.run(measure())
+            status = json.loads(__import__("httpx").get(f"{url}/v1/dsla/status", timeout=30).text)
+            entry["decisions"] = [d["reason"] for d in status["decisions"]][:50]
+            entry["quality"] = status["quality"]
+        finally:
+            ray.shutdown()
+        entry["load_avg_after"] = os.getloadavg()
+        record["variants"][variant] = entry
+        time.sleep(5)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adaptive_cpu.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot_rates(summaries, out / "adaptive_cpu.png",
+               title=f"tiny:llama, prompts 2-4k tokens, 2 CPU replicas: depth 0 / {deep} / adaptive")
+    print(table(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
