@@ -4,7 +4,7 @@ depth 0 and at L/2 = 15 (an artifact of 15 randomly initialised DSLA layers), th
 `NAME@d15` and its remote tokenizer (/tokenize, /detokenize, /tokenizer_info). Slow (two SmolLM2
 replicas on the CPU and the harness); `test_reference_app.py` covers the same endpoints by hand.
 
-    pip install lm-eval   # not a dependency of dsla-serve; the test is skipped without it
+    pip install "lm-eval[api]"   # not a dependency of dsla-serve; the test is skipped without it
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ def _tasks(folder) -> list[str]:
     data = folder / "capitals.jsonl"
     data.write_text("".join(json.dumps({"country": c, "capital": a, "choices": ch, "answer": ch.index(a)}) + "\n"
                             for c, a, ch in CAPITALS))
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-              "doc_to_text: \"Question: What is the capital of {{country}}?\\nAnswer:\"\n")
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
     (folder / "capitals_mc.yaml").write_text(
-        "task: capitals_mc\n" + common + "output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\n"
+        "task: capitals_mc\n" + common + "doc_to_text: \"Question: What is the capital of {{country}}?\\nAnswer:\"\n"
+        "output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\n"
         "doc_to_target: \"{{answer}}\"\ntarget_delimiter: \" \"\nmetric_list:\n  - metric: acc\n")
-    (folder / "capitals_gen.yaml").write_text(
-        "task: capitals_gen\n" + common + "output_type: generate_until\ndoc_to_target: \" {{capital}}\"\n"
+    (folder / "capitals_gen.yaml").write_text(  # the instruct model ends its turn after "Answer:" outside chat
+        "task: capitals_gen\n" + common + "doc_to_text: \"The capital of {{country}} is\"\n"
+        "output_type: generate_until\ndoc_to_target: \" {{capital}}\"\n"
         "generation_kwargs:\n  until: [\"\\n\", \".\", \",\", \"Question\"]\n  max_gen_toks: 8\n  do_sample: false\n"
         "  temperature: 0\nmetric_list:\n  - metric: exact_match\n    ignore_case: true\n"
         "    ignore_punctuation: true\n")
@@ -102,6 +103,7 @@ def _requests_by_depth(url: str) -> dict[str, float]:
 
 def test_lm_eval_scores_each_depth_through_the_endpoint(app, tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("tenacity")  # lm-eval[api]
     from lm_eval.tasks import TaskManager
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -123,6 +125,8 @@ def test_lm_eval_scores_each_depth_through_the_endpoint(app, tmp_path, monkeypat
         served = {d: after.get(d, 0.0) - before.get(d, 0.0) for d in after}
         assert served == {**{d: 0.0 for d in served}, str(depth): served[str(depth)]} and served[str(depth)] > 0
     print(json.dumps(scores, indent=1))
+    for depth in (0, HALF):
+        print(depth, [(d["target"], d["filtered_resps"]) for d in samples[depth]["capitals_gen"]])
     # the original model knows capitals; fifteen random layers do not
     assert scores[0]["capitals_mc"]["acc,none"] >= 0.8 and scores[0]["capitals_gen"]["exact_match,none"] >= 0.5
     assert scores[HALF]["capitals_gen"]["exact_match,none"] < scores[0]["capitals_gen"]["exact_match,none"]
