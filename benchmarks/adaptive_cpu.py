@@ -3,6 +3,10 @@ trace against three deployments of the same model with the same replicas and mem
 
     python benchmarks/adaptive_cpu.py --artifact ARTIFACT --output-dir benchmarks/results
 
+Each rate sends `--seconds` of Poisson arrivals (60 s: long enough for the policy actor, deciding every
+second with a 5 s cooldown and a 15 s window, to act within the run), then waits 20 s: queues drain,
+and the adaptive deployment sees the load drop (and may move back towards depth 0) before the next rate.
+
     adaptive     pools `accurate` (depth 0) and `fast` (the deepest depth), one replica each to start,
                  at most 2 replicas in all (2 CPUs, a replica takes 1): the policy actor moves traffic
                  deeper under pressure and gives the CPUs to the pool that carries it
@@ -13,8 +17,8 @@ Every replica has the same max_concurrent_requests and engine memory budget. The
 prompts, short answers) is the one where depth matters on a CPU: softmax attention's prefill grows
 with the square of the prompt, DSLA's linearly. Each variant gets the same rates and the same trace,
 generated with the same seeds, measured with `dsla-serve bench`'s code (dsla_serve/bench/). Writes
-`adaptive_cpu.json` (every run, the load average before and after each variant) and
-`adaptive_cpu.png` (SLO attainment and goodput against rate), and prints the table.
+`<name>.json` (every run, the load average before and after each variant, the policy actor's last
+decisions) and `<name>.png` (SLO attainment and goodput against rate), and prints the table.
 """
 
 from __future__ import annotations
@@ -78,9 +82,11 @@ def burst_trace(seed: int = 0) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", required=True, help="a tiny:llama artifact with its layers' measured ppl ratios")
-    parser.add_argument("--rates", default="0.25,0.5,1,1.5,2,3,4")
-    parser.add_argument("--requests", type=int, default=40, help="most requests per rate (and a minute's worth, "
-                                                                  "at least 15)")
+    parser.add_argument("--rates", default="0.5,1,2,3,4,5,6")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of arrivals per rate (at least 15 "
+                                                                    "requests)")
+    parser.add_argument("--max-requests", type=int, default=1000, help="most requests per rate")
+    parser.add_argument("--name", default="adaptive_cpu", help="the results' file names: NAME.json, NAME.png")
     parser.add_argument("--variants", default="adaptive,static-d0,static-deep")
     parser.add_argument("--corpus", default=str(REPO / "tests" / "data" / "alice_ch1-2.txt"))
     parser.add_argument("--output-dir", default=str(HERE / "results"))
@@ -106,7 +112,7 @@ def main() -> int:
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{os.cpu_count()} CPUs, {platform.processor()}",
               "python": platform.python_version(), "artifact": args.artifact, "deep": deep, "slo": SLO,
               "workload": {"prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS,
-                           "requests_per_rate": f"max(15, min({args.requests}, 60 x rate))", "rates": rates, "arrivals": "poisson"},
+                           "requests_per_rate": f"max(15, min({args.max_requests}, {args.seconds:g} s x rate))", "rates": rates, "arrivals": "poisson"},
               "variants": {}}
     summaries = []
     for variant in args.variants.split(","):
@@ -127,7 +133,7 @@ def main() -> int:
             async def measure():
                 await warm_up(config, corpus, 3)
                 for rate in rates:
-                    count = max(15, min(args.requests, round(60 * rate)))
+                    count = max(15, min(args.max_requests, round(args.seconds * rate)))
                     summary, _ = await run_once(config, corpus, gamma(rate, 1.0, count, seed=1),
                                                 label=variant, rate=rate, slo=slo)
                     print(table([summary]).splitlines()[-1], flush=True)
@@ -149,8 +155,8 @@ def main() -> int:
         time.sleep(5)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "adaptive_cpu.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot_rates(summaries, out / "adaptive_cpu.png",
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot_rates(summaries, out / f"{args.name}.png",
                title=f"tiny:llama, prompts 2-4k tokens, 2 CPU replicas: depth 0 / {deep} / adaptive")
     print(table(summaries))
     return 0

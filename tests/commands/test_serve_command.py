@@ -86,6 +86,7 @@ def test_a_busy_port_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys
     port = free_port()
     path = write_policy(tmp_path / "policy.yaml", policy_dict(port, name="busy"))
     monkeypatch.setattr(serve, "_existing_cluster", lambda: None)  # this machine's own `ray start` aside
+    monkeypatch.setattr(serve, "_stop_on_signals", lambda: None)  # pytest's own signal handlers stay
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
     with socket.socket() as holder:

@@ -157,7 +157,10 @@ def test_targets_follow_the_quality_floor_and_the_load():
         depth=0, artifact_depth=1, artifact="/nowhere", version=0)
     with pytest.raises(KeyError, match="unknown pool"):
         control.report(replica_report("nope", "x", depth=0), 0.0)
-    assert control.routing(0.0).weights == {"accurate": 1.0, "fast": 0.0}
+    routing = control.routing(0.0)
+    assert routing.weights == {"accurate": 1.0, "fast": 0.0}
+    # what spill-over and pinned depths go by: the depth each pool's replicas serve, the floor, the artifact
+    assert (routing.stable_depth, routing.floor, routing.published_depth) == ({"accurate": 0, "fast": 0}, 1, 1)
 
     # load step: slow first tokens on the accurate pool -> all traffic deeper (traffic_step 1.0)
     control.record(_events("accurate", 0.1, 10, ttft_s=0.5))
