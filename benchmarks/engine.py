@@ -14,7 +14,14 @@ gates: speed does not depend on the weights' values), then served at several dep
     (prefill included) and the steady decode rate (median pure-decode step);
 (c) Hugging Face `generate` (SDPA, DynamicCache) on the same model at depth 0 and the same batch and
     prompt (halved on out-of-memory), with fewer new tokens (--hf-new-tokens, default 32) to cap its
-    runtime: its per-step time is timed per token with a logits processor.
+    runtime: its per-step time is timed per token with a logits processor;
+(d) the engine's prefill alone, at depth 0 and at full depth (--prefill-depths): 4 prompts of 8192 and
+    1 of 32768 tokens, one new token each, prompt tokens per second after a warm-up run; then one more
+    run under torch.profiler, whose GPU time is summed per kernel category (GEMMs, softmax attention,
+    DSLA kernels, fused block kernels, the rest) and per kernel: where each millisecond goes.
+
+CUDA graphs are required on the GPU: a capture failure fails the run (the engine's fallback to eager
+decoding would otherwise let it pass at a lower speed); every row records `cuda_graphs`.
 
 Work is ordered by priority and skipped when the remaining --timeout cannot cover it; results are
 written to engine.json under --out (default $OUT, else benchmarks/results) after every measurement, and
@@ -65,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--budget-gib", type=float, default=None,
                    help="cache memory budget (default: the planner's; --tiny: 0.01 GiB)")
     p.add_argument("--skip-hf", action="store_true", help="skip (c)")
+    p.add_argument("--prefill-depths", default=None, help="depths of (d) (default 0 and all layers)")
+    p.add_argument("--sections", default="a,b,c,d", help="which of (a) (b) (c) (d) to run (default all)")
     return p.parse_args(argv)
 
 
@@ -202,7 +211,7 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
 def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int):
     """(a): one request; median wall time of the pure decode steps (each step ends in a host sync)."""
     engine = Engine(model, depth=depth, max_model_len=prompt_len + steps + 1, max_num_seqs=1,
-                    prefill_chunk_tokens=bench.args.prefill_chunk)
+                    prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for warm in (True, False):
         stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
@@ -226,6 +235,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
         end.record()
         end.synchronize()
         graph_ms = start.elapsed_time(end) / 50
+    check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
     row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
@@ -242,7 +252,7 @@ def throughput(bench: Bench, model, depth: int, prompt_len: int, new_tokens: int
     """(b): the largest batch the planner admits, all submitted at once."""
     engine = Engine(model, depth=depth, max_model_len=prompt_len + new_tokens, max_num_seqs=4096,
                     max_queue=4096, prefill_chunk_tokens=bench.args.prefill_chunk,
-                    memory_budget_bytes=bench.budget)
+                    memory_budget_bytes=bench.budget, require_cuda_graphs=bench.device.type == "cuda")
     plan = engine.plan
     B = plan.max_seqs
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
@@ -262,7 +272,8 @@ def throughput(bench: Bench, model, depth: int, prompt_len: int, new_tokens: int
             step_times.append((dt, len(engine.scheduler.running)))
     total = time.perf_counter() - t0
     outs = [s.result() for s in streams]
-    assert all(len(o.outputs[0].token_ids) == new_tokens for o in outs)
+    assert all(len(o.outputs[0].token_ids) == new_tokens for o in outs), [o.error for o in outs if o.error][:1]
+    check_graphs(engine)
     full = [dt for dt, n in step_times if n == B]
     step_ms = 1000 * statistics.median(full) if full else None
     row = {"depth": depth, "prompt": prompt_len, "new_tokens": new_tokens, "batch": B,
@@ -278,6 +289,83 @@ def throughput(bench: Bench, model, depth: int, prompt_len: int, new_tokens: int
     print("  ", row, flush=True)
     del engine, streams, outs
     return row
+
+
+def check_graphs(engine) -> None:
+    """On the GPU the decode steps must have run in CUDA graphs."""
+    state = engine.stats().cuda_graphs
+    if engine.device.type == "cuda" and state != "on":
+        raise RuntimeError(f"CUDA graphs are not in use: {state}")
+
+
+CATEGORIES = (  # kernel name fragments -> category of the prefill profile, first match wins
+    ("DSLA kernels", ("_forward_states_kernel", "_chunk_scores_kernel", "_chunk_output_kernel",
+                      "_recurrent_kernel")),
+    ("softmax attention", ("flash", "fmha", "attention", "_decode_split_kernel", "_combine_kernel")),
+    ("fused block kernels", ("_add_rmsnorm_kernel", "_rope_kv_kernel", "_silu_mul_kernel")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "splitk", "sm90")),
+)
+
+
+def categorize(name: str) -> str:
+    low = name.lower()
+    for category, fragments in CATEGORIES:
+        if any(f.lower() in low for f in fragments):
+            return category
+    return "other (elementwise, copies, sampling)"
+
+
+def profile_prefill(run) -> dict:
+    """GPU milliseconds of one run under torch.profiler: in total, per category, the top kernels."""
+    from torch.profiler import ProfilerActivity
+
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+    kernels: dict[str, float] = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", 0) or 0
+        if us > 0:
+            kernels[ev.key] = kernels.get(ev.key, 0.0) + us / 1000
+    by_category: dict[str, float] = {}
+    for name, ms in kernels.items():
+        by_category[categorize(name)] = by_category.get(categorize(name), 0.0) + ms
+    return {"gpu_ms": round(sum(kernels.values()), 1),
+            "gpu_ms_by_category": {k: round(v, 1) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+            "top_kernels_ms": {k[:90]: round(v, 1) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:15]}}
+
+
+def prefill_rate(bench: Bench, model, depth: int, prompt_len: int, batch: int, vocab: int, profile: bool):
+    """(d): prompt tokens/s of the engine's prefill alone (one new token per request: no decode step)."""
+    engine = Engine(model, depth=depth, max_model_len=prompt_len + 1, max_num_seqs=batch, max_queue=batch,
+                    prefill_chunk_tokens=bench.args.prefill_chunk, memory_budget_bytes=bench.budget)
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+
+    def run(seed: int) -> float:
+        prompts = random_prompts(batch, prompt_len, vocab, seed=seed)
+        sync(bench.device)
+        t0 = time.perf_counter()
+        streams = [engine.add_request(p, params, keep_history=False) for p in prompts]
+        while engine.has_unfinished():
+            engine.step()
+        sync(bench.device)
+        elapsed = time.perf_counter() - t0
+        assert all(len(s.result().outputs[0].token_ids) == 1 for s in streams)
+        return elapsed
+
+    run(seed=1)  # warm-up: kernels compiled and GEMM algorithms chosen at these shapes
+    seconds = run(seed=2)
+    tokens = batch * prompt_len
+    row = {"depth": depth, "prompt": prompt_len, "batch": batch, "tokens": tokens, "seconds": round(seconds, 3),
+           "prompt_tok_s": round(tokens / seconds, 1), "prefill_chunk": bench.args.prefill_chunk}
+    bench.results.setdefault("prefill", []).append(row)
+    if profile and bench.device.type == "cuda":
+        try:
+            row.update(profile_prefill(lambda: run(seed=3)))
+        except Exception as e:  # noqa: BLE001 - keep the rate measured above
+            row["profile_error"] = f"{type(e).__name__}: {e}"[:300]
+    bench.save()
+    print("  ", {k: v for k, v in row.items() if k != "top_kernels_ms"}, flush=True)
+    del engine
 
 
 def hf_generate(bench: Bench, model, prompt_len: int, batch: int, new_tokens: int, vocab: int):
@@ -379,6 +467,18 @@ def table(results: dict) -> str:
             lines.append(f"engine d0 / HF at prompt {r['prompt']}: e2e {b0['e2e_out_tok_s'] / r['e2e_out_tok_s']:.1f}x, "
                          f"decode {b0['decode_tok_s'] / r['decode_tok_s']:.1f}x (HF batch {r['batch']}, "
                          f"{r['new_tokens']} new tokens)" if b0.get("decode_tok_s") else "")
+    pre = results.get("prefill", [])
+    if pre:
+        lines.append("")
+        lines.append("(d) engine prefill alone (prompt tokens/s; GPU ms per category from one profiled run)")
+        base = {r["prompt"]: r for r in pre if r["depth"] == 0}
+        for r in pre:
+            b0 = base.get(r["prompt"])
+            ratio = f"{r['prompt_tok_s'] / b0['prompt_tok_s']:.2f}x depth 0" if b0 else ""
+            lines.append(f"depth {r['depth']:>2} prompt {r['prompt']:>5} x {r['batch']}: {r['prompt_tok_s']:>9.0f} tok/s "
+                         f"({r['seconds']:.2f} s) {ratio}")
+            if "gpu_ms_by_category" in r:
+                lines.append("    GPU " + f"{r['gpu_ms']} ms: " + ", ".join(f"{k} {v}" for k, v in r["gpu_ms_by_category"].items()))
     for r in results.get("check_vs_hf", []):
         lines.append(f"check: depth {r['depth']}: {r['identical_to_hf']}/{r['prompts']} greedy outputs identical to HF generate")
     for s in results["skipped"]:
@@ -403,10 +503,23 @@ def main(argv=None) -> int:
     bench.results["copy_bandwidth_tb_s"] = round(bw / 1e12, 3) if bw else None
     model = build_model(shape, max(prompts) + new_tokens + 64, device)
 
+    sections = set(args.sections.split(","))
     if tiny:
         check_vs_hf(bench, model, depths, vocab)
 
-    for d in [0] + [d for d in depths if d != 0]:  # (a)
+    if "d" in sections:  # (d) first: the prefill figures the kernels issue asks for
+        layers = model.config.num_hidden_layers
+        prefill_depths = [int(x) for x in (args.prefill_depths or f"0,{layers}").split(",")]
+        for p, batch in ((64, 2), (128, 1)) if tiny else ((8192, 4), (32768, 1)):
+            for d in prefill_depths:
+                if bench.guard(f"(d) prefill depth {d} prompt {p} x {batch}", 3 if tiny else 25):
+                    try:
+                        prefill_rate(bench, model, d, p, batch, vocab, profile=True)
+                    except Exception as e:  # noqa: BLE001
+                        bench.error(f"(d) depth {d} prompt {p}", e)
+                    free()
+
+    for d in [0] + [d for d in depths if d != 0] if "a" in sections else []:  # (a)
         if bench.guard(f"(a) decode b1 depth {d}", 3 if tiny else 12):
             try:
                 decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab)
@@ -419,18 +532,18 @@ def main(argv=None) -> int:
     key = sorted(depths)[-2] if len(depths) > 2 else max(depths)
     order = [(p, d) for p in prompts for d in dict.fromkeys((0, key))]
     order += [(p, d) for d in sorted(depths, reverse=True) for p in prompts if (p, d) not in order]
-    prefill_rate = 1e9 if tiny else 15000.0  # tokens/s, a rough guess to skip what cannot finish
+    rate_guess = 1e9 if tiny else 15000.0  # prefill tokens/s, a rough guess to skip what cannot finish
     rows = {}
-    for p, d in order:
+    for p, d in order if "b" in sections else []:
         est_batch = rows.get((p, 0), {}).get("batch", 8) * (1 + d / 4)
-        estimate = 5 if tiny else min(240, est_batch * p / prefill_rate + new_tokens * 0.04 + 15)
+        estimate = 5 if tiny else min(240, est_batch * p / rate_guess + new_tokens * 0.04 + 15)
         if bench.guard(f"(b) engine prompt {p} depth {d}", estimate):
             try:
                 rows[(p, d)] = throughput(bench, model, d, p, new_tokens, vocab)
             except Exception as e:  # noqa: BLE001
                 bench.error(f"(b) prompt {p} depth {d}", e)
             free()
-        if d == 0 and not args.skip_hf and (p, 0) in rows:
+        if d == 0 and not args.skip_hf and "c" in sections and (p, 0) in rows:
             b = rows[(p, 0)]["batch"]
             if bench.guard(f"(c) HF generate prompt {p}", 5 if tiny else b * p / 6000 + args.hf_new_tokens * 0.15 + 10):
                 try:

@@ -1,72 +1,109 @@
 #!/usr/bin/env bash
-# Issue 7 on one GPU lease, start to end: the reference teacher (recipes/teacher/train.sh), then the
-# quality campaign on it (configs/quality.json) beside the single-layer probes (experiments/layer_probe.py
-# at the campaign's settings), then the budget study (configs/quality-budget.json).
+# The real-model claim (issue 19) on one GPU lease, through `dsla-serve convert` and `dsla-serve eval` only
+# (experiments/driver.py runs them; configs/smollm2-claim.yaml says what):
 #
-# It runs detached (`setsid`), so it outlives the 10-minute limit of one device call and never has to
-# reload or re-send the teacher between calls; `experiments/gpu_collect.sh` waits for it and copies
-# what is done to $OUT. Every step resumes: rerunning skips a finished teacher and finished runs.
-# Needs runs/teacher/tokenizer, runs/teacher/data (python -m recipes.teacher.train_tokenizer) and
-# runs/quality-data (python -m experiments.prepare); experiments/README.md has the whole sequence.
+#   1. the reference model's cached Hugging Face folder, built from its GGUF; its fingerprint on CUDA
+#      checked against tests/reference.py's FINGERPRINT (both printed);
+#   2. phase A: run `order` (the default retrieval_delta order measured on the model) and run `timing`
+#      (one layer at the claim's settings) side by side, the base model's evaluation beside them;
+#      if DeepSpeed fails there, the whole claim runs with `training.optimizer: adamw` (logged);
+#   3. the steps per layer sized from `timing`'s measured tokens/s so that the conversions end by
+#      TARGET_END_S seconds after this script started (clamped to [MIN_STEPS, MAX_STEPS]);
+#   4. phase B: the six runs in parallel, in `order`'s order, each evaluated when it ends; conversions
+#      still running at TARGET_END_S + SLACK_S are interrupted and evaluated at the depths they published.
+#      PHASE_B_RUNS= (empty) stops after phase A; PHASE_A_DEADLINE_S bounds phase A the same way.
 #
-# A dry run on the CPU at toy sizes (each variable's words go last, so they win over the defaults):
-#   GPU_PIPELINE_RUNS=runs/dry TEACHER_ARGS="--smoke --steps 3 ..." QUALITY_ARGS=--smoke \
-#   BUDGET_ARGS="--config experiments/configs/quality-smoke.json --runs dsla,gla" \
-#   PROBE_ARGS="--config experiments/configs/quality-smoke.json" experiments/gpu_pipeline.sh
+# It runs detached (`setsid`), so it outlives one device call; experiments/gpu_collect.sh waits for it and
+# copies the results to $OUT. Needs runs/claim-data (experiments/prepare.py) and the model findable by
+# its short name (docs/trainer.md, "On a GPU machine"). A CPU dry run at toy sizes:
+#   CLAIM_CONFIG=experiments/configs/smoke.yaml ORDER_RUNS=dsla_s0 PHASE_B_RUNS=dsla_s1,gla_s0 \
+#   SKIP_FINGERPRINT=1 GPU_PIPELINE_RUNS=runs/dry experiments/gpu_pipeline.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-RUNS=${GPU_PIPELINE_RUNS:-runs}
-read -r -a teacher_args <<< "${TEACHER_ARGS:-}"
-read -r -a quality_args <<< "${QUALITY_ARGS:-}"
-read -r -a budget_args <<< "${BUDGET_ARGS:-}"
-read -r -a probe_args <<< "${PROBE_ARGS:-}"
-log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+RUNS=${GPU_PIPELINE_RUNS:-runs/claim}
+CONFIG=${CLAIM_CONFIG:-experiments/configs/smollm2-claim.yaml}
+ORDER_RUNS=${ORDER_RUNS:-order,timing}
+TIMING_RUN=${TIMING_RUN:-timing}
+PHASE_B_RUNS=${PHASE_B_RUNS-dsla_s0,dsla_s1,gla_s0,gla_s1,swa_s0,swa_s1}   # empty: phase A only
+TARGET_END_S=${TARGET_END_S:-390}   # phase B's conversions should end by then (seconds after this script started)
+SLACK_S=${SLACK_S:-45}
+MIN_STEPS=${MIN_STEPS:-10}
+MAX_STEPS=${MAX_STEPS:-400}
+LONGEST=${LONGEST:-22}              # layers of the longest run (3L/4 of 30)
+DEVICE=${DEVICE:-}
+log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
 mkdir -p "$RUNS"
 rm -f "$RUNS/pipeline.done" "$RUNS/pipeline.failed"
 fail() { log "FAILED: $*"; echo "$*" > "$RUNS/pipeline.failed"; exit 1; }
+device_args=(); [ -n "$DEVICE" ] && device_args=(--device "$DEVICE")
 
 log "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
-python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
+python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)' 2>&1
+python3 -c 'import deepspeed, pydantic; print("deepspeed", deepspeed.__version__, "pydantic", pydantic.__version__)' 2>&1 | tail -1
 
-# The campaign's code on this GPU at toy sizes, beside the teacher's training (the GPU has room for both):
-# a failure here shows up in the first call's output while there is still time to fix it.
-[ -n "${SKIP_SMOKE:-}" ] || ( python3 -m pytest -q -p no:cacheprovider tests/quality/test_experiments.py > "$RUNS/gpu-smoke.log" 2>&1
-  echo "exit code $?" >> "$RUNS/gpu-smoke.log" ) &
-
-if [ ! -f "$RUNS/teacher/model/training.json" ]; then  # written last, once the teacher is saved and measured
-  log "teacher: recipes/teacher/train.sh"
-  TEACHER_RUN="$RUNS/teacher" recipes/teacher/train.sh --quiet --time-budget-min 60 "${teacher_args[@]}" > "$RUNS/teacher.log" 2>&1 \
-    || fail "teacher training (see teacher.log)"
-  rm -f "$RUNS"/teacher.tar.part-* "$RUNS/teacher.tar.ready"
-  # in 15 MB parts: a device call returns files of at most 16 MiB
-  tar -C "$RUNS/teacher" --exclude checkpoint -cf - model | split -b 15M - "$RUNS/teacher.tar.part-" \
-    && touch "$RUNS/teacher.tar.ready"
+if [ -z "${SKIP_FINGERPRINT:-}" ]; then
+  log "model: the cached folder of smollm2-135m, and its fingerprint on CUDA"
+  python3 - <<'PY' || fail "the reference model (see above)"
+import torch
+from dsla_serve.model.fingerprint import model_fingerprint
+from dsla_serve.model.loading import load_model_and_tokenizer
+from dsla_serve.model.sources import resolve_model
+from tests.reference import FINGERPRINT
+print("folder", resolve_model("smollm2-135m"), flush=True)
+model, _ = load_model_and_tokenizer("smollm2-135m", dtype="bfloat16", device="cuda")
+got = model_fingerprint(model)
+print("fingerprint on", torch.cuda.get_device_name(), got)
+print("tests/reference.py       ", FINGERPRINT, "equal" if got == FINGERPRINT else "DIFFERENT")
+raise SystemExit(0 if got == FINGERPRINT else 1)
+PY
 fi
-log "teacher saved: $(python3 -c "import json; f = json.load(open('$RUNS/teacher/model/training.json'))['final']; \
-print('ppl', round(f['perplexity']['overall']['ppl'], 2), 'passkey', [r['accuracy'] for r in f['passkey']['rows']])")"
-wait  # the smoke test
 
-# The probes share the GPU with the campaign's workers from the start: one process leaves it mostly idle.
-probes=
-if [ -z "${SKIP_PROBES:-}" ]; then
-  log "single-layer probes (experiments.layer_probe, the campaign's settings), beside the campaign"
-  python3 -m experiments.layer_probe --config experiments/configs/quality.json --teacher "$RUNS/teacher/model" \
-    --data "$RUNS/quality-data" --out "$RUNS/layer-probe" "${probe_args[@]}" > "$RUNS/layer-probe.log" 2>&1 &
-  probes=$!
+override='{}'
+phase_a_deadline=(); [ -n "${PHASE_A_DEADLINE_S:-}" ] && \
+  phase_a_deadline=(--deadline-min "$(python3 -c "print(max(0.2, ($PHASE_A_DEADLINE_S - $SECONDS) / 60))")")
+log "phase A: runs $ORDER_RUNS (order, timing) and the base model's evaluation"
+python3 -m experiments.driver "$CONFIG" --out "$RUNS" --runs "$ORDER_RUNS" --workers 2 "${device_args[@]}" \
+  "${phase_a_deadline[@]}" > "$RUNS/phase-a.log" 2>&1
+timing_ok() { python3 -c "import json,sys; m=json.load(open('$RUNS/runs/$TIMING_RUN/artifact/manifest.json')); sys.exit(0 if m['layers'] else 1)" 2>/dev/null; }
+if ! timing_ok; then
+  log "phase A failed with the default optimiser (DeepSpeed); tail of the timing log:"
+  tail -n 15 "$RUNS/runs/$TIMING_RUN/convert.log"
+  override='{"training": {"optimizer": "adamw"}}'
+  log "retrying phase A with $override"
+  python3 -m experiments.driver "$CONFIG" --out "$RUNS" --runs "$ORDER_RUNS" --workers 2 --override "$override" \
+    "${device_args[@]}" > "$RUNS/phase-a-adamw.log" 2>&1
+  timing_ok || fail "phase A (see $RUNS/runs/$TIMING_RUN/convert.log)"
 fi
-log "campaign: experiments.quality (configs/quality.json)"
-python3 -m experiments.quality --teacher "$RUNS/teacher/model" --data "$RUNS/quality-data" --out "$RUNS/quality" \
-  --workers "${QUALITY_WORKERS:-5}" "${quality_args[@]}" > "$RUNS/quality.log" 2>&1 || fail "campaign (see quality.log)"
+log "order: $(python3 -c "import json; m=json.load(open('$RUNS/runs/order/artifact/manifest.json')); print(m['metadata']['order']['method'], m['order'])" 2>/dev/null)"
+if [ -z "$PHASE_B_RUNS" ]; then  # phase A only (a lease too short for the claim's conversions)
+  python3 -m experiments.driver "$CONFIG" --out "$RUNS" --report-only > /dev/null 2>&1
+  log "phase A only (PHASE_B_RUNS is empty)"
+  touch "$RUNS/pipeline.done"
+  exit 0
+fi
 
-if [ -z "${SKIP_BUDGET:-}" ]; then
-  log "budget study: experiments.quality (configs/quality-budget.json)"
-  mkdir -p "$RUNS/quality-budget"
-  cp "$RUNS/quality/teacher.json" "$RUNS/quality/orders.json" "$RUNS/quality-budget/"  # the same teacher and order
-  python3 -m experiments.quality --config experiments/configs/quality-budget.json --teacher "$RUNS/teacher/model" \
-    --data "$RUNS/quality-data" --out "$RUNS/quality-budget" --workers 2 "${budget_args[@]}" > "$RUNS/quality-budget.log" 2>&1 \
-    || fail "budget study (see quality-budget.log)"
-fi
-[ -z "$probes" ] || wait "$probes" || fail "single-layer probes (see layer-probe.log)"
-log "all done"
+steps=$(python3 - "$RUNS/runs/$TIMING_RUN/artifact/manifest.json" "$SECONDS" <<PY
+import json, sys
+m = json.load(open(sys.argv[1]))["layers"][0]["metrics"]
+now = float(sys.argv[2])
+s_step = m["train_tokens"] / m["steps"] / m["train_tokens_per_s"]  # seconds per step, measured beside the order run
+# Phase B: six processes share the GPU (each ~2x slower than beside one other), the longest run converts
+# $LONGEST layers, 15 of them beside the others and the rest alone; 30 s of start-up, 5 s per layer of
+# calibration, validation and engine set-up.
+available = $TARGET_END_S - now - 30 - 5 * $LONGEST
+steps = int(available / (s_step * (2 * 15 + 0.7 * ($LONGEST - 15))))
+print(max($MIN_STEPS, min($MAX_STEPS, steps)))
+print(f"timing: {s_step:.3f} s per step beside the order run ({m['train_tokens_per_s']:.0f} tokens/s); "
+      f"{available:.0f} s available -> {steps} steps", file=sys.stderr)
+PY
+) || fail "sizing"
+override=$(python3 -c "import json,sys; o=json.loads(sys.argv[1]); o.setdefault('training', {})['steps']=int(sys.argv[2]); print(json.dumps(o))" "$override" "$steps")
+deadline=$(python3 -c "print(max(0.5, ($TARGET_END_S + $SLACK_S - $SECONDS) / 60))")
+log "phase B: runs $PHASE_B_RUNS with $override, deadline in $deadline min"
+python3 -m experiments.driver "$CONFIG" --out "$RUNS" --runs "$PHASE_B_RUNS" --workers 6 --override "$override" \
+  --deadline-min "$deadline" "${device_args[@]}" > "$RUNS/phase-b.log" 2>&1
+code=$?
+python3 -m experiments.driver "$CONFIG" --out "$RUNS" --report-only > /dev/null 2>&1
+log "phase B ended (driver exit code $code)"
 touch "$RUNS/pipeline.done"

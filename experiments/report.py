@@ -1,25 +1,31 @@
-"""Tables, plots and the issue's target checks from the saved results of the quality experiments.
+"""Tables, plots and the issue's target checks from a campaign's saved results.
 
-Reads <out>/teacher.json, <out>/orders.json and <out>/runs/*.json; writes <out>/summary.md (markdown
-tables ready for docs/quality.md), <out>/summary.json (the same numbers and the targets) and PNGs.
-Runs that are not done yet are listed as missing, never filled in.
+Reads `<out>/teacher/results.json` (the base model, depth 0), `<out>/runs/<name>/eval/results.json`
+(`dsla-serve eval` of each run's artifact) and `<out>/runs/<name>/artifact/manifest.json` (the order,
+and per layer the trainer's timings); writes `<out>/summary.md` (markdown tables ready for
+docs/quality.md), `<out>/summary.json` (the same numbers and the targets) and PNG plots. Runs that did
+not finish are listed as missing, never filled in.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
-from dsla_serve.quality.plots import plot_accuracy, plot_by_depth, plot_position_curves
+from dsla_serve.quality.models import parse_depths
+from dsla_serve.quality.plots import plot_by_depth
 
-from .config import QualityConfig
+from .campaign import Campaign
 
-PPL_TARGET_RATIO = 1.05  # DSLA at L/2 within 5% of the teacher's validation perplexity
-PASSKEY_TARGET = 0.90  # passkey accuracy at 4k for DSLA at L/2
+# issue 19's targets, against the base model (depth 0)
+HALF_PPL = 0.03  # at L/2: perplexity within 3%, overall and on the last position bucket
+HALF_PASSKEY_POINTS = 5.0  # at L/2: passkey within 5 points at every length
+THREE_QUARTER_PPL = 0.10  # at 3L/4: perplexity within 10%
 
 
 def metrics(ev: dict) -> dict:
-    """The headline numbers of one evaluation result."""
+    """The headline numbers of one evaluation: ppl, bucket_ppl {lo-hi: ppl}, passkey {len: acc}, mqar {pairs: acc}."""
     out = {}
     if "perplexity" in ev:
         p = ev["perplexity"]
@@ -32,29 +38,37 @@ def metrics(ev: dict) -> dict:
     return out
 
 
-def _load(out: Path):
-    teacher = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").is_file() else None
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))} \
-        if (out / "runs").is_dir() else {}
-    orders = json.loads((out / "orders.json").read_text()) if (out / "orders.json").is_file() else {}
-    return teacher, runs, orders
+def load_results(out: Path) -> tuple[dict | None, dict]:
+    """(teacher metrics or None, {run: {"evals": {depth: eval}, "manifest": manifest or None, "eval_meta"}})."""
+    teacher_file = out / "teacher" / "results.json"
+    teacher = None
+    if teacher_file.is_file():
+        teacher = metrics(json.loads(teacher_file.read_text())["runs"][0])
+    runs = {}
+    for folder in sorted((out / "runs").glob("*")) if (out / "runs").is_dir() else []:
+        results, manifest = folder / "eval" / "results.json", folder / "artifact" / "manifest.json"
+        evals, meta = {}, {}
+        if results.is_file():
+            raw = json.loads(results.read_text())
+            evals = {str(r["depth"]): r for r in raw["runs"]}
+            meta = {k: raw.get(k) for k in ("device", "dtype", "created", "order")}
+        runs[folder.name] = {"evals": evals, "eval_meta": meta,
+                             "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None}
+    return teacher, runs
 
 
-def _series(runs: dict, names, labels: dict, value) -> dict:
-    series = {}
-    for n in names:
-        if n in runs:
-            depths = sorted(int(d) for d in runs[n]["evals"])
-            ys = [value(metrics(runs[n]["evals"][str(d)])) for d in depths]
-            series[labels.get(n) or n] = (depths, ys)
-    return series
+def _label(campaign: Campaign, name: str) -> str:
+    try:
+        return campaign.run(name).label or name
+    except KeyError:
+        return name
 
 
-def _table(teacher_m: dict | None, runs: dict, names, labels: dict) -> list[str]:
-    ref = teacher_m or {}
+def _table(teacher: dict | None, runs: dict, names: list[str], campaign: Campaign) -> list[str]:
+    ref = teacher or {}
     sample = ref or next((metrics(ev) for n in names if n in runs for ev in runs[n]["evals"].values()), {})
     buckets, lengths, pairs = (list(sample.get(k, {})) for k in ("bucket_ppl", "passkey", "mqar"))
-    head = ["run", "depth", "ppl", "vs teacher"] + [f"ppl {b}" for b in buckets] + \
+    head = ["run", "depth", "ppl", "vs depth 0"] + [f"ppl {b}" for b in buckets] + \
         [f"passkey {x}" for x in lengths] + [f"MQAR {x}" for x in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -66,133 +80,154 @@ def _table(teacher_m: dict | None, runs: dict, names, labels: dict) -> list[str]
         cells += [f"{100 * m['mqar'][x]:.0f}%" for x in pairs if x in m.get("mqar", {})]
         lines.append("| " + " | ".join(cells) + " |")
 
-    if teacher_m:
-        row("teacher", 0, teacher_m)
+    if teacher:
+        row("base model", 0, teacher)
     for n in names:
-        if n not in runs:
-            lines.append(f"| {labels.get(n) or n} | not yet run | | |")
+        if not runs.get(n, {}).get("evals"):
+            lines.append(f"| {_label(campaign, n)} | not measured | | |")
             continue
         for d in sorted(int(x) for x in runs[n]["evals"]):
-            row(labels.get(n) or n, d, metrics(runs[n]["evals"][str(d)]))
+            row(_label(campaign, n), d, metrics(runs[n]["evals"][str(d)]))
     return lines
 
 
-def _experiment_plots(key: str, exp, runs: dict, done: list[str], labels: dict, ref: dict, out: Path) -> list[Path]:
-    """Overall ppl, last-bucket ppl, passkey at the longest length and MQAR at the most pairs, vs depth.
-    `ref` holds the teacher's metrics (drawn as a line) or is empty."""
-    sample = ref or metrics(next(iter(runs[done[0]]["evals"].values())))
-    last_bucket = list(sample["bucket_ppl"])[-1]
-    plots = [
-        plot_by_depth(_series(runs, exp.runs, labels, lambda m: m["ppl"]), out / f"{key}_ppl.png",
-                      "validation perplexity", exp.title, ref.get("ppl")),
-        plot_by_depth(_series(runs, exp.runs, labels, lambda m: m["bucket_ppl"][last_bucket]),
-                      out / f"{key}_long_ppl.png", f"perplexity, positions {last_bucket}", exp.title,
-                      ref.get("bucket_ppl", {}).get(last_bucket)),
-    ]
-    for task, unit, name in (("passkey", "tokens", "passkey accuracy at {} tokens (%)"),
-                             ("mqar", "pairs", "MQAR accuracy with {} pairs (%)")):
-        if task in sample:
-            x = max(sample[task], key=int)
-            plots.append(plot_by_depth(_series(runs, exp.runs, labels, lambda m: 100 * m[task][x]),
-                                       out / f"{key}_{task}.png", name.format(x), exp.title,
-                                       100 * ref[task][x] if task in ref else None))
-    return plots
-
-
-def check_targets(teacher_m: dict | None, runs: dict, num_layers: int | None, dsla_run: str = "dsla",
-                  gla_run: str = "gla") -> list[dict]:
-    """The issue's targets, each {target, status: met | missed | not measured, detail}, for DSLA run
-    `dsla_run` against single-state run `gla_run`."""
-    out = []
-    dsla, gla = runs.get(dsla_run), runs.get(gla_run)
-    half = str(num_layers // 2) if num_layers else None
-
-    def at(run, depth):
-        return metrics(run["evals"][depth]) if run and depth in run["evals"] else None
-
-    m_half = at(dsla, half) if half else None
-    if teacher_m and m_half:
-        ratio = m_half["ppl"] / teacher_m["ppl"]
-        out.append({"target": "DSLA at L/2 within 5% of the teacher's validation perplexity",
-                    "status": "met" if ratio <= PPL_TARGET_RATIO else "missed",
-                    "detail": f"ppl {m_half['ppl']:.3f} vs teacher {teacher_m['ppl']:.3f}: {100 * (ratio - 1):+.2f}%"})
-    else:
-        out.append({"target": "DSLA at L/2 within 5% of the teacher's validation perplexity", "status": "not measured",
-                    "detail": f"needs teacher.json and runs/{dsla_run}.json"})
-    if dsla and gla and num_layers:
-        rows, ok = [], True
-        for d in sorted({int(x) for x in dsla["evals"]} & {int(x) for x in gla["evals"]}):
-            if d < num_layers // 2:
-                continue
-            a, b = at(dsla, str(d)), at(gla, str(d))
-            last = list(a["bucket_ppl"])[-1]
-            pk_a, pk_b = (sum(m["passkey"].values()) / len(m["passkey"]) for m in (a, b))
-            better = a["bucket_ppl"][last] < b["bucket_ppl"][last] and pk_a > pk_b
-            ok &= better
-            rows.append(f"depth {d}: ppl {last} {a['bucket_ppl'][last]:.3f} vs {b['bucket_ppl'][last]:.3f}, "
-                        f"mean passkey {100 * pk_a:.0f}% vs {100 * pk_b:.0f}%")
-        out.append({"target": "DSLA better than the single state at every depth >= L/2 on the last position "
-                              "bucket and on passkey", "status": "met" if ok and rows else "missed",
-                    "detail": "; ".join(rows)})
-    else:
-        out.append({"target": "DSLA better than the single state at every depth >= L/2", "status": "not measured",
-                    "detail": "needs " + " and ".join(f"runs/{n}.json" for n in (dsla_run, gla_run) if n not in runs)
-                              if num_layers else "needs teacher.json"})
-    if m_half and m_half.get("passkey"):
-        longest = max(m_half["passkey"], key=int)
-        acc = m_half["passkey"][longest]
-        out.append({"target": f"passkey accuracy >= 90% at {longest} tokens for DSLA at L/2",
-                    "status": "met" if acc >= PASSKEY_TARGET else "missed", "detail": f"{100 * acc:.0f}%"})
-    else:
-        out.append({"target": "passkey accuracy >= 90% at 4k for DSLA at L/2", "status": "not measured", "detail": ""})
+def distillation(runs: dict) -> dict:
+    """{run: {layers, steps, tokens_per_step, tokens_per_s, minutes_per_layer, minutes, order, method}} from the
+    manifests (the trainer's own per-layer timings: tokens/s over the optimiser steps, seconds with validation)."""
+    out = {}
+    for name, r in runs.items():
+        m = r["manifest"]
+        if not m or not m["layers"]:
+            continue
+        layers = [e["metrics"] for e in m["layers"]]
+        steps = layers[0]["steps"]
+        out[name] = {"layers": len(layers), "steps": steps,
+                     "tokens_per_step": round(layers[0]["train_tokens"] / max(steps, 1)),
+                     "tokens_per_s": round(statistics.mean(x["train_tokens_per_s"] for x in layers)),
+                     "minutes_per_layer": round(statistics.mean(x["seconds"] for x in layers) / 60, 2),
+                     "minutes": round(sum(x["seconds"] for x in layers) / 60, 2),
+                     "ppl_ratio_by_depth": [round(x["ppl_ratio"], 4) for x in layers],
+                     "order": m["order"][:len(layers)], "method": m.get("metadata", {}).get("order", {}).get("method"),
+                     "layer_kind": m.get("layer_kind", "dsla")}
     return out
 
 
-def write_report(cfg: QualityConfig, out: Path) -> Path:
-    teacher, runs, orders = _load(out)
-    teacher_m = metrics(teacher["eval"]) if teacher else None
-    num_layers = (teacher or {}).get("meta", {}).get("num_layers")
-    labels = {r.name: r.label for r in cfg.runs}
-    md = ["# Quality experiments: results", ""]
-    if teacher:
-        md += [f"Teacher `{teacher['meta']['teacher']}` ({num_layers} layers) on {teacher['meta']['device']}"
-               f" ({teacher['meta'].get('gpu') or 'cpu'}), torch {teacher['meta']['torch']}.", ""]
-    md += ["## Targets", ""]
-    pairs = []
-    for pair in cfg.targets:  # the first pair's are the summary's "targets"
-        checked = check_targets(teacher_m, runs, num_layers, pair.dsla, pair.single)
-        pairs.append({"label": pair.label, "dsla": pair.dsla, "single": pair.single, "targets": checked})
-        md += [f"{pair.label} (`{pair.dsla}` vs `{pair.single}`):", "", "| target | status | detail |", "|---|---|---|"]
-        md += [f"| {t['target']} | {t['status']} | {t['detail']} |" for t in checked] + [""]
-    md += ["## Orders", ""] + [f"- `{k}`: {v['order']}" for k, v in orders.items()] + [""]
-    summary = {"teacher": teacher_m, "targets": pairs[0]["targets"], "target_pairs": pairs, "orders": orders,
-               "experiments": {}}
-    for key, exp in cfg.experiments.items():
-        md += [f"## {key}: {exp.title}", "", exp.question, ""] + _table(teacher_m, runs, exp.runs, labels) + [""]
-        done = [n for n in exp.runs if n in runs]
-        summary["experiments"][key] = {n: {d: metrics(ev) for d, ev in runs[n]["evals"].items()} for n in done}
-        summary["experiments"][key].update({n: "not yet run" for n in exp.runs if n not in runs})
-        if not done:
+def _spread(values: list[float]) -> float:
+    return max(values) - min(values) if len(values) > 1 else 0.0
+
+
+def check_targets(teacher: dict | None, runs: dict, campaign: Campaign, num_layers: int) -> list[dict]:
+    """Issue 19's targets, each {target, run, status: met | missed | not measured, detail}."""
+    out = []
+    half, three_q = parse_depths("L/2", num_layers)[0], parse_depths("3L/4", num_layers)[0]
+
+    def at(name: str, depth: int) -> dict | None:
+        ev = runs.get(name, {}).get("evals", {}).get(str(depth))
+        return metrics(ev) if ev else None
+
+    def add(target: str, name: str, ok: bool | None, detail: str) -> None:
+        out.append({"target": target, "run": name, "detail": detail,
+                    "status": "not measured" if ok is None else "met" if ok else "missed"})
+
+    for name in campaign.targets.dsla:
+        m, m3 = at(name, half), at(name, three_q)
+        if teacher is None or m is None:
+            add(f"L/2 (depth {half}) perplexity within 3% of depth 0, overall and on the last bucket", name, None,
+                "needs the base model's and this run's evaluation at L/2")
+        else:
+            last = list(teacher["bucket_ppl"])[-1]
+            r_all, r_last = m["ppl"] / teacher["ppl"] - 1, m["bucket_ppl"][last] / teacher["bucket_ppl"][last] - 1
+            add(f"L/2 (depth {half}) perplexity within 3% of depth 0, overall and on the {last} bucket", name,
+                r_all <= HALF_PPL and r_last <= HALF_PPL,
+                f"overall {m['ppl']:.3f} vs {teacher['ppl']:.3f} ({100 * r_all:+.2f}%); {last} "
+                f"{m['bucket_ppl'][last]:.3f} vs {teacher['bucket_ppl'][last]:.3f} ({100 * r_last:+.2f}%)")
+            gaps = {x: 100 * (teacher["passkey"][x] - m["passkey"][x]) for x in teacher.get("passkey", {})}
+            add(f"L/2 passkey within {HALF_PASSKEY_POINTS:.0f} points of depth 0 at every length", name,
+                all(g <= HALF_PASSKEY_POINTS for g in gaps.values()) if gaps else None,
+                "; ".join(f"{x}: {100 * m['passkey'][x]:.0f}% vs {100 * teacher['passkey'][x]:.0f}% ({-g:+.0f} points)"
+                          for x, g in gaps.items()))
+        if teacher is not None and m3 is not None:
+            r3 = m3["ppl"] / teacher["ppl"] - 1
+            add(f"3L/4 (depth {three_q}) perplexity within 10% of depth 0", name, r3 <= THREE_QUARTER_PPL,
+                f"{m3['ppl']:.3f} vs {teacher['ppl']:.3f} ({100 * r3:+.2f}%)")
+    dsla, single = campaign.targets.dsla, campaign.targets.single
+    for depth in (half, three_q):
+        a = [at(n, depth) for n in dsla]
+        b = [at(n, depth) for n in single]
+        if not dsla or not single or any(x is None for x in a + b) or teacher is None:
+            if depth == half:
+                add(f"DSLA better than one state at depth {depth} beyond the seed spread", ",".join(dsla + single),
+                    None, "needs every DSLA and single-state run evaluated at this depth")
             continue
-        plots = _experiment_plots(key, exp, runs, done, labels, teacher_m or {}, out)
-        md += [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    if "dsla" in runs and teacher:
-        curves = {"teacher": teacher["eval"]["perplexity"]["curve"]} if "perplexity" in teacher["eval"] else {}
-        curves.update({f"DSLA depth {d}": ev["perplexity"]["curve"] for d, ev in sorted(
-            runs["dsla"]["evals"].items(), key=lambda kv: int(kv[0])) if "perplexity" in ev})
-        if curves:
-            p = plot_position_curves(curves, out / "dsla_position.png", "DSLA: loss by token position")
-            md += ["## DSLA: loss by position", "", f"![{p.stem}]({p.name})", ""]
-        if "passkey" in teacher["eval"]:
-            series = {"teacher": ([int(x) for x in teacher_m["passkey"]], list(teacher_m["passkey"].values()))}
-            for d, ev in sorted(runs["dsla"]["evals"].items(), key=lambda kv: int(kv[0])):
-                m = metrics(ev)
-                series[f"DSLA depth {d}"] = ([int(x) for x in m["passkey"]], list(m["passkey"].values()))
-            p = plot_accuracy(series, out / "dsla_passkey_lengths.png", "context length (tokens)",
-                              "DSLA: passkey retrieval by length", log_x=True)
-            md += [f"![{p.stem}]({p.name})", ""]
-    md += ["## Run times", "", "| run | layers | seconds |", "|---|---|---|"]
-    md += [f"| {n} | {len(r['layers'])} | {r['seconds']} |" for n, r in runs.items()]
+        last = list(teacher["bucket_ppl"])[-1]
+        pa, pb = [x["bucket_ppl"][last] for x in a], [x["bucket_ppl"][last] for x in b]
+        ka, kb = ([100 * statistics.mean(x["passkey"].values()) for x in xs] for xs in (a, b))
+        spread, k_spread = max(_spread(pa), _spread(pb)), max(_spread(ka), _spread(kb))
+        gap, k_gap = statistics.mean(pb) - statistics.mean(pa), statistics.mean(ka) - statistics.mean(kb)
+        add(f"DSLA better than one state at depth {depth} beyond the seed spread (ppl {last})", ",".join(dsla + single),
+            gap > spread, f"ppl {last}: DSLA {', '.join(f'{x:.3f}' for x in pa)} vs one state "
+            f"{', '.join(f'{x:.3f}' for x in pb)}: DSLA ahead by {gap:+.3f}, seed spread {spread:.3f}; mean passkey "
+            f"DSLA {', '.join(f'{x:.1f}' for x in ka)}% vs {', '.join(f'{x:.1f}' for x in kb)}%: "
+            f"{k_gap:+.1f} points, spread {k_spread:.1f}")
+    return out
+
+
+def _plots(key: str, names: list[str], runs: dict, campaign: Campaign, teacher: dict, out: Path) -> list[Path]:
+    """Overall and last-bucket perplexity, passkey at the longest length, MQAR at the most pairs, by depth."""
+    def series(value) -> dict:
+        s = {}
+        for n in names:
+            evals = runs.get(n, {}).get("evals", {})
+            if evals:
+                depths = sorted(int(d) for d in evals)
+                s[_label(campaign, n)] = (depths, [value(metrics(evals[str(d)])) for d in depths])
+        return s
+
+    if not series(lambda m: 0.0):
+        return []
+    last = list(teacher["bucket_ppl"])[-1]
+    title = campaign.experiments[key].title
+    plots = [plot_by_depth(series(lambda m: m["ppl"]), out / f"{key}_ppl.png", "perplexity", title, teacher["ppl"],
+                           "depth 0"),
+             plot_by_depth(series(lambda m: m["bucket_ppl"][last]), out / f"{key}_long_ppl.png",
+                           f"perplexity, positions {last}", title, teacher["bucket_ppl"][last], "depth 0")]
+    for task, name in (("passkey", "passkey accuracy at {} tokens (%)"), ("mqar", "MQAR accuracy with {} pairs (%)")):
+        if task in teacher:
+            x = max(teacher[task], key=int)
+            plots.append(plot_by_depth(series(lambda m: 100 * m[task][x]), out / f"{key}_{task}.png", name.format(x),
+                                       title, 100 * teacher[task][x], "depth 0"))
+    return plots
+
+
+def write_report(campaign: Campaign, out: Path) -> Path:
+    teacher, runs = load_results(out)
+    driver = json.loads((out / "driver.json").read_text()) if (out / "driver.json").is_file() else {}
+    num_layers = driver.get("num_layers") or max((len(r["manifest"]["order"]) for r in runs.values()
+                                                  if r["manifest"]), default=0)
+    dist = distillation(runs)
+    md = ["# Campaign results", "", f"Base model `{campaign.base_model}` ({num_layers} layers)."]
+    meta = next((r["eval_meta"] for r in runs.values() if r["eval_meta"]), {})
+    if meta:
+        md += [f"Evaluated on {meta.get('device')} in {meta.get('dtype')}, {meta.get('created')}."]
+    md += ["", "## Targets", "", "| target | run | status | detail |", "|---|---|---|---|"]
+    targets = check_targets(teacher, runs, campaign, num_layers) if num_layers else []
+    md += [f"| {t['target']} | {t['run']} | {t['status']} | {t['detail']} |" for t in targets] + [""]
+    md += ["## Distillation", "", "| run | kind | order | layers | steps / layer | tokens / step | tokens/s | "
+           "min / layer | min | ppl ratio by depth (trainer's validation) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, d in dist.items():
+        md.append(f"| {name} | {d['layer_kind']} | {d['method']} {d['order']} | {d['layers']} | {d['steps']} | "
+                  f"{d['tokens_per_step']} | {d['tokens_per_s']} | {d['minutes_per_layer']} | {d['minutes']} | "
+                  f"{', '.join(map(str, d['ppl_ratio_by_depth']))} |")
+    notes = {n: r.get("note") for n, r in driver.get("runs", {}).items() if r.get("note")}
+    md += [""] + [f"- `{n}`: {note}" for n, note in notes.items()] + [""]
+    summary = {"base_model": campaign.base_model, "num_layers": num_layers, "teacher": teacher, "targets": targets,
+               "distillation": dist, "experiments": {}, "notes": notes}
+    for key, exp in campaign.experiments.items():
+        md += [f"## {key}: {exp.title}", "", exp.question, ""] + _table(teacher, runs, exp.runs, campaign) + [""]
+        summary["experiments"][key] = {n: {d: metrics(ev) for d, ev in runs[n]["evals"].items()}
+                                       if runs.get(n, {}).get("evals") else "not measured" for n in exp.runs}
+        if teacher:
+            md += [f"![{p.stem}]({p.name})" for p in _plots(key, exp.runs, runs, campaign, teacher, out)] + [""]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out / "summary.md"

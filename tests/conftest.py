@@ -33,3 +33,25 @@ def reference_artifact(tmp_path_factory):
     config.write_text(yaml.safe_dump(convert_config(tmp / "artifact")))
     assert main(["convert", str(config), "--quiet"]) == 0
     return tmp / "artifact", config
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server on localhost for the whole session (tests/s3.py), its endpoint and dummy
+    credentials in this process's environment (the way s3fs and boto3 read them). One per session: s3fs
+    keeps its clients, which read the endpoint once."""
+    import os
+
+    from .s3 import MotoServer
+
+    saved = {k: os.environ.get(k) for k in MotoServer().env}
+    with MotoServer() as server:
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -3,9 +3,9 @@
     app = application(load_policy("policy.yaml"))          # then serve.run(app, name=policy.name, ...)
     # serve.yaml: import_path: dsla_serve.controller.app:build_app, args: {policy: {...}}
 
-The application has one deployment per pool (`pool-<name>`, replicas of the engine), the policy
-actor (`policy`, one replica) and the HTTP ingress (`ingress`). Serve's own autoscaler is off
-(`external_scaler_enabled`): the policy actor sets replica counts.
+The application has one deployment per pool (`pool-<name>`, replicas of the engine, placed by the pool's
+resources), the policy actor (`policy`, one replica) and the HTTP ingress (`ingress`), both on the head
+node. Serve's own autoscaler is off (`external_scaler_enabled`): the policy actor sets replica counts.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ INGRESS_NAME = "ingress"
 POLICY_ACTOR_NAME = "policy"
 IMPORT_PATH = "dsla_serve.controller.app:build_app"
 GPU_MEMORY_FRACTION = 0.9  # of a replica's GPU share, for its engine's weights and cache
+# Ray's resource of the head node: the ingress and the policy actor (no CPU of their own) live there, beside
+# Serve's controller, so that losing a worker node never takes the control plane (and the trainer it owns) along
+ON_HEAD_NODE = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
 
 
 def policy_args(policy: Policy) -> dict[str, Any]:
@@ -57,17 +60,15 @@ def replica_spec(policy: Policy, pool_name: str) -> ReplicaSpec:
 
 
 def pool_options(policy: Policy, pool_name: str) -> dict[str, Any]:
-    """Serve options of a pool's deployment: resources, replicas and how many requests reach a replica.
+    """Serve options of a pool's deployment: resources (custom ones too), replicas and how many requests
+    reach a replica.
 
     A replica accepts its concurrency plus its engine's queue, so that waiting requests wait in its
     engine (where the policy actor sees them) rather than unseen in Serve's router.
     """
     pool = policy.pool(pool_name)
-    actor = {"num_cpus": pool.resources.num_cpus}
-    if pool.resources.num_gpus:
-        actor["num_gpus"] = pool.resources.num_gpus
     return {"name": pool_deployment_name(pool.name), "num_replicas": pool.initial_replicas,
-            "ray_actor_options": actor,
+            "ray_actor_options": pool.resources.ray_options(),  # custom resources place it on given nodes
             "max_ongoing_requests": pool.max_concurrent_requests + replica_queue(policy, pool.name),
             "health_check_period_s": 5, "graceful_shutdown_timeout_s": 30}
 
@@ -76,13 +77,13 @@ def application(policy: Policy, *, seed: int = 0, start_trainer: bool = True) ->
     """The Serve application of a policy (bind only; nothing starts until `serve.run`)."""
     data = policy_args(policy)
     controller = serve.deployment(PolicyActor).options(
-        name=POLICY_ACTOR_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000,
+        name=POLICY_ACTOR_NAME, num_replicas=1, ray_actor_options=ON_HEAD_NODE, max_ongoing_requests=10_000,
         logging_config={"enable_access_log": False},  # replicas and the ingress call it several times a second
     ).bind(data, policy.name, start_trainer)
     pools = {p.name: serve.deployment(ReplicaDeployment).options(**pool_options(policy, p.name))
              .bind(replica_spec(policy, p.name), controller) for p in policy.pools}
     return serve.deployment(Ingress).options(
-        name=INGRESS_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000,
+        name=INGRESS_NAME, num_replicas=1, ray_actor_options=ON_HEAD_NODE, max_ongoing_requests=10_000,
     ).bind(data, controller, pools, seed)
 
 

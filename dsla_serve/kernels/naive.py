@@ -1,9 +1,10 @@
-"""Reference DSLA: the token-by-token recurrence of DESIGN.md, written to read like the spec."""
+"""Reference DSLA: the token-by-token recurrence of docs/design.md, written to read like the spec."""
 
 from __future__ import annotations
 
 import torch
 
+from .gates import log_decays
 from .inputs import accumulation_dtype
 
 
@@ -17,6 +18,7 @@ def naive_dsla(
     scale: float | None = None,
     initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
     output_final_state: bool = False,
+    gate_logit_normalizer: float | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Dual-state gated linear attention, one token at a time.
 
@@ -29,6 +31,7 @@ def naive_dsla(
         scale: query scale, default K ** -0.5.
         initial_state: optional pair (s1, s2), each [B, H, K, V]; None means zeros.
         output_final_state: return the final pair of states.
+        gate_logit_normalizer: None, or tau: g1/g2 are gate logits x, the log-decays logsigmoid(x) / tau.
 
     Returns:
         o: [B, T, H, V] in q's dtype, and (s1, s2) each [B, H, K, V] fp32 (fp64 for fp64 inputs)
@@ -41,6 +44,7 @@ def naive_dsla(
     scale = K**-0.5 if scale is None else scale
     out_dtype = q.dtype
     acc = accumulation_dtype(q.dtype)
+    g1, g2 = log_decays(g1, g2, gate_logit_normalizer)
     group = H // Hk
     q, g1, g2 = q.to(acc), g1.to(acc), g2.to(acc)
     k = k.to(acc).repeat_interleave(group, dim=2)

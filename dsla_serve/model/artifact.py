@@ -1,10 +1,11 @@
-"""DSLA artifacts: one directory that serves every depth of a chained conversion.
+"""DSLA artifacts: one directory (or object store location) that serves every depth of a chained conversion.
 
-The directory's layout and its manifest are `manifest.py`'s (read and written there only); this module
-puts layers into it and into models. `rank` is a layer's position in the order: publishing it makes
-depth rank + 1 available. The order may be longer than the published layers (it is planned before the
-layers are trained); layers are published strictly in order, each file before the manifest entry that
-names it, every write atomic, so a crash never leaves a half-written depth. Loading checks the
+The artifact's layout and its manifest are `manifest.py`'s (read and written there only, through
+`storage.py`: a local directory or an `s3://` / `gs://` URI); this module puts layers into it and into
+models. `rank` is a layer's position in the order: publishing it makes depth rank + 1 available. The
+order may be longer than the published layers (it is planned before the layers are trained); layers are
+published strictly in order, each file before the manifest entry that names it, every write whole or
+nothing, so a crash (or a store failing in between) never leaves a half-written depth. Loading checks the
 manifest version, the base model fingerprint, the layer kind and each file's sha256 before touching
 the model; a layer already loaded into a model from the same file is not read again. An artifact is
 one nested family, so all its layers are of one kind. Only safetensors is read: no pickle.
@@ -16,7 +17,9 @@ has its own (untied) copies.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -29,8 +32,10 @@ from .baselines import LAYER_KINDS, layer_class, layer_kind, non_default_setting
 from .config import DSLAConfig
 from .fingerprint import model_fingerprint
 from .manifest import (MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ArtifactError, BaseModelInfo, LayerEntry,
-                       Manifest, has_manifest, layer_file_name, manifest_path, read_layer_bytes, read_manifest,
-                       validate_order, write_layer_bytes, write_manifest)
+                       Manifest, artifact_file, fetch_layer, has_manifest, layer_file_name, location_names,
+                       manifest_path, read_layer_bytes, read_manifest, validate_order, write_layer_bytes,
+                       write_manifest)
+from .storage import is_uri, mask
 from .surgery import attach_twin, conversion_order, decoder_layers, dsla_layers, set_depth
 
 __all__ = ["Artifact", "ArtifactError", "LayerEntry", "MANIFEST_VERSION", "model_fingerprint"]
@@ -44,7 +49,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _open_manifest(path: Path) -> Manifest:
+def _location(path) -> Path | str:
+    """A local directory as a Path; an object store URI kept as the string it is."""
+    return path if is_uri(path) else Path(os.fspath(path))
+
+
+def _open_manifest(path: Path | str) -> Manifest:
     """The manifest of `path`, with its layer kind checked (kinds are layer classes: torch)."""
     manifest = read_manifest(path)
     if manifest.layer_kind not in LAYER_KINDS:
@@ -54,10 +64,10 @@ def _open_manifest(path: Path) -> Manifest:
 
 
 class Artifact:
-    """A DSLA artifact directory. Make one with `Artifact.create` or `Artifact.open`."""
+    """A DSLA artifact: a local directory or an object store URI. Make one with `Artifact.create` or `Artifact.open`."""
 
-    def __init__(self, path: Path, manifest: Manifest):
-        self._path = Path(path)
+    def __init__(self, path: Path | str, manifest: Manifest):
+        self._path = _location(path)
         self._manifest = manifest
 
     # --- construction -----------------------------------------------------------------------
@@ -70,7 +80,7 @@ class Artifact:
         If `path` already holds the same artifact (same base model, config, kind and order) it is
         opened instead, so an interrupted run can resume; any other non-empty directory is refused.
         """
-        path = Path(path)
+        path = _location(path)
         where = manifest_path(path)
         if kind not in LAYER_KINDS:
             raise ArtifactError(f"{where}: unknown layer kind {kind!r}; choose one of {', '.join(LAYER_KINDS)}")
@@ -78,7 +88,7 @@ class Artifact:
         num_layers = len(decoder_layers(base_model))
         order = validate_order(order, num_layers, where)
         fingerprint = model_fingerprint(base_model)
-        if path.exists() and any(not p.name.startswith(".") for p in path.iterdir()):
+        if any(not name.startswith(".") for name in location_names(path)):
             if not has_manifest(path):
                 raise ArtifactError(f"{path}: directory is not empty and holds no {MANIFEST_FILE}; "
                                     "choose an empty or new directory")
@@ -102,12 +112,13 @@ class Artifact:
     @classmethod
     def open(cls, path) -> "Artifact":
         """Open an existing artifact (checks the manifest, not yet the layer files)."""
-        path = Path(path)
+        path = _location(path)
         return cls(path, _open_manifest(path))
 
     # --- properties ------------------------------------------------------------------------
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | str:
+        """The location: a local directory (a Path) or an object store URI (a string)."""
         return self._path
 
     @property
@@ -115,7 +126,8 @@ class Artifact:
         return self._manifest
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> Path | str:
+        """The manifest as messages name it (a URI with any secret masked)."""
         return manifest_path(self._path)
 
     @property
@@ -154,7 +166,7 @@ class Artifact:
         return dict(self._manifest.metadata)
 
     def __repr__(self) -> str:
-        return (f"Artifact({str(self._path)!r}, base={self.base_model_id!r}, depth={self.depth}/"
+        return (f"Artifact({mask(str(self._path))!r}, base={self.base_model_id!r}, depth={self.depth}/"
                 f"{len(self._manifest.order)})")
 
     # --- reading ---------------------------------------------------------------------------
@@ -179,27 +191,30 @@ class Artifact:
         try:
             return load_safetensors(data)
         except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
-            raise ArtifactError(f"{self._path / entry.file}: not a readable safetensors file: {e}") from None
+            raise ArtifactError(f"{artifact_file(self._path, entry.file)}: not a readable safetensors file: "
+                                f"{e}") from None
 
     def verify(self, depth: int | None = None) -> None:
         """Check that the files of the first `depth` published layers exist and match their sha256."""
         for entry in self.entries[: self.depth if depth is None else depth]:
             self._read_layer(entry)
 
+    def fetch(self, depth: int | None = None) -> list[int]:
+        """Make the first `depth` published layers (default all) local before `apply` needs them: from an
+        object store, download the ones the node-local cache lacks (each checked against its sha256), so that
+        `apply` then reads no remote file. Returns the layers downloaded ([] for a local directory)."""
+        return [e.layer for e in self.entries[: self.depth if depth is None else depth] if fetch_layer(self._path, e)]
+
     # --- writing ---------------------------------------------------------------------------
     def append_layer(self, model: nn.Module, layer_idx: int, metrics: dict) -> LayerEntry:
         """Publish converted layer `layer_idx` of `model` (the next layer of the order) with its metrics.
 
-        Writes `layer_<index>.safetensors`, then the manifest naming it, each atomically.
+        Writes `layer_<index>.safetensors`, then the manifest naming it, each whole or not at all; a
+        store that fails in between leaves the layer unpublished (its file is named by no manifest). Safe to
+        call again after `ArtifactUnavailable`: when the manifest already ends with this very layer (the
+        store applied a write whose answer was lost), that entry is returned and nothing is written.
         """
-        self.reload()
-        order, rank = self.order, self.depth
         where = self.manifest_path
-        if rank >= len(order):
-            raise ArtifactError(f"{where}: every layer of the order {order} is already published")
-        if layer_idx != order[rank]:
-            raise ArtifactError(f"{where}: layer {layer_idx} is not next in the order {order}: "
-                                f"layer {order[rank]} is (rank {rank})")
         if model_fingerprint(model) != self.fingerprint:
             raise ArtifactError(f"{where}: the model is not this artifact's base model "
                                 f"{self.base_model_id!r} (fingerprint differs)")
@@ -218,20 +233,27 @@ class Artifact:
                                 f"artifact records only the layer kind and would rebuild it with the defaults")
         if not isinstance(metrics, dict):
             raise ArtifactError(f"{where}: metrics must be a dict, got {type(metrics).__name__}")
-        entry = LayerEntry(layer=layer_idx, rank=rank, file=layer_file_name(layer_idx), sha256="",
-                           untied=not twin.projections_tied, metrics=dict(metrics))
-        updated = self._manifest.with_layer(entry, _now())
-        updated.to_json_bytes(where)  # metrics that cannot be written fail here, before any file is
         tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in twin.own_parameters().items()}
         # One metadata key: safetensors writes the metadata map in hash order, which varies between
         # runs, and the same layer trained twice must give the same bytes (and sha256).
         header = json.dumps({"format": MANIFEST_FORMAT, "layer": layer_idx, "untied": not twin.projections_tied},
                             sort_keys=True)
         data = save_safetensors(tensors, metadata={"dsla_serve": header})
-        entry = LayerEntry(layer=entry.layer, rank=entry.rank, file=entry.file,
-                           sha256=write_layer_bytes(self._path, entry.file, data), untied=entry.untied,
-                           metrics=entry.metrics)
-        updated = self._manifest.with_layer(entry, updated.updated_at)
+        sha256 = hashlib.sha256(data).hexdigest()
+        self.reload()
+        if self.depth and self.entries[-1].layer == layer_idx and self.entries[-1].sha256 == sha256:
+            return self.entries[-1]
+        order, rank = self.order, self.depth
+        if rank >= len(order):
+            raise ArtifactError(f"{where}: every layer of the order {order} is already published")
+        if layer_idx != order[rank]:
+            raise ArtifactError(f"{where}: layer {layer_idx} is not next in the order {order}: "
+                                f"layer {order[rank]} is (rank {rank})")
+        entry = LayerEntry(layer=layer_idx, rank=rank, file=layer_file_name(layer_idx), sha256=sha256,
+                           untied=not twin.projections_tied, metrics=dict(metrics))
+        updated = self._manifest.with_layer(entry, _now())
+        updated.to_json_bytes(where)  # metrics that cannot be written fail here, before any file is
+        write_layer_bytes(self._path, entry.file, data)
         write_manifest(self._path, updated)
         self._manifest = updated
         return entry
@@ -286,7 +308,7 @@ class Artifact:
         params = twin.own_parameters()
         if "output_scale" not in tensors:  # layers written before the output gain existed: gain 1
             params = {n: p for n, p in params.items() if n != "output_scale"}
-        file = self._path / entry.file
+        file = artifact_file(self._path, entry.file)
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         if missing or unexpected:
             raise ArtifactError(f"{file}: tensors do not match a DSLA layer with {self.config} (kind {self.kind!r}): "

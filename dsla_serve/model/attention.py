@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import chunk_dsla, recurrent_dsla
+from ..kernels.gates import log_decay, log_sigmoid  # noqa: F401 - log_sigmoid: re-exported
 from .cache import dsla_token_mask, get_dsla_state, set_dsla_state
 from .config import DSLAConfig
 
@@ -17,16 +17,6 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 # With a carried state, chunks this short go through the step form (decode: T = 1).
 RECURRENT_MAX_TOKENS = 16
-
-
-def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """logsigmoid(x), computed as -softplus(-x) (stable for any x; past |x| = 40 the dropped
-    log1p(exp(-|x|)) is below float64 resolution).
-
-    Same function as F.logsigmoid, whose multi-threaded CPU kernel (torch 2.13) was measured to take
-    ~12 ms on a 256-element tensor with 2 threads on a busy machine, a thousand times softplus.
-    """
-    return -F.softplus(-x, threshold=40.0)
 
 
 class GateProjection(nn.Module):
@@ -128,17 +118,49 @@ class DSLAAttention(nn.Module):
         o = o * self.output_scale.to(o.dtype)[:, None]
         return self.o_proj(o.flatten(-2).to(dtype))
 
-    def project(self, x: torch.Tensor):
-        """x: [B, T, hidden] -> q [B,T,H,K], k [B,T,Hk,K], v [B,T,Hk,V], g1, g2 [B,T,H,K] fp32 log-decays."""
-        B, T, _ = x.shape
+    @property
+    def gate_logit_normalizer(self) -> float:
+        """tau: the log-decays are logsigmoid(gate logits) / tau (what the kernels take)."""
+        return self.config.tau
+
+    def gates(self) -> list[GateProjection]:
+        """The gate projections this layer has, history first (a single-gate subclass has one)."""
+        return [g for g in (getattr(self, "gate_history", None), getattr(self, "gate_recency", None))
+                if g is not None]
+
+    def projection_linears(self) -> list[nn.Linear]:
+        """The Linears applied to the layer input, in the column order `split_projection` reads: q, k, v,
+        then each gate's first Linear (full rank: `up`; low rank: `down`). One GEMM over their stacked
+        weights (`dsla_serve.replicas.merged_weights`) replaces them all."""
+        return [self.q_proj, self.k_proj, self.v_proj] + [g.up if g.down is None else g.down for g in self.gates()]
+
+    def split_projection(self, y: torch.Tensor):
+        """y [B, T, sum of `projection_linears()` out_features] -> q [B,T,H,K], k, v [B,T,Hk,K] and the
+        gate logits l1, l2 [B,T,H,K], as column views of y where possible (low rank: the gates' `up`
+        applied to their columns; one gate: l2 is l1)."""
+        widths = [lin.out_features for lin in self.projection_linears()]
+        return self._heads(*y.split(widths, dim=-1))
+
+    def _heads(self, q, k, v, *codes):
+        B, T = q.shape[:2]
         D = self.head_dim
-        q = self.q_proj(x).view(B, T, self.num_heads, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, D)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, D)
-        tau = self.config.tau
-        g1 = (log_sigmoid(self.gate_history(x).float()) / tau).view(B, T, self.num_heads, D)
-        g2 = (log_sigmoid(self.gate_recency(x).float()) / tau).view(B, T, self.num_heads, D)
-        return q, k, v, g1, g2
+        logits = [c if g.down is None else g.up(c) for g, c in zip(self.gates(), codes)]
+        l1 = logits[0].view(B, T, self.num_heads, D)
+        l2 = logits[1].view(B, T, self.num_heads, D) if len(logits) > 1 else l1
+        return (q.view(B, T, self.num_heads, D), k.view(B, T, self.num_kv_heads, D),
+                v.view(B, T, self.num_kv_heads, D), l1, l2)
+
+    def project(self, x: torch.Tensor, gate_logits: bool = False):
+        """x: [B, T, hidden] -> q [B,T,H,K], k [B,T,Hk,K], v [B,T,Hk,V], g1, g2 [B,T,H,K]: fp32
+        log-decays logsigmoid(W_g x + b) / tau, or with `gate_logits` the logits W_g x + b in x's dtype
+        (pass them with gate_logit_normalizer=self.gate_logit_normalizer: the kernels take the log-sigmoid
+        at their loads, in fp32)."""
+        q, k, v, l1, l2 = self._heads(*(lin(x) for lin in self.projection_linears()))
+        if gate_logits:
+            return q, k, v, l1, l2
+        tau = self.gate_logit_normalizer
+        g1 = log_decay(l1, tau)
+        return q, k, v, g1, (g1 if l2 is l1 else log_decay(l2, tau))
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, cache=None,
                 past_key_values=None, **kwargs):
@@ -152,15 +174,16 @@ class DSLAAttention(nn.Module):
         """
         cache = cache if cache is not None else past_key_values
         B, T, _ = hidden_states.shape
-        q, k, v, g1, g2 = self.project(hidden_states)
+        q, k, v, l1, l2 = self.project(hidden_states, gate_logits=True)
         keep = dsla_token_mask(attention_mask, B, T)
-        if keep is not None:
+        if keep is not None:  # a padded token: key 0, gate logit +inf (log-decay 0)
             keep = keep[:, :, None, None]
             k = k * keep.to(k.dtype)
-            g1, g2 = g1 * keep, g2 * keep
+            l1, l2 = (x.masked_fill(~keep, float("inf")) for x in (l1, l2))
         state = get_dsla_state(cache, self.layer_idx) if cache is not None else None
         op = recurrent_dsla if state is not None and T <= RECURRENT_MAX_TOKENS else chunk_dsla
-        o, new_state = op(q, k, v, g1, g2, self.mix(), initial_state=state, output_final_state=cache is not None)
+        o, new_state = op(q, k, v, l1, l2, self.mix(), initial_state=state, output_final_state=cache is not None,
+                          gate_logit_normalizer=self.gate_logit_normalizer)
         if cache is not None:
             set_dsla_state(cache, self.layer_idx, new_state, T)
         return self.read_out(o, hidden_states.dtype), None

@@ -81,13 +81,6 @@ class GatedLinearAttention(_Baseline):
         """[2] = (1, 0): only the first state is read."""
         return self.single_state_mix.float()
 
-    def project(self, x: torch.Tensor):
-        """As `DSLAAttention.project`, with the one gate given as both log-decays (g2 = g1)."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x)
-        g = (F.logsigmoid(self.gate_history(x).float()) / self.config.tau).view(B, T, self.num_heads, self.head_dim)
-        return q, k, v, g, g
-
 
 class LinearAttention(_Baseline):
     """Normalised linear attention with the elu + 1 feature map and no decay (Katharopoulos et al.).

@@ -86,6 +86,17 @@ def load_tokenizer(spec: str):
     return _from_pretrained(AutoTokenizer, spec, resolve_model(spec))
 
 
+def load_model_config(spec: str):
+    """The Hugging Face config of model `spec` (no weights loaded), e.g. for its `num_hidden_layers`."""
+    if spec.startswith(TINY_PREFIX):
+        from .tiny import tiny_config
+
+        return tiny_config(spec[len(TINY_PREFIX):])
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, spec, resolve_model(spec))
+
+
 def load_model_and_tokenizer(spec: str, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                              seed: int = 0):
     """-> (model in eval mode, tokenizer).

@@ -1,20 +1,23 @@
 """An artifact's manifest and files, read and written here only (no torch: policies and the controller use it).
 
-    artifact/
+    artifact/                    a local directory, or an object store URI (s3://bucket/run, gs://...)
       manifest.json              format, manifest_version, base model (id, fingerprint, num_layers),
                                  DSLA config, layer_kind, the planned conversion order, metadata, and
                                  one `LayerEntry` per published layer: {layer, rank, file, sha256, untied, metrics}
       layer_<index>.safetensors  that layer's parameters (written and loaded by `artifact.Artifact`)
       served-prompts.jsonl       with a serving policy's `trainer.serve_prompts_sample`: prompts the
-                                 ingress served, which the background trainer also trains on
+                                 ingress served, which the background trainer also trains on (local only)
 
-    manifest = read_manifest(directory)        # ArtifactError if missing or malformed
-    manifest.layers[r].depth, .ppl_ratio       # publishing the entry of rank r makes depth r + 1 available
-    data = read_layer_bytes(directory, entry)  # checked against entry.sha256
+    manifest = read_manifest(location)        # ArtifactError if missing or malformed
+    manifest.layers[r].depth, .ppl_ratio      # publishing the entry of rank r makes depth r + 1 available
+    data = read_layer_bytes(location, entry)  # checked against entry.sha256
 
-The functions below are the only ones that touch the directory (`manifest_stamp`, `has_manifest`,
-`read_manifest`, `write_manifest`, `read_layer_bytes`, `write_layer_bytes`): a storage other than a
-local directory replaces them. Every write is atomic (temporary file, fsync, rename).
+The functions below are the only ones that touch the artifact's files (`manifest_stamp`, `has_manifest`,
+`location_names`, `read_manifest`, `write_manifest`, `read_layer_bytes`, `fetch_layer`,
+`write_layer_bytes`); they reach them through `storage.open_store`, so a location is a local directory
+or an object store URI alike. Every write is whole or nothing (a local temporary file renamed; an object
+PUT), and a layer's file is written before the manifest that names it. Layers read from a remote store
+are kept in the node-local `layer_cache`. A store that cannot be reached raises `ArtifactUnavailable`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import layer_cache
 from .config import DSLAConfig
+from .storage import ArtifactStore, StorageError, open_store
 
 MANIFEST_FILE = "manifest.json"
 SERVED_PROMPTS_FILE = "served-prompts.jsonl"
@@ -38,13 +43,23 @@ MANIFEST_VERSION = 2
 _OLD_VERSIONS = {1: "version 1 artifacts identify their base model in a host-dependent way; convert again"}
 _LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
 
-__all__ = ["ArtifactError", "BaseModelInfo", "LayerEntry", "Manifest", "MANIFEST_FILE", "MANIFEST_FORMAT",
-           "MANIFEST_VERSION", "has_manifest", "layer_file_name", "manifest_stamp", "read_layer_bytes",
-           "read_manifest", "served_prompts_path", "write_layer_bytes", "write_manifest"]
+__all__ = ["ArtifactError", "ArtifactUnavailable", "BaseModelInfo", "LayerEntry", "Manifest", "MANIFEST_FILE",
+           "MANIFEST_FORMAT", "MANIFEST_VERSION", "artifact_file", "fetch_layer", "has_manifest", "layer_file_name",
+           "location_names", "manifest_stamp", "read_layer_bytes", "read_manifest", "served_prompts_path",
+           "write_layer_bytes", "write_manifest"]
 
 
 class ArtifactError(ValueError):
     """An artifact cannot be created, read or applied; the message names the file and the problem."""
+
+
+class ArtifactUnavailable(ArtifactError):
+    """The artifact's store failed (unreachable, timed out, refused access): the artifact itself may be
+    intact, and nothing was half-written. `retryable`: False when trying again cannot help (access denied)."""
+
+    def __init__(self, message: str, *, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -172,80 +187,126 @@ def json_bytes(obj, what: str, where: Path | str) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------
-# the directory: the only functions that read or write it
+# the location: the only functions that read or write it
 # ------------------------------------------------------------------------------------------------
-def manifest_path(directory: str | os.PathLike) -> Path:
-    return Path(directory) / MANIFEST_FILE
+Location = str | os.PathLike  # a local directory, or an object store URI (storage.py)
+
+
+def artifact_file(location: Location, name: str) -> Path | str:
+    """A file of the artifact as messages name it: a path, or the URI with any secret masked."""
+    return _store(location).where(name)
+
+
+def manifest_path(location: Location) -> Path | str:
+    return artifact_file(location, MANIFEST_FILE)
 
 
 def served_prompts_path(directory: str | os.PathLike) -> Path:
-    """Where the ingress writes its sample of served prompts (`trainer.serve_prompts_sample`)."""
+    """Where the ingress writes its sample of served prompts (`trainer.serve_prompts_sample`); a local
+    directory only (a policy refuses the sample with a remote artifact)."""
     return Path(directory) / SERVED_PROMPTS_FILE
 
 
-def has_manifest(directory: str | os.PathLike) -> bool:
-    return manifest_path(directory).is_file()
+def _unavailable(store: ArtifactStore, e: StorageError) -> ArtifactUnavailable:
+    return ArtifactUnavailable(str(e) if store.display in str(e) else f"{store.display}: {e}", retryable=e.retryable)
 
 
-def manifest_stamp(directory: str | os.PathLike) -> float | None:
-    """When the manifest last changed (None: there is none yet), to re-read it only after a change."""
+def _store(location: Location) -> ArtifactStore:
     try:
-        return os.stat(manifest_path(directory)).st_mtime
+        return open_store(location)
+    except StorageError as e:
+        raise ArtifactError(str(e)) from None
+
+
+def has_manifest(location: Location) -> bool:
+    """Whether the location holds a manifest (ArtifactUnavailable when the store cannot be asked)."""
+    return manifest_stamp(location) is not None
+
+
+def manifest_stamp(location: Location):
+    """Something that changes whenever the manifest does (None: there is none yet), to re-read it only after
+    a change: the file's change time and size, or an object's ETag / generation."""
+    store = _store(location)
+    try:
+        return store.stamp(MANIFEST_FILE)
+    except StorageError as e:
+        raise _unavailable(store, e) from None
+
+
+def location_names(location: Location) -> list[str]:
+    """The files directly under the location ([] when it does not exist yet)."""
+    store = _store(location)
+    try:
+        return store.names()
+    except StorageError as e:
+        raise _unavailable(store, e) from None
+
+
+def read_manifest(location: Location) -> Manifest:
+    store = _store(location)
+    where = store.where(MANIFEST_FILE)
+    try:
+        raw = json.loads(store.read(MANIFEST_FILE))
     except FileNotFoundError:
-        return None
+        raise ArtifactError(f"{where}: no manifest (not an artifact directory)") from None
+    except StorageError as e:
+        raise _unavailable(store, e) from None
+    except ValueError as e:
+        raise ArtifactError(f"{where}: unreadable manifest: {e}") from None
+    return Manifest.from_json(raw, where)
 
 
-def read_manifest(directory: str | os.PathLike) -> Manifest:
-    path = manifest_path(directory)
+def write_manifest(location: Location, manifest: Manifest) -> None:
+    """Write the manifest (after every layer file it names)."""
+    store = _store(location)
+    data = manifest.to_json_bytes(store.where(MANIFEST_FILE))
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no manifest (not an artifact directory)") from None
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable manifest: {e}") from None
-    return Manifest.from_json(raw, path)
+        store.write(MANIFEST_FILE, data)
+    except StorageError as e:
+        raise _unavailable(store, e) from None
 
 
-def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> None:
-    path = manifest_path(directory)
-    _write_atomic(path, manifest.to_json_bytes(path))
+def read_layer_bytes(location: Location, entry: LayerEntry) -> bytes:
+    """The bytes of a published layer's file, after checking that they match `entry.sha256`.
 
-
-def read_layer_bytes(directory: str | os.PathLike, entry: LayerEntry) -> bytes:
-    """The bytes of a published layer's file, after checking that they match `entry.sha256`."""
-    file = Path(directory) / entry.file
+    From a remote store, the layer comes from the node-local cache when it holds it (`layer_cache`), else
+    it is downloaded, checked, and kept there."""
+    store = _store(location)
+    if not store.local:
+        data = layer_cache.cached(entry.sha256)
+        if data is not None:
+            return data
+    file = store.where(entry.file)
     try:
-        data = file.read_bytes()
+        data = store.read(entry.file)
     except FileNotFoundError:
         raise ArtifactError(f"{file}: layer file missing (layer {entry.layer}, listed in {MANIFEST_FILE})") from None
+    except StorageError as e:
+        raise _unavailable(store, e) from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.sha256:
         raise ArtifactError(f"{file}: sha256 mismatch (corrupt or replaced): manifest has {entry.sha256[:16]}..., "
                             f"file has {digest[:16]}...")
+    if not store.local:
+        layer_cache.keep(entry.sha256, data)
     return data
 
 
-def write_layer_bytes(directory: str | os.PathLike, name: str, data: bytes) -> str:
+def fetch_layer(location: Location, entry: LayerEntry) -> bool:
+    """Make a published layer local without loading it: from a remote store, download it into the node-local
+    cache (checked) unless it is there already. True when it was downloaded. Nothing to do for a local
+    directory."""
+    if _store(location).local or layer_cache.has(entry.sha256):
+        return False
+    read_layer_bytes(location, entry)
+    return True
+
+
+def write_layer_bytes(location: Location, name: str, data: bytes) -> str:
     """Write a layer file (before the manifest entry that names it); returns its sha256."""
-    _write_atomic(Path(directory) / name, data)
+    store = _store(location)
+    try:
+        store.write(name, data)
+    except StorageError as e:
+        raise _unavailable(store, e) from None
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # make the rename itself durable
-    finally:
-        os.close(fd)

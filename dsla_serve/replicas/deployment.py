@@ -13,6 +13,9 @@
   `Engine.refresh_artifact` (which attaches the artifact in place when a trainer created it after this
   replica started), and a new depth is reached with `Engine.set_depth` (which drains: nothing is
   dropped). Neither restarts anything, and pulling targets reaches every replica however many Serve runs.
+- The artifact may be a local directory or an object store URI: every read of it runs in a worker thread
+  (never on this replica's event loop or the engine's stepping thread), new layers are pulled into the
+  node-local cache, and while the store cannot be reached the replica keeps serving the layers it holds.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 from ray import serve
 
 from ..model.loading import load_tokenizer
-from ..model.manifest import has_manifest
+from ..model.manifest import ArtifactUnavailable, has_manifest
+from ..model.storage import mask
 from .deltas import TokenTexts, stream_deltas
 from .messages import GenerateRequest, ReplicaReport, ReplicaTargets
 
@@ -73,6 +77,7 @@ class ReplicaDeployment:
         self.spec = spec
         self.policy_actor = policy_actor
         self.replica_id = serve_replica_id()
+        self._store_problem: str | None = None  # the store's last failure, logged once until it recovers
         targets = await self._ask(policy_actor.targets, spec.pool)
         self.engine = await asyncio.to_thread(self._build_engine, targets.depth if targets is not None else 0)
         self.started_max_depth = self.engine.max_depth  # layers loaded at start (later ones come by refresh)
@@ -83,8 +88,19 @@ class ReplicaDeployment:
         log.info("pool %s replica %s serving at depth %d", spec.pool, self.replica_id, self.engine.depth)
 
     def _artifact_path(self) -> str | None:
+        """The artifact, once it has a manifest (None before; and while its store cannot be reached)."""
         path = self.spec.artifact
-        return path if path is not None and has_manifest(path) else None
+        try:
+            return path if path is not None and has_manifest(path) else None
+        except ArtifactUnavailable as e:
+            self._store_failed(e)
+            return None
+
+    def _store_failed(self, e: ArtifactUnavailable) -> None:
+        if str(e) != self._store_problem:
+            log.warning("pool %s: the artifact's store failed, serving the %d layers held: %s", self.spec.pool,
+                        self.engine.max_depth if hasattr(self, "engine") else 0, e)
+        self._store_problem = str(e)
 
     def _build_engine(self, depth: int):
         from .engine import Engine
@@ -139,17 +155,28 @@ class ReplicaDeployment:
         engine = self.engine
         async with self._applying:
             if targets.artifact_depth > engine.max_depth:
-                path = self._artifact_path()
-                if path is None:  # not created yet (the policy actor saw it first): the next report retries
-                    return
-                new = await asyncio.to_thread(engine.refresh_artifact, path)
-                if new:
-                    log.info("pool %s: loaded published layers %s of %s (depth %d available)", self.spec.pool,
-                             new, path, engine.max_depth)
+                await self._load_published(engine)
             depth = min(targets.depth, engine.max_depth)
             if depth != engine.depth and not engine.draining:
                 log.info("pool %s: depth %d -> %d", self.spec.pool, engine.depth, depth)
                 engine.set_depth(depth)
+
+    async def _load_published(self, engine) -> None:
+        """Load the layers published since the last read (a worker thread does the I/O)."""
+        path = await asyncio.to_thread(self._artifact_path)
+        if path is None:  # not created yet (the policy actor saw it first), or unreachable: the next report retries
+            return
+        try:
+            new = await asyncio.to_thread(engine.refresh_artifact, path)
+        except ArtifactUnavailable as e:
+            self._store_failed(e)
+            return
+        if self._store_problem is not None:
+            log.info("pool %s: the artifact's store answers again", self.spec.pool)
+            self._store_problem = None
+        if new:
+            log.info("pool %s: loaded published layers %s of %s (depth %d available)", self.spec.pool, new,
+                     mask(path), engine.max_depth)
 
     def check_health(self) -> None:
         if not self.engine.running_loop:

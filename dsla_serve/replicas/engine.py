@@ -23,11 +23,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from ..model import set_depth as set_model_depth
+from ..model.storage import location_key
 from .batch import ForwardBatch
 from .cache import CachePool
 from .messages import EngineStats
@@ -67,7 +67,9 @@ class Engine:
             (2 GiB on the CPU). See `planner.py`.
         max_queue: requests that may wait for a slot; beyond it `add_request` raises QueueFullError.
         prefill_chunk_tokens: most prompt tokens processed per step (chunked prefill).
-        use_cuda_graphs: capture the decode step in CUDA graphs (CUDA only).
+        use_cuda_graphs: capture the decode step in CUDA graphs (CUDA only). If a capture fails the
+            engine decodes without graphs from then on, logs the error and reports it in `stats()`
+            (`cuda_graphs`), unless `require_cuda_graphs`, when the step raises instead.
         seed: seeds the generators of requests that bring no seed of their own.
     """
 
@@ -75,7 +77,7 @@ class Engine:
                  max_num_seqs: int = 256, max_model_len: int | None = None,
                  memory_budget_bytes: int | None = None, gpu_memory_fraction: float = 0.9,
                  max_queue: int = 1024, prefill_chunk_tokens: int = 2048, use_cuda_graphs: bool = True,
-                 seed: int = 0):
+                 require_cuda_graphs: bool = False, seed: int = 0):
         for name, value, low in (("max_num_seqs", max_num_seqs, 1), ("max_queue", max_queue, 0),
                                  ("prefill_chunk_tokens", prefill_chunk_tokens, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -95,6 +97,8 @@ class Engine:
         self.vocab_size = self.model.config.vocab_size
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda"
+        self.require_cuda_graphs = require_cuda_graphs
+        self.cuda_graph_error: str | None = None  # why graphs were given up, if they were
         self._seeds = random.Random(seed)
         self.metrics = EngineMetrics()
         self.scheduler = Scheduler(max_queue, prefill_chunk_tokens)
@@ -155,6 +159,7 @@ class Engine:
         self.graphs = None
         if self.use_cuda_graphs:
             from .cuda_graphs import DecodeGraphs
+            self.cuda_graph_error = None
             self.graphs = DecodeGraphs(self.runner, self.pool.num_slots)
 
     def set_depth(self, depth: int, wait: bool = False, timeout: float | None = None) -> None:
@@ -212,36 +217,45 @@ class Engine:
     def refresh_artifact(self, path=None) -> list[int]:
         """Load the artifact's layers published since the last read; returns their indices.
 
-        With `path` (a directory or `Artifact`) on an engine built without an artifact, it opens that
-        artifact and loads all its published layers: a replica started before the trainer created its
+        With `path` (a directory, a URI or an `Artifact`) on an engine built without an artifact, it opens
+        that artifact and loads all its published layers: a replica started before the trainer created its
         artifact attaches it in place, with no second engine. With `path` on an engine that already reads
-        an artifact, `path` must be that same artifact. Runs between steps (no restart, nothing
-        dropped); the current depth is kept and the new layers make deeper depths available to
-        `set_depth`. Raises ValueError without an artifact or `path`, or for a different artifact, and
-        ArtifactError (the model untouched) when the artifact does not fit the model.
+        an artifact, `path` must be that same artifact. The manifest is read, and new layers of an object
+        store downloaded into the node-local cache, in the calling thread; only loading them into the model
+        runs between steps (no restart, nothing dropped), so a slow or unreachable store never stalls
+        generation. The current depth is kept and the new layers make deeper depths available to
+        `set_depth`. Raises ValueError without an artifact or `path`, or for a different artifact,
+        ArtifactError (the model untouched) when the artifact does not fit the model, and
+        ArtifactUnavailable when its store cannot be reached (nothing changes; call again later).
         """
         if path is not None and self.artifact is None:
             artifact = open_artifact(path)
+            artifact.fetch()
             return self._between_steps(lambda: self._attach_artifact_now(artifact))
         if self.artifact is None:
             raise ValueError("this engine was built without an artifact: nothing to refresh (pass the artifact's "
                              "path to attach one)")
         if path is not None and _artifact_dir(path) != _artifact_dir(self.artifact):
             raise ValueError(f"this engine reads the artifact {self.artifact.path}; it cannot switch to {path}")
-        return self._between_steps(self._refresh_artifact_now)
+        self.artifact.reload()
+        if self.artifact.depth <= self.max_depth:
+            return []
+        self.artifact.fetch()
+        return self._between_steps(self._load_published_now)
 
     def _attach_artifact_now(self, artifact) -> list[int]:
         if self.artifact is not None:  # another caller attached it first
-            return self._refresh_artifact_now()
+            return self._load_published_now()
         self._load_artifact_layers(artifact)
         self.artifact = artifact
         return [entry.layer for entry in artifact.entries]
 
-    def _refresh_artifact_now(self) -> list[int]:
-        new = self.artifact.reload()
-        if new:
+    def _load_published_now(self) -> list[int]:
+        """Load the published layers the model lacks (the manifest as last read); returns them."""
+        before = self.max_depth
+        if self.artifact.depth > before:
             self._load_artifact_layers(self.artifact)
-        return new
+        return [entry.layer for entry in self.artifact.entries[before:self.max_depth]]
 
     def _load_artifact_layers(self, artifact) -> None:
         """Load every published layer of `artifact` into the model (checked first, the model untouched on
@@ -476,8 +490,11 @@ class Engine:
         if not prefill and self.graphs is not None:
             try:
                 logits = self.graphs.run(decode)
-            except Exception:  # noqa: BLE001 - a capture failure costs speed, not correctness
+            except Exception as e:  # noqa: BLE001 - a capture failure costs speed, not correctness
+                if self.require_cuda_graphs:
+                    raise
                 log.exception("CUDA graph capture failed; decoding without graphs from now on")
+                self.cuda_graph_error = f"{type(e).__name__}: {e}"[:500]
                 self.graphs = None
         if logits is None:
             batch = ForwardBatch.build(prefill, decode, logit_rows, self.device)
@@ -603,12 +620,14 @@ class Engine:
             queue_cap=self.scheduler.max_queue, max_num_seqs=pool.num_slots, max_model_len=self.max_model_len,
             cache_usage=pool.num_used / pool.num_slots,
             cache_token_usage=cached / (pool.num_slots * self.max_model_len),
+            cuda_graphs=("on" if self.graphs is not None else
+                         f"failed: {self.cuda_graph_error}" if self.cuda_graph_error else "off"),
             **self.metrics.snapshot())
 
 
-def _artifact_dir(artifact) -> Path:
-    """The resolved directory of an artifact given as a path or an `Artifact`."""
-    return Path(getattr(artifact, "path", artifact)).resolve()
+def _artifact_dir(artifact) -> str:
+    """One name per artifact location, given as a path, a URI or an `Artifact`."""
+    return location_key(getattr(artifact, "path", artifact))
 
 
 def _prompt_list(prompts) -> list[Prompt]:

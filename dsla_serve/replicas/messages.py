@@ -88,6 +88,7 @@ class EngineStats:
     running / waiting: requests in slots / queued; queue_cap: the most that may wait.
     max_num_seqs: slots; max_model_len: tokens per slot.
     cache_usage: slots in use / slots; cache_token_usage: tokens cached / (slots x max_model_len).
+    cuda_graphs: "on", "off" (CPU, or turned off) or "failed: <why>" (capture failed; decoding runs eagerly).
     ttft_*_s, tpot_*_s: percentiles over the last 512 finished requests (None before any).
     tokens_per_s: generated over the last 10 s; the counters are since the engine started.
     """
@@ -103,6 +104,7 @@ class EngineStats:
     max_model_len: int
     cache_usage: float
     cache_token_usage: float
+    cuda_graphs: str
     ttft_p50_s: float | None
     ttft_p95_s: float | None
     tpot_p50_s: float | None

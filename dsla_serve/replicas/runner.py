@@ -6,14 +6,17 @@ tokens (`ForwardBatch`), so one pass serves chunked prefill and batched decode t
 the weights once. Per layer kind at the current depth:
 
 On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, the
-rotary embedding is fused with the cache write (`triton_fused.py`), and q/k/v and gate/up run as one
-GEMM each over merged weights (`merged_weights.py`); elsewhere the HF modules run as they are.
+rotary embedding is fused with the cache write (`dsla_serve.kernels.block`), and q/k/v (softmax
+layers), q/k/v plus both gate projections (DSLA layers) and gate/up run as one GEMM each over merged
+weights (`merged_weights.py`); elsewhere the HF modules run as they are.
 
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
   through SDPA over their slot's prefix (lower-right causal mask), decode rows through
   `decode_attention` (split-K Triton kernel on CUDA);
 - DSLA: `chunk_dsla` for the prefill segments (initial states gathered from the pool, final states
-  written back) and `recurrent_dsla_pool` for the decode rows (pool updated in place).
+  written back) and `recurrent_dsla_pool` for the decode rows (pool updated in place), both given the
+  gate logits (the kernels take logsigmoid(.) / tau at their loads) and q/k/v/gates as column views of
+  the projection output (read in place).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from ..kernels import chunk_dsla
+from ..kernels.attention import decode_attention
 from ..kernels.dispatch import recurrent_dsla_pool
 from .batch import ForwardBatch
 from .cache import CachePool
-from .decode_attention import decode_attention
 from .merged_weights import merge_linears
 
 
@@ -39,12 +42,24 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+def dsla_inputs(twin, x: torch.Tensor, merged: tuple | None = None):
+    """What the runner passes to the DSLA kernels for x [N, hidden]: (q, k, v, l1, l2), each
+    [1, N, heads, D], l1/l2 the gate logits (pass gate_logit_normalizer=twin.gate_logit_normalizer).
+
+    With `merged` (= merge_linears(twin.projection_linears())) one GEMM computes them all and they are
+    column views of its output; without, the twin's own projections (contiguous).
+    """
+    if merged is not None:
+        return twin.split_projection(F.linear(x, *merged)[None])
+    return twin.project(x[None], gate_logits=True)
+
+
 def _fused_kernels_usable(model, device: torch.device) -> bool:
     """Triton fused kernels on CUDA, for the standard Llama-family blocks (RMSNorm, gated SiLU MLP)."""
     if device.type != "cuda" or os.environ.get("DSLA_BACKEND", "auto") == "torch":
         return False
     try:
-        from . import triton_fused  # noqa: F401
+        from ..kernels import block  # noqa: F401
     except ImportError:
         return False
     config = model.config
@@ -72,14 +87,20 @@ class ModelRunner:
         self.dsla = dict(dsla_layers)
         self.fused = _fused_kernels_usable(model, pool.device) if fused is None else fused
         self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
+        self.dsla_proj: dict[int, tuple] = {}  # layer -> merged (weight, bias) of twin.projection_linears()
         self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
         if self.fused:
             for i, layer in enumerate(self.layers):
-                if i not in self.dsla:
-                    merged = merge_linears(layer.self_attn, ("q_proj", "k_proj", "v_proj"))
+                if i in self.dsla:
+                    merged = merge_linears(self.dsla[i].projection_linears())
+                    if merged is not None:
+                        self.dsla_proj[i] = merged
+                else:
+                    attn = layer.self_attn
+                    merged = merge_linears([attn.q_proj, attn.k_proj, attn.v_proj])
                     if merged is not None:
                         self.qkv[i] = merged
-                merged = merge_linears(layer.mlp, ("gate_proj", "up_proj"))
+                merged = merge_linears([layer.mlp.gate_proj, layer.mlp.up_proj])
                 if merged is not None:
                     self.gate_up[i] = merged
 
@@ -98,7 +119,7 @@ class ModelRunner:
 
     def _forward_fused(self, batch: ForwardBatch) -> torch.Tensor:
         """The same function with residual adds fused into the RMSNorms and the MLP activation fused."""
-        from .triton_fused import add_rmsnorm, silu_mul
+        from ..kernels.block import add_rmsnorm, silu_mul
 
         h = self.embed(batch.input_ids)
         cos, sin = self._rotary(h, batch)
@@ -141,7 +162,7 @@ class ModelRunner:
         q, k, v = q.view(N, -1, D), k.view(N, -1, D), v.view(N, -1, D)  # [N, H, D], [N, Hk, D] x 2
         kc, vc = self.pool.k[i], self.pool.v[i]
         if self.fused:
-            from .triton_fused import rope_kv_write
+            from ..kernels.block import rope_kv_write
             rope_kv_write(q, k, v, cos, sin, kc, vc, batch.kv_slots, batch.kv_pos)
         else:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -167,8 +188,9 @@ class ModelRunner:
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
-        q, k, v, g1, g2 = twin.project(x[None])  # [1, N, heads, D]
+        q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i))  # [1, N, heads, D]
         mix = twin.mix()
+        tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
         P, N = batch.num_prefill_tokens, x.shape[0]
         parts = []
@@ -176,13 +198,14 @@ class ModelRunner:
             rows = batch.prefill_state_slots
             o, (f1, f2) = chunk_dsla(q[:, :P], k[:, :P], v[:, :P], g1[:, :P], g2[:, :P], mix,
                                      initial_state=(s1.index_select(0, rows), s2.index_select(0, rows)),
-                                     output_final_state=True, cu_seqlens=batch.cu_seqlens)
+                                     output_final_state=True, cu_seqlens=batch.cu_seqlens,
+                                     gate_logit_normalizer=tau)
             s1.index_copy_(0, rows, f1.to(s1.dtype))
             s2.index_copy_(0, rows, f2.to(s2.dtype))
             parts.append(o[0])
         if batch.num_decode:
             o = recurrent_dsla_pool(q[0, P:, None], k[0, P:, None], v[0, P:, None], g1[0, P:, None],
-                                    g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots)
+                                    g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return twin.read_out(o, x.dtype)

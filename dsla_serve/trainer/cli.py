@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Reference: docs/trainer.md")
     parser.add_argument("config", help="convert config YAML (see examples/convert-tiny.yaml and docs/trainer.md)")
     parser.add_argument("--depth", type=int, default=None, help="override `depth`: layers to reach in total")
-    parser.add_argument("--output", default=None, help="override `output`: the artifact directory")
+    parser.add_argument("--output", default=None, help="override `output`: the artifact directory or object store "
+                                                       "URI (s3://bucket/path, gs://...)")
     parser.add_argument("--device", default=None, help="override `device`: auto, cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (the summary table still prints)")
 
@@ -99,9 +100,10 @@ def print_summary(artifact_path, console=None) -> None:
     from rich.table import Table
 
     from ..model import Artifact
+    from ..model.storage import mask
 
     artifact = Artifact.open(artifact_path)
-    table = Table(title=f"{artifact_path}: depth {artifact.depth} of {len(artifact.order)}")
+    table = Table(title=f"{mask(str(artifact_path))}: depth {artifact.depth} of {len(artifact.order)}")
     for name in ("depth", "layer", "rank", "val loss", "ppl ratio", "seconds"):
         table.add_column(name, justify="right")
     for e in artifact.entries:
@@ -113,6 +115,7 @@ def print_summary(artifact_path, console=None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..model import ArtifactError
+    from ..model.storage import mask
     from .config import ConfigError, load_config
     from .data import DataError
     from .distributed import close_launched_group
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         except KeyboardInterrupt:
             depth = trainer.progress().published_depth
-            print(f"interrupted: {config.output} keeps depth {depth}; rerun the same command to resume",
+            print(f"interrupted: {mask(str(config.output))} keeps depth {depth}; rerun the same command to resume",
                   file=sys.stderr)
             return 130
         finally:

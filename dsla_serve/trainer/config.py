@@ -1,19 +1,26 @@
-"""`ConvertConfig`: the whole user surface of `dsla-serve convert`, validated by pydantic from YAML.
+"""The trainer's config: `TrainerSettings` (how to convert: data, order, training, layers) and
+`ConvertConfig` (those plus the base model and the artifact: the whole of a `dsla-serve convert` file).
 
-    base_model: tiny:llama               # folder, .gguf, hub id, smollm2-135m, or tiny:<arch> (random)
-    output: ../artifacts/tiny            # the artifact directory (created; an existing one is resumed)
-    depth: 2                             # layers to convert (default: all)
-    data: {paths: [../../shared/data/tinyshakespeare.txt], seq_len: 128,
+A serving policy's `trainer` section is `TrainerSettings` too (`dsla_serve.policies.schema.TrainerSection`
+extends it): one schema, one set of defaults, whether the trainer runs from `dsla-serve convert` or
+in the background of `dsla-serve serve`.
+
+    base_model: smollm2-135m             # folder, .gguf, hub id, smollm2-135m, or tiny:<arch> (random)
+    output: ../runs/smollm2              # the artifact directory or s3:// / gs:// URI (an existing one is resumed)
+    depth: 8                             # layers to convert (default: all)
+    layer_kind: dsla                     # or a baseline: gla (one gated state), swa (sliding window), linear
+    data: {paths: [../books], seq_len: 1024,
            episodes: {passkey_fraction: 0.25, recall_fraction: 0.1}}   # retrieval episodes mixed in
-    order: {method: entropy}             # retrieval_delta | loss_delta | entropy | forward | reverse | list
-    training: {steps: 40, lr: 3.0e-3, micro_batch_size: 4,
+    order: {method: retrieval_delta}     # retrieval_delta | loss_delta | entropy | forward | reverse | random | list
+    training: {steps: 100, lr: 1.0e-3, micro_batch_size: 4, optimizer: deepspeed,
                loss: {mse: 1.0, kl: 1.0, ce: 0.0, answer_kl: 1.0}}
-    dsla: {gate_rank: 16}                # DSLAConfig fields
+    dsla: {gate_rank: null}              # DSLAConfig fields
     deepspeed: {zero_optimization: {stage: 2}}   # a dict, or the path of a DeepSpeed JSON config
 
-Relative paths (data paths, output, a DeepSpeed JSON path, a base model that names a local
+Shorthands: `data: [a.txt, books/]` is `data: {paths: [...]}`, `order: entropy` is `order: {method:
+entropy}`. Relative paths (data paths, output, a DeepSpeed JSON path, a base model that names a local
 directory) resolve against the directory of the YAML file. Every problem is reported as one line
-naming the file, the field and its line: `convert.yaml: training.stepz: unknown field (line 12)`.
+naming the file, the field and its line (`dsla_serve.configfile`). Imports neither torch nor ray.
 """
 
 from __future__ import annotations
@@ -22,19 +29,20 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..configfile import ConfigFileError, FieldProblem, load_yaml_model, validate_model
 from ..model.config import DSLAConfig
 from ..model.sources import ModelSourceError, normalise_spec
+from ..model.storage import is_uri, mask
 from ..quality.recall import KEY_WORDS
 
-class ConfigError(ValueError):
-    """A convert config that cannot be used; `problems` holds one line per problem."""
+LAYER_KINDS = ("dsla", "gla", "linear", "swa")  # dsla_serve.model.baselines.LAYER_KINDS (a test keeps them equal)
+ORDER_METHODS = ("retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "random", "list")
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("invalid convert config:\n  " + "\n  ".join(self.problems))
+
+class ConfigError(ConfigFileError):
+    """A convert config that cannot be used; `problems` holds one line per problem."""
 
 
 class _Strict(BaseModel):
@@ -44,7 +52,7 @@ class _Strict(BaseModel):
 def _resolve(path: str | Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     p = Path(path).expanduser()
-    return p if p.is_absolute() or base is None else (Path(base) / p)
+    return p if p.is_absolute() or base is None else Path(os.path.normpath(Path(base) / p))
 
 
 class EpisodeConfig(_Strict):
@@ -87,7 +95,8 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of documents held out for validation")
     max_documents: int | None = Field(None, ge=2, description="use at most this many documents (after shuffling)")
     max_train_tokens: int | None = Field(None, ge=2, description="cap on training tokens")
-    max_val_tokens: int | None = Field(None, ge=2, description="cap on validation tokens")
+    max_val_tokens: int | None = Field(65536, ge=2, description="cap on validation tokens (each layer is "
+                                       "validated on them; null: the whole validation split)")
     segment_chars: int | None = Field(
         None, ge=100, description="cut documents longer than this into contiguous segments (at line breaks) "
         "before the split; default: only a corpus of a single document is cut, into 20000-character segments")
@@ -124,9 +133,9 @@ class DataConfig(_Strict):
 class OrderConfig(_Strict):
     """How the conversion order (a permutation of the decoder layers) is chosen."""
 
-    method: Literal["retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "list"] = Field(
+    method: Literal["retrieval_delta", "loss_delta", "entropy", "forward", "reverse", "random", "list"] = Field(
         "retrieval_delta", description="default retrieval_delta; loss_delta when data.episodes are off and "
-        "no method is given")
+        "no method is given; random: a permutation drawn with the run's seed")
     layers: list[int] | None = Field(None, description="the explicit order (method: list); may be a prefix")
     calibration_sequences: int = Field(32, ge=1, description="sequences scored by entropy, loss_delta and "
                                        "retrieval_delta")
@@ -170,6 +179,10 @@ class TrainingConfig(_Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(10, ge=0, description="linear warm-up steps before the schedule")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor, as a fraction of lr")
+    optimizer: Literal["deepspeed", "adamw"] = Field(
+        "deepspeed", description="the optimiser strategy of the one training loop: the DeepSpeed engine (ZeRO 0-2, "
+        "the `deepspeed` section) or plain torch AdamW (machines without DeepSpeed); same loop, same steps, same "
+        "artifact")
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass, per process")
     grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step, per process")
     weight_decay: float = Field(0.0, ge=0.0)
@@ -200,25 +213,42 @@ class DSLAFields(_Strict):
         return DSLAConfig(**self.model_dump())
 
 
-class ConvertConfig(_Strict):
-    """Everything `dsla-serve convert` needs: the base model, data, order, training and output."""
+class TrainerSettings(_Strict):
+    """How to convert a model: everything of a convert config but the base model and the artifact.
 
-    base_model: str = Field(description="local model folder, .gguf file, hub id, a reference model's short name "
-                            "(smollm2-135m), or tiny:<arch>")
-    output: Path = Field(description="artifact directory; an existing artifact of this config is resumed")
-    depth: int | None = Field(None, ge=1, description="layers to convert (default: every layer)")
+    A policy's `trainer` section is this (plus serving fields); `ConvertConfig` adds `base_model` and
+    `output`. Defaults are the measured ones (docs/quality.md, "Defaults chosen").
+    """
+
+    depth: int | None = Field(None, ge=1, description="layers to convert in total (default: every layer)")
     seed: int = Field(0, ge=0, description="base seed of the data split and of each layer's initialisation and "
                       "batches (derived from it and the layer index); tiny:<arch> models are always built with seed 0")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (multi-process: the local rank's GPU)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model dtype; auto = bfloat16 on GPU, float32 on CPU")
+    layer_kind: Literal["dsla", "gla", "linear", "swa"] = Field(
+        "dsla", description="what a converted layer becomes: dsla (two gated states), or a baseline of "
+        "dsla_serve.model.baselines: gla (one gated state), swa (sliding-window softmax, 64 tokens), linear (elu+1)")
     data: DataConfig
     order: OrderConfig = OrderConfig()
     training: TrainingConfig = TrainingConfig()
     dsla: DSLAFields = DSLAFields()
     deepspeed: dict[str, Any] | Path = Field(
         default_factory=lambda: {"zero_optimization": {"stage": 2}},
-        description="DeepSpeed config dict or JSON path, passed through (batch fields filled in)")
+        description="DeepSpeed config dict or JSON path, passed through (batch fields filled in); "
+        "used with training.optimizer deepspeed")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _paths_shorthand(cls, v: Any) -> Any:
+        """`data: [a.txt, books/]` (or one path) is `data: {paths: [...]}`."""
+        return {"paths": v} if isinstance(v, (list, tuple, str, os.PathLike)) else v
+
+    @field_validator("order", mode="before")
+    @classmethod
+    def _method_shorthand(cls, v: Any) -> Any:
+        """`order: entropy` is `order: {method: entropy}`."""
+        return {"method": v} if isinstance(v, str) else v
 
     @model_validator(mode="before")
     @classmethod
@@ -228,31 +258,23 @@ class ConvertConfig(_Strict):
             return data
         episodes = data.get("data", {}).get("episodes") if isinstance(data.get("data"), dict) else None
         order = data.get("order", {})
+        if isinstance(order, str) or not isinstance(order, dict):
+            return data
         if isinstance(episodes, dict) and episodes.get("passkey_fraction") == 0 and \
-                episodes.get("recall_fraction") == 0 and isinstance(order, dict) and "method" not in order:
+                episodes.get("recall_fraction") == 0 and "method" not in order:
             data = {**data, "order": {**order, "method": "loss_delta"}}
         return data
 
     @model_validator(mode="after")
-    def _retrieval_needs_episodes(self) -> "ConvertConfig":
+    def _consistent(self) -> "TrainerSettings":
         if self.order.method == "retrieval_delta" and not self.data.episodes.enabled:
-            raise ValueError("order.method retrieval_delta scores layers on held-out retrieval episodes, but "
-                             "data.episodes.passkey_fraction and data.episodes.recall_fraction are both 0; "
-                             "turn episodes on or choose order.method loss_delta")
+            raise FieldProblem("order.method", "retrieval_delta scores layers on held-out retrieval episodes, but "
+                               "data.episodes.passkey_fraction and data.episodes.recall_fraction are both 0; "
+                               "turn episodes on or choose order.method loss_delta")
+        layers = self.order.layers
+        if layers is not None and self.depth is not None and len(layers) < self.depth:
+            raise FieldProblem("order.layers", f"lists {len(layers)} layers, fewer than depth {self.depth}")
         return self
-
-    @field_validator("base_model")
-    @classmethod
-    def _resolve_base_model(cls, v: str, info: ValidationInfo) -> str:
-        try:
-            return normalise_spec(v, (info.context or {}).get("base_dir"))
-        except ModelSourceError as e:
-            raise ValueError(str(e)) from None
-
-    @field_validator("output")
-    @classmethod
-    def _resolve_output(cls, v: Path, info: ValidationInfo) -> Path:
-        return _resolve(v, info)
 
     @field_validator("device")
     @classmethod
@@ -270,10 +292,40 @@ class ConvertConfig(_Strict):
             if not path.is_file():
                 raise ValueError(f"DeepSpeed config file {path} does not exist")
             return path
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping (the DeepSpeed config itself) or a path to a JSON file")
         return v
 
     def dsla_config(self) -> DSLAConfig:
         return self.dsla.to_dsla_config()
+
+
+class ConvertConfig(TrainerSettings):
+    """Everything `dsla-serve convert` needs: the base model and the artifact, and the trainer settings."""
+
+    base_model: str = Field(description="local model folder, .gguf file, hub id, a reference model's short name "
+                            "(smollm2-135m), or tiny:<arch>")
+    output: Path | str = Field(description="artifact directory, or an object store URI (s3://bucket/path, "
+                               "gs://...); an existing artifact of this config is resumed")
+
+    @field_validator("base_model")
+    @classmethod
+    def _resolve_base_model(cls, v: str, info: ValidationInfo) -> str:
+        try:
+            return normalise_spec(v, (info.context or {}).get("base_dir"))
+        except ModelSourceError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("output")
+    @classmethod
+    def _resolve_output(cls, v: Path | str, info: ValidationInfo) -> Path | str:
+        """A local directory resolved like every path here; an object store URI kept as written."""
+        if is_uri(v):
+            if mask(v) != v:
+                raise ValueError(f"{mask(v)}: credentials do not belong in the URI; set them in the environment "
+                                 "the storage library reads")
+            return v.rstrip("/")
+        return _resolve(v, info)
 
     def with_overrides(self, **changes: Any) -> "ConvertConfig":
         """A copy with top-level fields replaced (validated again), e.g. `depth=3`."""
@@ -281,72 +333,18 @@ class ConvertConfig(_Strict):
         data.update({k: v for k, v in changes.items() if v is not None})
         return parse_config(data)
 
-
-# --- loading -----------------------------------------------------------------------------------
-
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys (a silent overwrite hides mistakes)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
-    """1-based line of the deepest node along `loc` in the YAML node tree."""
-    node, line = root, None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if match is None:
-                break
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _format_error(err: dict, label: str, root: yaml.Node | None) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-    if err["type"] == "missing":
-        msg = "required field is missing"
-    line = _line_of(root, loc)
-    return f"{label}: {field}: {msg}" + (f" (line {line})" if line else "")
+    def settings(self) -> dict[str, Any]:
+        """The `TrainerSettings` fields of this config (JSON-ready): what a policy's trainer section holds."""
+        return self.model_dump(mode="json", exclude={"base_model", "output"})
 
 
 def parse_config(data: Any, *, base_dir: str | os.PathLike | None = None, label: str = "<config>",
-                 yaml_root: yaml.Node | None = None) -> ConvertConfig:
+                 yaml_root=None) -> ConvertConfig:
     """Validate a plain dict into a ConvertConfig; relative paths resolve against `base_dir`."""
-    if not isinstance(data, dict):
-        raise ConfigError([f"{label}: the config must be a mapping of fields, got {type(data).__name__}"])
-    try:
-        return ConvertConfig.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as e:
-        raise ConfigError([_format_error(err, label, yaml_root) for err in e.errors()]) from None
+    return validate_model(ConvertConfig, data, ConfigError, label=label, root=yaml_root,
+                          context={"base_dir": base_dir})
 
 
 def load_config(path: str | os.PathLike) -> ConvertConfig:
     """Read and validate a convert YAML file. Raises ConfigError naming the file and each bad field."""
-    path = Path(path)
-    label = path.name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
-    try:
-        root = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{label}: not valid YAML: {e}"]) from None
-    return parse_config(data if data is not None else {}, base_dir=path.resolve().parent, label=label,
-                        yaml_root=root)
+    return load_yaml_model(ConvertConfig, path, ConfigError)

@@ -1,12 +1,13 @@
-"""Fit one converted layer against the original model, with DeepSpeed driving the optimisation.
+"""Fit one converted layer against the original model: the one training loop of the trainer.
 
     result = fit_layer(model, layer_idx, depth, train, training, ds_user_config, dist, seed)
 
 The model is at `depth` with `layer_idx` the newest converted layer; every other parameter is
-frozen, so the engine trains the new layer's gates and mix logits (plus private q/k/v/o copies when
-`training.train_qkvo`). Per micro-batch: teacher logits (depth 0, no grad) when the KL term is on,
-student forward through the engine, `engine.backward`, `engine.step` (which applies the update only
-at accumulation boundaries). With `episodes` (active), a seeded share of the rows are retrieval
+frozen, so only the new layer's own parameters train (gates, mix logits and output gain, plus private
+q/k/v/o copies when `training.train_qkvo`). Per micro-batch: teacher logits (depth 0, no grad) when a
+KL term is on, the student forward, backward and step of the optimiser strategy (`optim.py`:
+DeepSpeed or plain AdamW, `training.optimizer`), which updates at accumulation boundaries only.
+Probes of the measured orders (`sensitivity.py`) fit with this same loop. With `episodes` (active), a seeded share of the rows are retrieval
 episodes and the answer-token KL joins the objective (`dsla_serve.trainer.episodes`).
 """
 
@@ -22,9 +23,9 @@ import torch
 
 from ..model import dsla_layers
 from .distributed import DistContext
-from .engine import build_engine, complete_config, release_engine
 from .calibration import calibrate_output_scale
 from .losses import LayerOutputCapture, distillation_loss, teacher_logits
+from .optim import build_optimisation
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import TrainingConfig
@@ -118,8 +119,6 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
     if training.calibrate_output:  # the same rows on every process, so every rank sets the same gain
         model.eval()
         calibrate_output_scale(model, layer_idx, train[:training.micro_batch_size].to(dist.device))
-    dtype = next(iter(model.parameters())).dtype
-    ds_config = complete_config(ds_user, training, dtype, dist.world_size)
     schedule = BatchSchedule(train.shape[0], micro_batch=training.micro_batch_size,
                              accumulation=training.grad_accumulation, world_size=dist.world_size, rank=dist.rank,
                              seed=seed)
@@ -128,7 +127,10 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
     # the same on every process (a teacher forward that some ranks skip could desynchronise ZeRO-3)
     needs_teacher = weights.kl > 0 or (mixing and weights.answer_kl > 0)
     result = FitResult()
-    engine = build_engine(model, params, ds_config, training)
+    if not params:  # e.g. a sliding window without private projections: nothing to fit
+        result.seconds = time.perf_counter() - start
+        return result
+    optimisation = build_optimisation(training, model, params, steps, ds_user, dist)
     model.eval()  # no dropout: the teacher and the student see the same deterministic network
     loop_start = time.perf_counter()
     try:
@@ -145,10 +147,10 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
                         answers = answers.to(dist.device)
                     ids = ids.to(dist.device)
                     teacher = teacher_logits(model, ids, depth) if needs_teacher else None
-                    logits = engine(input_ids=ids, use_cache=False).logits
+                    logits = optimisation.forward(ids)
                     terms = distillation_loss(logits, ids, weights, capture, teacher, answers)
-                    engine.backward(terms.total)
-                    engine.step()
+                    optimisation.backward(terms.total)
+                    optimisation.step()
                     capture.clear()
                     total += terms.total.detach()
                 # one host sync per step (not per micro-batch), then the mean over processes
@@ -157,7 +159,7 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
                 if on_step is not None:
                     on_step(step, loss)
     finally:
-        release_engine(engine)
+        optimisation.close()
         model.requires_grad_(False)
     end = time.perf_counter()
     result.seconds, result.loop_seconds = end - start, end - loop_start

@@ -40,7 +40,11 @@ def _prepare_deepspeed(device: torch.device) -> None:
     """
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise RuntimeError(f"training.optimizer is deepspeed but DeepSpeed cannot be imported ({e}): install it "
+                           "(pip install deepspeed) or set training.optimizer: adamw") from None
     import deepspeed.ops
     from deepspeed.utils import logger
 
@@ -88,28 +92,37 @@ class DistContext:
         return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
 
-def init_distributed(device_spec: str = "auto") -> DistContext:
+def init_distributed(device_spec: str = "auto", deepspeed: bool = True) -> DistContext:
     """Create (or join) the process group and return this process's DistContext.
 
     Under a launcher (RANK and WORLD_SIZE set) the group is joined through the environment. Otherwise
     a world of one is made on an in-memory store, without MASTER_* / RANK variables, so that processes
     this one starts (a torchrun, a test) do not inherit a launcher environment. Idempotent.
+    `deepspeed=False` (the plain AdamW strategy) neither imports DeepSpeed nor makes a group for a
+    world of one, which needs none.
     """
     launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it even in a world of one
     device = resolve_device(device_spec)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    _prepare_deepspeed(device)
-    import deepspeed
-
     # A group made by the caller (a test, user code under torchrun) is adopted as it is.
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else \
         ("nccl" if device.type == "cuda" else "gloo")
+    if not deepspeed:
+        if launched and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend)
+        if not torch.distributed.is_initialized():
+            return DistContext(rank=0, world_size=1, local_rank=int(os.environ["LOCAL_RANK"]), device=device)
+        return DistContext(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
+                           local_rank=int(os.environ["LOCAL_RANK"]), device=device)
+    _prepare_deepspeed(device)
+    import deepspeed as ds
+
     if not launched and not torch.distributed.is_initialized():
         # an in-memory store: no port to pick, so no race with other processes for one
         torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return DistContext(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                        local_rank=int(os.environ["LOCAL_RANK"]), device=device)
 

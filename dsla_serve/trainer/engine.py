@@ -1,4 +1,4 @@
-"""DeepSpeed engine of one layer's training: the config the user gave, completed, and `initialize`.
+"""The DeepSpeed config of one layer's engine: the config the user gave, completed (`optim.py` builds the engine).
 
 The user's DeepSpeed config (a dict or a JSON file, from `ConvertConfig.deepspeed`) is passed
 through; the trainer fills in what it owns and checks what would conflict:
@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-
-from .schedule import lr_multiplier
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import TrainingConfig
@@ -89,35 +87,3 @@ def complete_config(user: dict, training: TrainingConfig, model_dtype: torch.dty
     if wanted is not None:
         cfg.setdefault(wanted, {})["enabled"] = True
     return cfg
-
-
-def build_engine(model: torch.nn.Module, params: list[torch.nn.Parameter], ds_config: dict,
-                 training: TrainingConfig):
-    """`deepspeed.initialize` for training `params` (the new layer's only) inside `model`.
-
-    Returns the engine; `engine(input_ids=...)` runs the whole model, `engine.backward(loss)` and
-    `engine.step()` do accumulation, clipping, all-reduce and the optimiser/scheduler step.
-    """
-    import deepspeed
-
-    optimizer = None
-    if "optimizer" not in ds_config:
-        optimizer = torch.optim.AdamW(params, lr=training.lr, betas=tuple(training.betas),
-                                      weight_decay=training.weight_decay)
-
-    def schedule(opt):
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(
-            step, total_steps=training.steps, warmup_steps=training.warmup_steps, schedule=training.schedule,
-            min_ratio=training.min_lr_ratio))
-
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=params, optimizer=optimizer, config=ds_config,
-        lr_scheduler=None if "scheduler" in ds_config else schedule)
-    return engine
-
-
-def release_engine(engine) -> None:
-    """Drop the engine's hooks and optimizer state (the next layer gets a fresh engine)."""
-    destroy = getattr(engine, "destroy", None)
-    if destroy is not None:
-        destroy()

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from ..model import decoder_layers, set_depth
+from .chunked import chunked_ce, chunked_kl
 
 if TYPE_CHECKING:  # pydantic-free at run time: the GPU image imports these modules without it
     from .config import LossWeights
@@ -91,10 +91,10 @@ def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_teacher || p_student) summed over the vocabulary, averaged over tokens. Logits [B, T, V]."""
-    s = F.log_softmax(student_logits.float(), dim=-1).flatten(0, -2)
-    t = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, -2)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+    """KL(p_teacher || p_student) = sum_v p_t(v) (log p_t(v) - log p_s(v)), summed over the vocabulary and
+    averaged over tokens, in fp32. Logits [..., V]; computed in row chunks (`chunked.chunked_kl`): no
+    full-vocabulary fp32 copy of the batch's logits is made."""
+    return chunked_kl(student_logits.flatten(0, -2), teacher_logits.flatten(0, -2))
 
 
 def answer_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -108,14 +108,13 @@ def answer_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, answer
     predicts = answers[:, 1:].to(student_logits.device)
     if not bool(predicts.any()):
         return student_logits.sum().float() * 0.0
-    s = F.log_softmax(student_logits[:, :-1][predicts].float(), dim=-1)
-    t = F.log_softmax(teacher_logits[:, :-1][predicts].float(), dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+    return chunked_kl(student_logits[:, :-1][predicts], teacher_logits[:, :-1][predicts])
 
 
 def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting input_ids[:, 1:] from logits[:, :-1]. logits [B, T, V]."""
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
+    """Mean cross-entropy of predicting input_ids[:, 1:] from logits[:, :-1]. logits [B, T, V]; in row
+    chunks (`chunked.chunked_ce`)."""
+    return chunked_ce(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten().to(logits.device))
 
 
 def teacher_logits(model: torch.nn.Module, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
@@ -138,7 +137,11 @@ def distillation_loss(student_logits: torch.Tensor, input_ids: torch.Tensor, wei
     mse = relative_mse(capture.student, capture.teacher) if capture is not None and capture.student is not None \
         else zero
     kl = kl_teacher_student(student_logits, teacher) if teacher is not None else zero
-    ce = next_token_ce(student_logits, input_ids)
+    if weights.ce > 0:
+        ce = next_token_ce(student_logits, input_ids)
+    else:  # a metric only: no graph, so nothing of it is kept for the backward pass
+        with torch.no_grad():
+            ce = next_token_ce(student_logits.detach(), input_ids)
     if weights.mse > 0 and (capture is None or capture.student is None):
         raise RuntimeError("the MSE term needs the layer output, but the capture hook saw no forward")
     if weights.kl > 0 and teacher is None:

@@ -14,7 +14,10 @@
   validation documents only). Answers are a fraction of a percent of the text's tokens, so the text
   objective alone cannot see that a layer carries retrieval; this term can. Needs episodes: without
   any that fit a row (data.seq_len too short for every kind), it orders by `loss_delta` and says so.
-- `forward` (0, 1, ...), `reverse` (last first), `list` (the explicit `order.layers`).
+- `forward` (0, 1, ...), `reverse` (last first), `random` (a permutation drawn with the run's seed),
+  `list` (the explicit `order.layers`).
+
+Probes convert layers to the run's `layer_kind` and fit them with the run's optimiser strategy.
 
 Scores are saved in the artifact manifest (`metadata.order`).
 """
@@ -121,7 +124,7 @@ def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.T
         probe = copy.deepcopy(model)
         seed = layer_seed(cfg.seed, layer, "probe")
         torch.manual_seed(seed)
-        convert(probe, [layer], cfg.dsla_config())
+        convert(probe, [layer], cfg.dsla_config(), kind=cfg.layer_kind)
         fit = fit_layer(probe, layer, 1, train, training, read_user_config(cfg.deepspeed), dist, seed,
                         steps=cfg.order.probe_steps, stop_event=stop_event, episodes=episodes)
         if fit.stopped:
@@ -154,6 +157,9 @@ def compute_order(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tenso
         result = OrderResult(method, list(range(n)))
     elif method == "reverse":
         result = OrderResult(method, list(range(n - 1, -1, -1)))
+    elif method == "random":
+        generator = torch.Generator().manual_seed(layer_seed(cfg.seed, -1, "order"))
+        result = OrderResult(method, [int(i) for i in torch.randperm(n, generator=generator)])
     elif method == "list":
         bad = [i for i in cfg.order.layers if not 0 <= i < n]
         if bad:

@@ -28,6 +28,7 @@ import torch
 
 from ..model import Artifact, conversion_order, convert, decoder_layers, set_depth
 from ..model.manifest import has_manifest
+from ..model.storage import mask
 from ..model.loading import load_model_and_tokenizer
 from .config import ConvertConfig
 from .data import PackedData, add_training_documents, build_dataset, files_stamp, read_present_documents
@@ -37,6 +38,7 @@ from .engine import read_user_config
 from .episodes import TrainingEpisodes
 from .evaluate import answer_divergence, validate
 from .progress import LayerResult, TrainerProgress
+from .publish import Backoff, publish_layer
 from .seeds import layer_seed
 from .sensitivity import OrderResult, compute_order
 
@@ -48,11 +50,14 @@ StepCallback = Callable[[int, int, float], None]  # (layer index, step, loss)
 # Config sections that must match an artifact's to resume it (paths, device, output and the
 # target depth may change between runs; so may train-only data, which only layers trained after
 # it appears see: published layers are never retrained).
-RESUME_KEYS = ("seed", "dtype", "order", "training", "dsla")
+RESUME_KEYS = ("seed", "dtype", "layer_kind", "order", "training", "dsla")
 NOT_RESUME_DATA_KEYS = ("paths", "train_only_paths")
+# Recorded in the recipe but free to change on resume: how the steps are taken (the same loop either way)
+# and how much validation text scores a layer (metrics only, never the layer's weights).
+NOT_COMPARED = (("training", "optimizer"), ("data", "max_val_tokens"))
 # Recipe fields added since artifacts were first written, with the value that reproduces how an
 # artifact without them was trained (no episodes, no answer term): a resume compares against these.
-LEGACY_RECIPE = {("data", "episodes", "passkey_fraction"): 0.0, ("data", "episodes", "recall_fraction"): 0.0,
+LEGACY_RECIPE = {("layer_kind",): "dsla", ("data", "episodes", "passkey_fraction"): 0.0, ("data", "episodes", "recall_fraction"): 0.0,
                  ("training", "loss", "answer_kl"): 0.0, ("order", "episode_sequences"): None}
 
 
@@ -64,7 +69,7 @@ class ResumeError(ValueError):
 class RunSummary:
     """The outcome of `Trainer.run`: the layers published by this run and the artifact's state."""
 
-    artifact: Path
+    artifact: Path | str  # a local directory, or the object store URI
     order: list[int]
     published_depth: int
     target_depth: int
@@ -112,6 +117,18 @@ def _without_inert(recipe: dict) -> dict:
     return recipe
 
 
+def _without(recipe: dict, paths) -> dict:
+    """`recipe` without the leaves at `paths` (tuples of keys)."""
+    recipe = copy.deepcopy(recipe)
+    for path in paths:
+        node = recipe
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return recipe
+
+
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     """Human-readable `field (artifact X, config Y)` for each leaf that differs."""
     out = []
@@ -128,12 +145,14 @@ class Trainer:
     """Runs a `ConvertConfig` to its target depth. Usable without Ray; `TrainerActor` wraps it.
 
     `model`, `tokenizer` and `data` may be given (tests, notebooks); else they are loaded from the
-    config. After `run`, `self.model` is the converted model at the published depth.
+    config. `publish_backoff`: how long to keep retrying a layer the store failed to take (`publish.py`).
+    After `run`, `self.model` is the converted model at the published depth.
     """
 
     def __init__(self, config: ConvertConfig, *, model: torch.nn.Module | None = None, tokenizer=None,
-                 data: PackedData | None = None):
+                 data: PackedData | None = None, publish_backoff: Backoff = Backoff()):
         self.config = config
+        self.publish_backoff = publish_backoff
         self.model = model
         self.tokenizer = tokenizer
         self.data = data
@@ -154,7 +173,7 @@ class Trainer:
     # --- setup ----------------------------------------------------------------------------------
     def _load(self) -> None:
         cfg = self.config
-        self.dist = init_distributed(cfg.device)
+        self.dist = init_distributed(cfg.device, deepspeed=cfg.training.optimizer == "deepspeed")
         if self.model is None:
             dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.dist.device.type == "cuda" else "float32")
             # seed 0: `tiny:<arch>` names one model everywhere (replicas build it the same way); the
@@ -189,7 +208,7 @@ class Trainer:
     def _open_artifact(self, stop_event) -> Artifact | None:
         """The existing artifact of this config (resume), or a new one with a freshly computed order."""
         cfg, dist = self.config, self.dist
-        out = Path(cfg.output)
+        out = cfg.output  # a local directory (Path) or an object store URI (str)
         # rank 0 decides for everyone: a rank that looked after rank 0 created the manifest would
         # otherwise skip the (collective) order computation and deadlock the others
         if dist.broadcast_object(has_manifest(out)):
@@ -211,7 +230,7 @@ class Trainer:
         log.info("conversion order (%s): %s", result.method, result.order)
         if dist.is_main:
             Artifact.create(out, self.model, base_model_id=cfg.base_model, config=cfg.dsla_config(),
-                            order=result.order, metadata={"order": result.to_metadata(), "recipe": _recipe(cfg),
+                            kind=cfg.layer_kind, order=result.order, metadata={"order": result.to_metadata(), "recipe": _recipe(cfg),
                                                           "data": self.data.info})
         dist.barrier()
         return Artifact.open(out)
@@ -220,6 +239,9 @@ class Trainer:
         # The base model itself is checked by fingerprint when the artifact is applied (a moved model
         # directory is still the same model).
         cfg = self.config
+        if artifact.kind != cfg.layer_kind:
+            raise ResumeError(f"{artifact.manifest_path}: the artifact holds {artifact.kind!r} layers, the config's "
+                              f"layer_kind is {cfg.layer_kind!r}; use another output directory")
         if artifact.config != cfg.dsla_config():
             raise ResumeError(f"{artifact.manifest_path}: DSLA config {artifact.config} differs from the config's "
                               f"{cfg.dsla_config()}; use another output directory")
@@ -229,6 +251,8 @@ class Trainer:
             saved = _with_legacy_defaults(saved, now)
             if _episodes_off(saved) and _episodes_off(now):  # then what only episodes use cannot differ
                 saved, now = _without_inert(saved), _without_inert(now)
+        if saved is not None:
+            saved, now = _without(saved, NOT_COMPARED), _without(now, NOT_COMPARED)
         differ = _differences(saved, now) if saved is not None else []
         if differ:
             raise ResumeError(f"{artifact.manifest_path}: cannot resume, the artifact was made with different "
@@ -248,7 +272,7 @@ class Trainer:
             artifact = self._open_artifact(stop_event)
             if artifact is None:
                 self._set(phase="stopped")
-                return RunSummary(Path(self.config.output), [], 0, 0, stopped=True)
+                return RunSummary(self.config.output, [], 0, 0, stopped=True)
             summary = self._train(artifact, stop_event, on_layer, on_step)
             self._set(phase="stopped" if summary.stopped else "done")
             return summary
@@ -270,7 +294,7 @@ class Trainer:
         artifact.apply(model)
         resumed = artifact.depth
         if resumed:
-            log.info("resuming %s at depth %d of %d", artifact.path, resumed, target)
+            log.info("resuming %s at depth %d of %d", mask(str(artifact.path)), resumed, target)
         summary = RunSummary(artifact.path, order, resumed, target, resumed_from=resumed)
         self._set(published_depth=resumed, target_depth=target)
         ds_user = read_user_config(cfg.deepspeed)
@@ -308,7 +332,7 @@ class Trainer:
         seed = layer_seed(cfg.seed, layer)
         self._set(phase="training", layer=layer, step=0, steps=cfg.training.steps, loss=None)
         torch.manual_seed(seed)  # the new layer's initialisation (all devices)
-        convert(model, [layer], cfg.dsla_config())
+        convert(model, [layer], cfg.dsla_config(), kind=cfg.layer_kind)
         set_depth(model, depth)
 
         def step_done(step: int, loss: float) -> None:
@@ -326,7 +350,8 @@ class Trainer:
                      weights=cfg.training.loss, layer_idx=layer)
         metrics = {"val_loss": v.ce, "ppl": v.ppl, "teacher_ppl": v.teacher_ppl, "ppl_ratio": v.ppl_ratio,
                    "val_kl": v.kl, "val_mse": v.mse, "val_objective": v.objective,
-                   "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
+                   "train_loss_first": fit.losses[0] if fit.losses else None,
+                   "train_loss_last": fit.losses[-1] if fit.losses else None,
                    "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
                    "train_tokens": fit.tokens, "train_tokens_per_s": fit.tokens_per_second,
                    "world_size": dist.world_size}
@@ -335,7 +360,21 @@ class Trainer:
             metrics["seconds"] = fit.seconds + time.perf_counter() - start
         if cfg.data.train_only_paths:
             metrics["train_only_sequences"] = self.data.info.get("train_only_sequences", 0)
-        if dist.is_main:
-            artifact.append_layer(model, layer, metrics)
+        published = self._publish(artifact, layer, metrics, stop_event) if dist.is_main else True
         dist.barrier()  # the others wait until the layer is on disk
+        if not dist.broadcast_object(published):
+            return None
         return LayerResult(layer, rank, metrics)
+
+    def _publish(self, artifact: Artifact, layer: int, metrics: dict, stop_event) -> bool:
+        """Append the layer, retrying while the store is unreachable (`publish.py`); the retries show in
+        the progress (phase "publishing", error saying why and when the next attempt is)."""
+        self._set(phase="publishing")
+
+        def retrying(attempt: int, delay: float, error: Exception) -> None:
+            self._set(error=f"store unreachable (attempt {attempt} failed), retrying in {delay:.0f} s: {error}")
+
+        published = publish_layer(artifact, self.model, layer, metrics, backoff=self.publish_backoff,
+                                  stop_event=stop_event, on_retry=retrying)
+        self._set(error=None)
+        return published

@@ -68,7 +68,7 @@ def replica_report(pool, replica, depth, waiting=0, running=0, cache_token_usage
     """What a replica of `pool` reports: its engine at `depth` with these loads (the other figures zero)."""
     engine = EngineStats(depth=depth, pending_depth=None, draining=False, max_depth=max_depth, running=running,
                          waiting=waiting, queue_cap=8, max_num_seqs=2, max_model_len=64, cache_usage=0.0,
-                         cache_token_usage=cache_token_usage, ttft_p50_s=None, ttft_p95_s=None, tpot_p50_s=None,
+                         cache_token_usage=cache_token_usage, cuda_graphs="off", ttft_p50_s=None, ttft_p95_s=None, tpot_p50_s=None,
                          tpot_p95_s=None, tokens_per_s=0.0, requests_total=0, completed=0, failed=0, aborted=0,
                          generated_tokens=0)
     return ReplicaReport(pool=pool, replica_id=replica, started_max_depth=max_depth, engine=engine)

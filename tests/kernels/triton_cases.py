@@ -118,10 +118,11 @@ def test_chunk_matches_naive_forward_states_and_gradients(ops, T, H, HK, chunk, 
 
 def test_chunk_with_several_key_and_value_tiles(ops):
     """Small launch tiles (16) against K=32, V=48: several key and value tiles, a ragged last one."""
-    from dsla_serve.kernels.fused import chunk_bwd, chunk_fwd, chunk_scores, states
+    from dsla_serve.kernels.fused import chunk_bwd_dqkg, chunk_bwd_dv, chunk_bwd_intra, chunk_fwd, chunk_scores, states
 
     tiles = [(chunk_fwd.TUNING, dict(bk=16, bv=16)), (chunk_scores.TUNING, dict(bk=16)),
-             (chunk_bwd.TUNING, dict(bk=16, bv=16)),
+             (chunk_bwd_dv.TUNING, dict(bk=16, bv=16)), (chunk_bwd_intra.TUNING, dict(bk=16)),
+             (chunk_bwd_dqkg.TUNING, dict(bk=16, bv=16)),
              (states.FORWARD_TUNING, dict(bk=16, bv=16)), (states.BACKWARD_TUNING, dict(bk=16, bv=16))]
     saved = [dict(table) for table, _ in tiles]
     B, T, H, HK, K, V = 1, 45, 2, 1, 32, 48
@@ -262,3 +263,84 @@ def test_bad_arguments_name_the_problem(ops):
     with pytest.raises(ValueError, match="T=1"):
         pool = (torch.zeros(2, 2, 16, 16), torch.zeros(2, 2, 16, 16))
         ops.recurrent_dsla_pool_triton(*x.values(), pool, torch.tensor([0]))
+
+
+def logit_inputs(B, T, H, HK, K, V, dtype, seed):
+    """q/k/v and gate logits as a DSLA layer makes them (history logits high, some past 15 where
+    log1p(exp(-x)) needs care; recency logits lower)."""
+    x = make_inputs(B, T, H, HK, K, V, dtype=dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    x["g1"] = (torch.randn(B, T, H, K, generator=g) * 6 + 8).to(dtype)
+    x["g2"] = (torch.randn(B, T, H, K, generator=g) * 2 - 1).to(dtype)
+    return x
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, TOL32), (torch.bfloat16, 2e-2)])
+def test_gate_logits_are_turned_into_log_decays_at_the_load(ops, dtype, tol):
+    """gate_logit_normalizer: the kernels compute logsigmoid(x) / tau and return d/dx, as naive_dsla
+    given the same logits (chunk with all gradients, recurrent, pool step)."""
+    B, T, H, HK, K, V = 1, 70, 2, 1, 16, 16
+    x = logit_inputs(B, T, H, HK, K, V, dtype, seed=31)
+    assert x["g1"].float().max() > 15
+    g = torch.Generator().manual_seed(32)
+    init = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, V, generator=g))
+    dout = torch.randn(B, T, H, V, generator=g)
+    dfinal = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, V, generator=g))
+    got = run_with_grads(ops.chunk_dsla_triton, x, init, dout, dfinal, chunk_size=64, gate_logit_normalizer=16.0)
+    want = run_with_grads(naive_dsla, f64(x), f64(init), f64(dout), f64(dfinal), gate_logit_normalizer=16.0)
+    for name in want:
+        assert rel(got[name], want[name]) < tol, name
+    assert got["dg1"].dtype == dtype
+
+    with torch.no_grad():
+        o, (s1, s2) = ops.recurrent_dsla_triton(*x.values(), initial_state=init, output_final_state=True,
+                                                gate_logit_normalizer=16.0)
+        pool = tuple(s.clone() for s in init)
+        step = ops.recurrent_dsla_pool_triton(*(t[:, :1] if t.dim() == 4 else t for t in x.values()), pool,
+                                              torch.tensor([0]), gate_logit_normalizer=16.0)
+    wo, (w1, w2) = naive_dsla(*f64(x).values(), initial_state=f64(init), output_final_state=True,
+                              gate_logit_normalizer=16.0)
+    assert rel(o, wo) < tol and rel(s1, w1) < tol and rel(s2, w2) < tol
+    assert rel(step, wo[:, :1]) < tol
+
+
+def test_views_with_a_token_stride_are_read_in_place(ops):
+    """q/k/v/g1/g2 as column views of one [B, T, width] projection output (the engine's merged GEMM):
+    the same outputs and gradients as contiguous copies."""
+    B, T, H, HK, K, V = 2, 50, 2, 1, 16, 16
+    x = logit_inputs(B, T, H, HK, K, V, torch.float32, seed=41)
+    names = ("q", "k", "v", "g1", "g2")
+    merged = torch.cat([x[n].flatten(2) for n in names], dim=-1)  # [B, T, width]
+    views, col = {}, 0
+    for n in names:
+        width = x[n].shape[2] * x[n].shape[3]
+        views[n] = merged[..., col:col + width].unflatten(-1, x[n].shape[2:])
+        col += width
+    views["mix"] = x["mix"]
+    assert not views["k"].is_contiguous()
+    dout = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(42))
+    got = run_with_grads(ops.chunk_dsla_triton, views, None, dout, None, gate_logit_normalizer=16.0)
+    want = run_with_grads(ops.chunk_dsla_triton, x, None, dout, None, gate_logit_normalizer=16.0)
+    for name in want:
+        assert rel(got[name], want[name]) < 1e-6, name
+    with torch.no_grad():
+        o, _ = ops.recurrent_dsla_triton(*views.values(), gate_logit_normalizer=16.0)
+    assert rel(o, want["o"]) < 1e-5
+
+
+@pytest.mark.parametrize("gates", ["fp32 log-decays", "bf16 logits"])
+def test_bf16_inputs_with_the_gates_the_model_passes(ops, gates):
+    """bf16 q/k/v with fp32 log-decays (a DSLA layer's `project`) or bf16 gate logits (the engine),
+    both through the three-piece decay sums; head dim 80 (not a power of two)."""
+    B, T, H, HK, K, V = 1, 40, 2, 2, 80, 80
+    x = logit_inputs(B, T, H, HK, K, V, torch.bfloat16, seed=51)
+    kw = {}
+    if gates == "fp32 log-decays":
+        x["g1"], x["g2"] = (F.logsigmoid(x[n].float()) / 16 for n in ("g1", "g2"))
+    else:
+        kw = dict(gate_logit_normalizer=16.0)
+    dout = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(52))
+    got = run_with_grads(ops.chunk_dsla_triton, x, None, dout, None, chunk_size=32, **kw)
+    want = run_with_grads(naive_dsla, f64(x), None, f64(dout), None, **kw)
+    for name in want:
+        assert rel(got[name], want[name]) < 2e-2, name

@@ -41,7 +41,7 @@ def test_tiny_example_is_the_readme_policy():
     assert sorted(p.depth for p in policy.pools)[0] == 0 and len(policy.pools) >= 2
     assert all(p.resources.num_gpus == 0 for p in policy.pools) and policy.trainer.resources.num_gpus == 0
     # relative paths are taken from the YAML file's directory, not the working directory
-    assert policy.trainer.data == [str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")]
+    assert policy.trainer.data.paths == [REPO.parent / "shared" / "data" / "tinyshakespeare.txt"]
     assert policy.artifact_dir == str(REPO / "runs" / "tiny-artifact")
 
 
@@ -58,7 +58,7 @@ def test_round_trip_through_model_dump(tmp_path):
     policy = load_policy(TINY)
     again = Policy.model_validate(policy.model_dump())
     assert again == policy
-    reloaded = load_policy(write(tmp_path, policy.model_dump(), "dumped.yaml"))
+    reloaded = load_policy(write(tmp_path, policy.model_dump(mode="json"), "dumped.yaml"))
     assert reloaded == policy
     schema = policy_json_schema()
     assert "pools" in schema["properties"] and schema["additionalProperties"] is False
@@ -147,14 +147,17 @@ BAD_VALUES = [
     ("trainer", _DELETE, "artifact: pools go to depth 4: give an artifact directory, a trainer section, or both"),
     ("trainer.output_dir", _DELETE, "trainer.output_dir: required when no artifact is given"),
     ("artifact", "../runs/existing", "trainer.output_dir: not allowed with artifact"),
-    ("trainer.order", "list", "trainer.order_list: required when order is 'list'"),
-    ("trainer.order_list", [1, 0], "trainer.order_list: only allowed when order is 'list'"),
-    ("trainer.order", "retrieval_delta", "trainer.order: retrieval_delta scores layers on retrieval episodes, and passkey_fraction and recall_fraction are both 0"),
-    ("trainer.order", "random", "trainer.order: Input should be 'retrieval_delta', 'loss_delta', 'entropy', 'forward', 'reverse' or 'list'"),
+    ("trainer.order", "list", "trainer.order: method 'list' needs `layers`, the explicit conversion order"),
+    ("trainer.order", {"method": "entropy", "layers": [1, 0]}, "trainer.order: `layers` is only used with method 'list'"),
+    ("trainer.order", {"method": "list", "layers": [1, 0]}, "trainer.order.layers: lists 2 layers, fewer than depth 4"),
+    ("trainer.order", "retrieval_delta", "trainer.order.method: retrieval_delta scores layers on held-out retrieval episodes, but data.episodes.passkey_fraction and data.episodes.recall_fraction are both 0"),
+    ("trainer.order", "magic", "trainer.order.method: Input should be 'retrieval_delta', 'loss_delta', 'entropy', 'forward', 'reverse', 'random' or 'list' (got 'magic')"),
     ("trainer.deepspeed", 3, "trainer.deepspeed: must be a mapping (the DeepSpeed config itself) or a path"),
-    ("trainer.w_kl", 0.0, "trainer.w_mse: w_mse, w_kl and w_ce are all 0"),
-    ("trainer.passkey_fraction", 0.95, "trainer.passkey_fraction: passkey_fraction + recall_fraction is 1.05"),
-    ("trainer.w_answer_kl", -1.0, "trainer.w_answer_kl: Input should be greater than or equal to 0"),
+    ("trainer.training.loss.kl", 0.0, "trainer.training.loss: at least one loss weight (mse, kl, ce) must be > 0"),
+    ("trainer.data.episodes", {"passkey_fraction": 0.95, "recall_fraction": 0.1}, "trainer.data.episodes: passkey_fraction (0.95) + recall_fraction (0.1) must be at most 1"),
+    ("trainer.training.loss.answer_kl", -1.0, "trainer.training.loss.answer_kl: Input should be greater than or equal to 0"),
+    ("trainer.steps_per_layer", 3, "trainer.steps_per_layer: unknown key 'steps_per_layer'; allowed keys: depth, seed"),
+    ("trainer.layer_kind", "lstm", "trainer.layer_kind: Input should be 'dsla', 'gla', 'linear' or 'swa' (got 'lstm')"),
     ("trainer.serve_prompts_max", 10**7, "trainer.serve_prompts_max: Input should be less than or equal to 100000"),
     ("trainer.serve_prompts_sample", "yes please", "trainer.serve_prompts_sample: Input should be a valid boolean"),
     ("trainer.depth", 2, "pools.2.depth: 4 is beyond trainer.depth 2 and there is no artifact"),
@@ -168,10 +171,10 @@ BAD_VALUES = [
 @pytest.mark.parametrize("field,value,expected", BAD_VALUES, ids=[b[0] + "=" + repr(b[1])[:12] for b in BAD_VALUES])
 def test_bad_values_are_named(tmp_path, field, value, expected):
     data = tiny_data()
-    if field == "trainer.w_kl":
-        data["trainer"]["w_mse"] = 0.0
+    if field == "trainer.training.loss.kl":
+        data["trainer"]["training"]["loss"]["mse"] = 0.0
     if field == "trainer.order" and value == "retrieval_delta":
-        data["trainer"]["passkey_fraction"] = data["trainer"]["recall_fraction"] = 0.0
+        data["trainer"]["data"]["episodes"] = {"passkey_fraction": 0.0, "recall_fraction": 0.0}
     _set(data, field, value if value is _DELETE else copy.deepcopy(value))
     message = error_of(tmp_path, data)
     assert expected in message, message
@@ -192,7 +195,7 @@ def test_paths_resolve_against_the_file_directory(tmp_path):
     folder.mkdir()
     text = ("model: {path: ./models/base, tokenizer: org/tok}\n"
             "artifact: art\n"
-            "trainer: {data: [../data/a.txt, /abs/b.txt, '~/c.txt'], depth: 2, deepspeed: ds.json}\n"
+            "trainer: {data: [../data/a.txt, /abs/b.txt, '~/c.txt'], depth: 2}\n"
             "pools: [{name: a, depth: 0}, {name: b, depth: 2}]\n"
             "slo: {ttft_p95_ms: 500, tpot_p95_ms: 50}\nquality: {max_depth: 2}\n")
     (folder / "p.yaml").write_text(text)
@@ -200,9 +203,8 @@ def test_paths_resolve_against_the_file_directory(tmp_path):
     assert policy.model.path == str(folder / "models" / "base") and policy.model.is_local_path
     assert policy.model.tokenizer == "org/tok"  # a hub id is not a path
     assert policy.artifact == str(folder / "art") == policy.artifact_dir
-    assert policy.trainer.data == [str(tmp_path / "data" / "a.txt"), "/abs/b.txt",
-                                   os.path.expanduser("~/c.txt")]
-    assert policy.trainer.deepspeed == str(folder / "ds.json")
+    assert policy.trainer.data.paths == [tmp_path / "data" / "a.txt", Path("/abs/b.txt"),
+                                         Path(os.path.expanduser("~/c.txt"))]
     assert policy.http.model_name == "base"
     # without a base directory, relative paths are kept as written
     assert parse_policy(text).artifact == "art"
@@ -239,18 +241,17 @@ def test_missing_file(tmp_path):
 
 def test_check_paths_names_missing_inputs(tmp_path):
     data = tiny_data()
-    data["trainer"]["data"] = ["missing.txt"]
-    data["trainer"]["deepspeed"] = "ds.json"
+    data["trainer"]["data"] = {"paths": ["missing.txt", "gone/"]}
     path = write(tmp_path, data)
     load_policy(path)  # paths are not checked by default (a cluster may have them)
     with pytest.raises(PolicyError) as info:
         load_policy(path, check_paths=True)
     assert info.value.problems == [
-        f"{path}: trainer.data.0: {tmp_path / 'missing.txt'}: no such file or directory",
-        f"{path}: trainer.deepspeed: {tmp_path / 'ds.json'}: no such file",
+        f"{path}: trainer.data.paths.0: {tmp_path / 'missing.txt'}: no such file or directory",
+        f"{path}: trainer.data.paths.1: {tmp_path / 'gone'}: no such file or directory",
     ]
     (tmp_path / "missing.txt").write_text("text")
-    (tmp_path / "ds.json").write_text("{}")
+    (tmp_path / "gone").mkdir()
     load_policy(path, check_paths=True)
 
 
@@ -291,12 +292,89 @@ def test_docs_describe_every_field():
                     walk(candidate, f"{prefix}{name}.")
 
     walk(Policy, "")
+    # the trainer section is the trainer's own settings: docs/policies.md names its sections, docs/trainer.md
+    # describes every field (tests/trainer/test_docs.py)
+    missing = [m for m in missing if not m.startswith("trainer.") or m.count(".") == 1]
     assert not missing, f"docs/policies.md does not mention: {missing}"
 
 
 def test_without_episodes_the_trainer_order_defaults_to_loss_delta():
     data = tiny_data()
     data["trainer"].pop("order", None)
-    assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order == "retrieval_delta"
-    data["trainer"].update(passkey_fraction=0, recall_fraction=0)
-    assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order == "loss_delta"
+    assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order.method == "retrieval_delta"
+    data["trainer"]["data"]["episodes"] = {"passkey_fraction": 0, "recall_fraction": 0}
+    assert parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer.order.method == "loss_delta"
+
+
+def test_the_trainer_section_is_the_trainer_config_and_has_its_defaults():
+    """One schema, one set of defaults: a section that sets only data and depth holds every default of
+    `dsla-serve convert` (the same TrainerSettings model)."""
+    from dsla_serve.trainer.config import TrainerSettings
+
+    data = tiny_data()
+    data["trainer"] = {"data": ["../README.md"], "depth": 4, "output_dir": "../runs/x"}
+    section = parse_policy(yaml.safe_dump(data), base_dir=TINY.parent).trainer
+    assert isinstance(section, TrainerSettings)
+    defaults = TrainerSettings(data={"paths": ["x"]}, depth=4)
+    assert section.training == defaults.training and section.order == defaults.order and section.dsla == defaults.dsla
+    assert section.data.model_dump(exclude={"paths"}) == defaults.data.model_dump(exclude={"paths"})
+
+
+def test_a_trainer_section_can_name_a_convert_file(tmp_path):
+    convert = tmp_path / "convert.yaml"
+    convert.write_text("base_model: tiny:llama\noutput: art\ndepth: 4\ndata: {paths: [t.txt], seq_len: 64}\n"
+                       "order: entropy\ntraining: {steps: 7}\n")
+    data = tiny_data()
+    data["trainer"] = {"config": "convert.yaml", "resources": {"num_cpus": 0.5}}
+    policy = load_policy(write(tmp_path, data))
+    assert policy.trainer.training.steps == 7 and policy.trainer.order.method == "entropy"
+    assert policy.artifact_dir == str(tmp_path / "art") and policy.trainer.data.paths == [tmp_path / "t.txt"]
+    assert "config" not in policy.model_dump()["trainer"]  # a dumped policy holds the settings themselves
+    assert Policy.model_validate(policy.model_dump()).trainer.model_dump() == policy.trainer.model_dump()
+
+    data["trainer"]["training"] = {"steps": 3}
+    assert "trainer.training: not allowed with trainer.config" in error_of(tmp_path, data)
+    del data["trainer"]["training"]
+    convert.write_text(convert.read_text().replace("tiny:llama", "tiny:qwen2"))
+    assert "trainer.config: " in error_of(tmp_path, data) and "base_model 'tiny:qwen2' is not model.path" in \
+        error_of(tmp_path, data)
+    convert.write_text(convert.read_text().replace("tiny:qwen2", "tiny:llama").replace("steps: 7", "stepz: 7"))
+    message = error_of(tmp_path, data)
+    assert f"trainer.config: {convert}: training.stepz: unknown key 'stepz' (did you mean 'steps'?)" in message
+
+
+def test_artifact_locations_may_be_object_store_uris(tmp_path):
+    data = tiny_data()
+    data["trainer"]["output_dir"] = "s3://bucket/runs/tiny/"
+    policy = load_policy(write(tmp_path, data), check_paths=False)
+    assert policy.artifact_dir == "s3://bucket/runs/tiny"  # kept as written, not joined to the file's folder
+    data = tiny_data()
+    del data["trainer"]
+    data["artifact"] = "gs://bucket/art"
+    assert load_policy(write(tmp_path, data), check_paths=True).artifact == "gs://bucket/art"  # not a local path
+
+    data = tiny_data()
+    data["trainer"]["output_dir"] = "s3://AKIA:s3cr3t@bucket/run"
+    message = error_of(tmp_path, data)
+    assert "trainer.output_dir: s3://***@bucket/run: credentials do not belong in the URI" in message
+    assert "s3cr3t" not in message
+    data = tiny_data()
+    data["trainer"].update(output_dir="s3://bucket/run", serve_prompts_sample=True)
+    assert "trainer.serve_prompts_sample: needs a local artifact directory" in error_of(tmp_path, data)
+
+
+def test_custom_resources_place_pools_and_the_trainer(tmp_path):
+    from dsla_serve.controller.app import pool_options
+
+    data = tiny_data()
+    data["pools"][0]["resources"] = {"num_cpus": 0.5, "custom": {"serving": 1}}
+    data["trainer"]["resources"] = {"num_cpus": 1, "custom": {"trainer_node": 0.5}}
+    policy = load_policy(write(tmp_path, data))
+    assert pool_options(policy, policy.pools[0].name)["ray_actor_options"] == {"num_cpus": 0.5,
+                                                                             "resources": {"serving": 1.0}}
+    assert "resources" not in pool_options(policy, policy.pools[1].name)["ray_actor_options"]
+    assert policy.trainer.resources.ray_options() == {"num_cpus": 1.0, "resources": {"trainer_node": 0.5}}
+    for bad, why in (({"CPU": 1}, "not a custom resource"), ({"serving": 0}, "must be > 0"),
+                     ({"serving": "1"}, "valid number")):
+        data["pools"][0]["resources"] = {"custom": bad}
+        assert why in error_of(tmp_path, data), bad

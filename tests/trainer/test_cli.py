@@ -44,7 +44,7 @@ def test_convert_reports_bad_fields_and_data_paths(corpus, tmp_path, capsys):
     data = config_dict(corpus, "artifact")
     data["training"]["stepz"] = 3
     assert main(["convert", _write(tmp_path, data)]) == 2
-    assert "convert.yaml: training.stepz: unknown field" in capsys.readouterr().err
+    assert "convert.yaml: training.stepz: unknown key 'stepz' (did you mean 'steps'?)" in capsys.readouterr().err
 
     data = config_dict(tmp_path / "no-such-folder", "artifact")
     assert main(["convert", _write(tmp_path, data)]) == 2

@@ -25,8 +25,8 @@ def _imports(modules: list[str], blocked: tuple[str, ...]) -> subprocess.Complet
 
 def test_torch_only_modules_need_no_pydantic_deepspeed_or_ray():
     modules = [f"dsla_serve.trainer.{m}" for m in
-               ("losses", "distill", "episodes", "evaluate", "schedule", "sensitivity", "seeds", "data", "engine",
-                "distributed")]
+               ("losses", "chunked", "distill", "optim", "episodes", "evaluate", "schedule", "sensitivity", "seeds",
+                "data", "engine", "distributed")]
     result = _imports(modules, ("pydantic", "deepspeed", "ray"))
     assert result.returncode == 0, result.stderr[-2000:]
 

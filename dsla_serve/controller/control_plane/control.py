@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 
+from ...model.storage import mask
 from ...policies import Decision, Policy, decide, explain_floor, initial_state
 from ...replicas.messages import ReplicaReport, ReplicaTargets
 from ...trainer.progress import TrainerProgress
@@ -88,15 +89,19 @@ class PolicyControl:
     # ------------------------------------------------------------------------------------------
     def refresh_artifact(self) -> bool:
         """Re-read the artifact; True when the published depths or their quality changed."""
-        before = self.artifact.quality
+        before, error = self.artifact.quality, self.artifact.error
         self.artifact = self._read_artifact(self.policy.artifact_dir, self.artifact)
-        if self.artifact.error:
+        if self.artifact.error and self.artifact.error != error:  # once per new problem, not every interval
             log.warning("artifact unreadable, keeping what was known: %s", self.artifact.error)
+        elif error and not self.artifact.error:
+            log.info("artifact readable again")
         return self.artifact.quality != before
 
-    def tick(self, now: float) -> Decision:
-        """One decision over the current window; remembered for routing and status."""
-        self.refresh_artifact()
+    def tick(self, now: float, *, read_artifact: bool = True) -> Decision:
+        """One decision over the current window; remembered for routing and status. `read_artifact=False`:
+        the caller refreshed the artifact itself (the policy actor does, in a worker thread)."""
+        if read_artifact:
+            self.refresh_artifact()
         metrics = [m for m in (w.metrics(now) for w in self.windows.values()) if m is not None]
         decision = decide(metrics, self.policy, self.state, self.artifact.quality, now)
         moved = self.decision is None or decision.weights != self.decision.weights \
@@ -169,7 +174,8 @@ class PolicyControl:
                 floor=floor, floor_reason=why, max_ppl_ratio=quality.max_ppl_ratio if quality else None,
                 max_depth=quality.max_depth if quality else None,
                 available_depth=self.artifact.quality.available_depth, planned_depth=self.artifact.planned_depth,
-                artifact=self.artifact.path, artifact_error=self.artifact.error,
+                artifact=None if self.artifact.path is None else mask(self.artifact.path),
+                artifact_error=self.artifact.error,
                 depths=[DepthRow(depth=e.depth, layer=e.layer, ppl_ratio=e.ppl_ratio, allowed=e.depth <= floor,
                                  metrics={k: v for k, v in e.metrics.items() if k != "ppl_ratio"})
                         for e in self.artifact.layers]),

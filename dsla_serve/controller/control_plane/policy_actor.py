@@ -91,7 +91,9 @@ class PolicyActor:
                                              or now - self._started > TRAINER_START_TIMEOUT_S):
                 await self.trainer.start()
             self.control.set_trainer_progress(await self.trainer.progress())
-        decision = self.control.tick(now)
+        await asyncio.to_thread(self.control.refresh_artifact)  # an object store may be slow or unreachable
+        now = time.monotonic()
+        decision = self.control.tick(now, read_artifact=False)
         scaled = await self.scaler.apply(decision.replica_targets)
         line = decision.reason + (f"; scaled {', '.join(scaled)}" if scaled else "")
         if self.scaler.error:

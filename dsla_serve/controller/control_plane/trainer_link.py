@@ -19,12 +19,12 @@ import logging
 from typing import Any
 
 from ...model.manifest import served_prompts_path
+from ...model.storage import mask
 from ...policies import Policy, convert_config_data
 from ...trainer.progress import TrainerProgress
 
 log = logging.getLogger("ray.serve")
 
-VALIDATION_SEQUENCES = 64  # bounds each layer's validation pass (the policy has no field for it)
 ENDED = ("done", "stopped", "failed")
 
 
@@ -35,12 +35,11 @@ class TrainerSetupError(ValueError):
 def convert_config(policy: Policy) -> dict[str, Any]:
     """The trainer's ConvertConfig (as a dict) for a policy's `trainer` section.
 
-    Field mapping (`policies.convert_config_data`): model.path -> base_model, the artifact directory ->
-    output, trainer.depth/seed/order/order_list/seq_len/batch_size/lr/steps_per_layer/w_*/
-    passkey_fraction/recall_fraction/train_qkvo/deepspeed -> their ConvertConfig places, model.dtype ->
-    dtype; here also trainer.resources.num_gpus -> device (cpu without a GPU) and a validation cap. With
-    trainer.serve_prompts_sample, the sample file the ingress writes (`<artifact>/served-prompts.jsonl`)
-    becomes data.train_only_paths: training data of the layers trained after it appears, never validation.
+    The section is the trainer's own settings (`policies.convert_config_data` adds model.path as
+    base_model, the artifact directory as output, model.dtype when the section's dtype is auto); here
+    also trainer.resources.num_gpus -> device (cpu without a GPU). With trainer.serve_prompts_sample,
+    the sample file the ingress writes (`<artifact>/served-prompts.jsonl`) becomes data.train_only_paths:
+    training data of the layers trained after it appears, never validation.
     """
     t = policy.trainer
     if t is None:
@@ -50,8 +49,8 @@ def convert_config(policy: Policy) -> dict[str, Any]:
         raise TrainerSetupError(f"trainer.seed: must be 0 with a tiny model ({policy.model.path}), whose weights "
                                 "come from the seed: replicas build it with seed 0")
     config = convert_config_data(policy)  # the one mapping of the trainer section's fields
-    config["device"] = "auto" if t.resources.num_gpus > 0 else "cpu"
-    config["data"]["max_val_tokens"] = VALIDATION_SEQUENCES * t.seq_len
+    if t.resources.num_gpus == 0:
+        config["device"] = "cpu"
     if t.serve_prompts_sample:
         config["data"]["train_only_paths"] = [str(served_prompts_path(policy.artifact_dir))]
     return config
@@ -69,13 +68,10 @@ class TrainerLink:
     async def start(self) -> None:
         from ...trainer.actor import TrainerActor
 
-        resources = self.policy.trainer.resources
-        options: dict[str, Any] = {"num_cpus": resources.num_cpus}
-        if resources.num_gpus:
-            options["num_gpus"] = resources.num_gpus
+        options = self.policy.trainer.resources.ray_options()  # custom resources pin it to given nodes
         self.actor = TrainerActor.options(**options).remote(self.config, None, True)
-        log.info("background trainer started: %s -> %s, depth %d", self.config["base_model"], self.config["output"],
-                 self.config["depth"])
+        log.info("background trainer started: %s -> %s, depth %s", self.config["base_model"],
+                 mask(str(self.config["output"])), self.config["depth"] or "all")
 
     @property
     def started(self) -> bool:

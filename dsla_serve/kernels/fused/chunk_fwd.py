@@ -13,21 +13,20 @@ value tile covers V.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, chunk_coords, pow2, row_sums
+from .common import LOG2E, Gates, chunk_coords, load_gate, pow2, row_sums
 from .layout import ChunkLayout
 
 
 @triton.jit
 def _chunk_output_kernel(
     q, v, g1, g2, mix, h1, h2, A, o,
-    cu_seqlens, chunk_indices, boundary_offsets, T, scale,
+    cu_seqlens, chunk_indices, boundary_offsets, T, scale, s_q, s_v, s_g, gate_scale,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr,
+    IS_VARLEN: tl.constexpr, GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
 ):
     i_v, i_c, hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hk = hq // (H // HK)
@@ -50,42 +49,45 @@ def _chunk_output_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
-        qo = (tok * H + hq)[:, None] * K + o_k[None, :]
-        b_q = tl.load(q + qo, mask=m_tk, other=0.0).to(tl.float32)
-        b_g1 = tl.load(g1 + qo, mask=m_tk, other=0.0)
-        b_g2 = tl.load(g2 + qo, mask=m_tk, other=0.0)
+        b_q = tl.load(q + tok[:, None] * s_q + hq * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
+        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
+        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
         ho = state + o_k[:, None] * V + o_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         s1 = tl.load(h1 + ho, mask=m_kv, other=0.0)
         s2 = tl.load(h2 + ho, mask=m_kv, other=0.0)
-        q1 = (b_q * m1 * tl.exp2(row_sums(incl, b_g1, dt, G_FP32) * LOG2E)).to(dt)
-        q2 = (b_q * m2 * tl.exp2(row_sums(incl, b_g2, dt, G_FP32) * LOG2E)).to(dt)
+        q1 = (b_q * m1 * tl.exp2(row_sums(incl, b_g1, ONE_PIECE) * LOG2E)).to(dt)
+        q2 = (b_q * m2 * tl.exp2(row_sums(incl, b_g2, ONE_PIECE) * LOG2E)).to(dt)
         b_o += tl.dot(q1, s1)
         b_o += tl.dot(q2, s2)
 
     b_a = tl.load(A + (tok * H + hq)[:, None] * BT + rows[None, :], mask=m_t[:, None], other=0.0).to(dt)
     m_tv = m_t[:, None] & m_v[None, :]
-    b_v = tl.load(v + (tok * HK + hk)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(dt)
+    b_v = tl.load(v + tok[:, None] * s_v + hk * V + o_v[None, :], mask=m_tv, other=0.0).to(dt)
     b_o += tl.dot(b_a, b_v)
     tl.store(o + (tok * H + hq)[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
 # Launch settings; benchmarks/kernels.py sweeps them on the GPU. A value tile covering V computes the
 # decay factors once per (chunk, head). bk 64 measured 0.1-0.15 ms faster than bk 32 at T=32k in three
-# runs; sm_90 compile report (triton 3.6, bf16, K=V=128): 233 registers, 104 KB of shared memory, no
-# spills (two programs per SM).
-TUNING = {"bk": 64, "bv": 128, "num_warps": 4, "num_stages": 2}
+# runs (bf16 log-decays); sm_90 compile report (triton 3.6, bf16, K=V=128): 233 registers, 104 KB of
+# shared memory, no spills (two programs per SM). Decay sums in three pieces (fp32 log-decays, gate
+# logits) take "bk_split": at 64 they spill (benchmarks/compile_report.py, triton 3.9), at 32 218
+# registers and no spills.
+TUNING = {"bk": 64, "bk_split": 32, "bv": 128, "num_warps": 4, "num_stages": 2}
 
 
-def output_tiles(K: int, V: int) -> tuple[int, int]:
-    return min(TUNING["bk"], pow2(K)), min(TUNING["bv"], pow2(V))
+def output_tiles(K: int, V: int, one_piece: bool = True) -> tuple[int, int]:
+    bk = TUNING["bk"] if one_piece else TUNING["bk_split"]
+    return min(bk, pow2(K)), min(TUNING["bv"], pow2(V))
 
 
-def chunk_output(q, v, g1, g2, mix, h1, h2, A, scale: float, layout: ChunkLayout, out_dtype):
+def chunk_output(q, v, g1, g2, gates: Gates, mix, h1, h2, A, scale: float, layout: ChunkLayout, out_dtype):
     """Outputs of every chunk.
 
     Args:
-        q, g1, g2: [B*T, H, K]; v: [B*T, HK, V]; mix: [H, 2] fp32.
+        q, g1, g2: [B*T, H, K]; v: [B*T, HK, V] (any token strides; g as `gates` says); mix: [H, 2] fp32.
         h1, h2: [NB, H, K, V] boundary states (`forward_states`), in the dot dtype.
         A: [B*T, H, chunk_size] mixed scores (`chunk_scores`).
     Returns:
@@ -94,13 +96,13 @@ def chunk_output(q, v, g1, g2, mix, h1, h2, A, scale: float, layout: ChunkLayout
     H, K = q.shape[1], q.shape[2]
     HK, V = v.shape[1], v.shape[2]
     o = q.new_empty(q.shape[0], H, V, dtype=out_dtype)
-    bk, bv = output_tiles(K, V)
+    bk, bv = output_tiles(K, V, gates.one_piece)
     cu, ci, boffs, T = layout.kernel_args()
     grid = (triton.cdiv(V, bv), layout.num_chunks, H)
     _chunk_output_kernel[grid](
-        q, v, g1, g2, mix, h1, h2, A, o, cu, ci, boffs, T, scale,
-        H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
-        IS_VARLEN=layout.is_varlen, G_FP32=g1.dtype == torch.float32,
+        q, v, g1, g2, mix, h1, h2, A, o, cu, ci, boffs, T, scale, q.stride(0), v.stride(0), g1.stride(0),
+        gates.scale, H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
+        IS_VARLEN=layout.is_varlen, **gates.meta(),
         num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"],
     )
     return o

@@ -23,20 +23,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, SUB_CHUNK, chunk_coords, col_sums, pow2
+from .common import LOG2E, SUB_CHUNK, Gates, chunk_coords, col_sums, load_gate, pow2
 from .layout import ChunkLayout
 
 
 @triton.jit
 def query_exponent(g, r, diag_f, BC: tl.constexpr):
     """[BC, BK] base-2 exponent of the query side: b_t - b_mid (diag_f = 1) or b_t (diag_f = 0), b the
-    inclusive cumulative sum of the sub-chunk's log-decays g [BC, BK].
+    inclusive cumulative sum of the sub-chunk's fp32 natural-log decays g [BC, BK].
 
     A scan rather than a masked matmul: with several warps per program a 16-row matmul result sits in
     a layout that every warp holds whole, so its exponentials would be computed once per warp (seen in
     the sm_90 compile report).
     """
-    b = tl.cumsum(g.to(tl.float32) * LOG2E, axis=0)
+    b = tl.cumsum(g * LOG2E, axis=0)
     mid = tl.sum(tl.where((r == BC // 2 - 1)[:, None], b, 0.0), axis=0)
     return b - (mid * diag_f)[None, :]
 
@@ -44,10 +44,10 @@ def query_exponent(g, r, diag_f, BC: tl.constexpr):
 @triton.jit
 def _chunk_scores_kernel(
     q, k, g1, g2, mix, A,
-    cu_seqlens, chunk_indices, boundary_offsets, T, scale,
+    cu_seqlens, chunk_indices, boundary_offsets, T, scale, s_q, s_k, s_g, gate_scale,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr, DOT_BF16: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_BF16: tl.constexpr, GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
 ):
     i_p, i_c, hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # program i_p -> tile (i, j), j <= i, numbered row by row: i_p = i (i + 1) / 2 + j
@@ -84,29 +84,28 @@ def _chunk_scores_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
-        qo = (tok_q * H + hq)[:, None] * K + o_k[None, :]
-        b_q = tl.load(q + qo, mask=m_tk, other=0.0).to(tl.float32)
-        b_g1 = tl.load(g1 + qo, mask=m_tk, other=0.0)
-        b_g2 = tl.load(g2 + qo, mask=m_tk, other=0.0)
+        b_q = tl.load(q + tok_q[:, None] * s_q + hq * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        gq = tok_q[:, None] * s_g + hq * K + o_k[None, :]
+        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
+        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
         m_ks = m_k[:, None] & m_s[None, :]
-        gto = (tok_k * H + hq)[None, :] * K + o_k[:, None]
-        ko = (tok_k * HK + hk)[None, :] * K + o_k[:, None]
-        b_kt = tl.load(k + ko, mask=m_ks, other=0.0).to(tl.float32)
-        b_gt1 = tl.load(g1 + gto, mask=m_ks, other=0.0)
-        b_gt2 = tl.load(g2 + gto, mask=m_ks, other=0.0)
+        gto = tok_k[None, :] * s_g + hq * K + o_k[:, None]
+        b_kt = tl.load(k + tok_k[None, :] * s_k + hk * K + o_k[:, None], mask=m_ks, other=0.0).to(tl.float32)
+        b_gt1 = load_gate(g1 + gto, m_ks, gate_scale, GATE_LOGITS)
+        b_gt2 = load_gate(g2 + gto, m_ks, gate_scale, GATE_LOGITS)
         # log-decay summed over the sub-chunks strictly between j and i
         between1 = tl.zeros([BK], dtype=tl.float32)
         between2 = tl.zeros([BK], dtype=tl.float32)
         for u in range(i_j + 1, i_i):
             rows_u = c * BT + u * BC + r
             m_u = m_k[:, None] & (rows_u < length)[None, :]
-            gbo = ((bos + rows_u) * H + hq)[None, :] * K + o_k[:, None]
-            between1 += tl.sum(tl.load(g1 + gbo, mask=m_u, other=0.0).to(tl.float32), axis=1)
-            between2 += tl.sum(tl.load(g2 + gbo, mask=m_u, other=0.0).to(tl.float32), axis=1)
+            gbo = (bos + rows_u)[None, :] * s_g + hq * K + o_k[:, None]
+            between1 += tl.sum(load_gate(g1 + gbo, m_u, gate_scale, GATE_LOGITS), axis=1)
+            between2 += tl.sum(load_gate(g2 + gbo, m_u, gate_scale, GATE_LOGITS), axis=1)
         q1 = (b_q * m1 * tl.exp2(query_exponent(b_g1, r, diag_f, BC))).to(dt)
         q2 = (b_q * m2 * tl.exp2(query_exponent(b_g2, r, diag_f, BC))).to(dt)
-        k1 = (b_kt * tl.exp2((col_sums(b_gt1, w_k, dt, G_FP32) + between1[:, None]) * LOG2E)).to(dt)
-        k2 = (b_kt * tl.exp2((col_sums(b_gt2, w_k, dt, G_FP32) + between2[:, None]) * LOG2E)).to(dt)
+        k1 = (b_kt * tl.exp2((col_sums(b_gt1, w_k, ONE_PIECE) + between1[:, None]) * LOG2E)).to(dt)
+        k2 = (b_kt * tl.exp2((col_sums(b_gt2, w_k, ONE_PIECE) + between2[:, None]) * LOG2E)).to(dt)
         a = tl.dot(q1, k1, a)
         a = tl.dot(q2, k2, a)
     a = tl.where((r[:, None] >= r[None, :]) | (i_j < i_i), a, 0.0)
@@ -126,11 +125,12 @@ def _chunk_scores_kernel(
 TUNING = {"bk": 32, "num_warps": 1, "num_stages": 2}
 
 
-def chunk_scores(q, k, g1, g2, mix, scale: float, layout: ChunkLayout, dtype):
+def chunk_scores(q, k, g1, g2, gates: Gates, mix, scale: float, layout: ChunkLayout, dtype):
     """Mixed intra-chunk scores.
 
     Args:
-        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K]; mix: [H, 2] fp32; dtype: the dot dtype.
+        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K] (any token strides; g as `gates` says); mix: [H, 2]
+            fp32; dtype: the dot dtype.
     Returns:
         A [B*T, H, chunk_size] in `dtype`: row t holds A[t, s] for the tokens s of t's chunk (s > t: 0).
     """
@@ -142,9 +142,9 @@ def chunk_scores(q, k, g1, g2, mix, scale: float, layout: ChunkLayout, dtype):
     nc = BT // SUB_CHUNK
     grid = (nc * (nc + 1) // 2, layout.num_chunks, H)
     _chunk_scores_kernel[grid](
-        q, k, g1, g2, mix, A, cu, ci, boffs, T, scale,
+        q, k, g1, g2, mix, A, cu, ci, boffs, T, scale, q.stride(0), k.stride(0), g1.stride(0), gates.scale,
         H=H, HK=HK, K=K, BT=BT, BC=SUB_CHUNK, BK=min(TUNING["bk"], pow2(K)),
-        IS_VARLEN=layout.is_varlen, G_FP32=g1.dtype == torch.float32, DOT_BF16=dtype == torch.bfloat16,
+        IS_VARLEN=layout.is_varlen, DOT_BF16=dtype == torch.bfloat16, **gates.meta(),
         num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"],
     )
     return A

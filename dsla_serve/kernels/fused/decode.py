@@ -6,16 +6,13 @@ from __future__ import annotations
 import torch
 
 from .checks import check_states, check_tensors, mix_table
-from .chunk import chunk_dsla_triton
+from .chunk import chunk_dsla_triton, flat_gates
+from .common import Gates, flat_tokens
 from .recurrent import recurrent_forward
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous().view(-1, x.shape[2], x.shape[3])
-
-
 def recurrent_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,
-                          cu_seqlens=None):
+                          cu_seqlens=None, gate_logit_normalizer: float | None = None):
     """Token-by-token DSLA (fast for decode, correct for any T). Arguments and returns as
     `chunk_dsla_triton`. When autograd needs gradients the call goes to the chunked kernels, which
     compute the same function and have a backward; this kernel is forward-only."""
@@ -24,7 +21,8 @@ def recurrent_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, 
         isinstance(x, torch.Tensor) and x.requires_grad
         for x in (q, k, v, g1, g2, mix, *(initial_state or ())))
     if grads:
-        return chunk_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+        return chunk_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens,
+                                 gate_logit_normalizer=gate_logit_normalizer)
     B, T, H, HK, K, V = check_tensors(op, q, k, v, g1, g2, mix)
     N = B
     if cu_seqlens is not None:
@@ -39,16 +37,20 @@ def recurrent_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, 
     if output_final_state:
         final = (q.new_empty(N, H, K, V, dtype=torch.float32), q.new_empty(N, H, K, V, dtype=torch.float32))
     scale = K**-0.5 if scale is None else float(scale)
-    o = recurrent_forward(_flat(q), _flat(k), _flat(v), _flat(g1), _flat(g2), mix_table(mix, H), scale,
+    o = recurrent_forward(flat_tokens(q), flat_tokens(k), flat_tokens(v), *flat_gates(g1, g2),
+                          Gates.of(g1, gate_logit_normalizer), mix_table(mix, H), scale,
                           N, T, initial_state, final, cu_seqlens=cu_seqlens)
     return o.view(B, T, H, V), final
 
 
-def recurrent_dsla_pool_triton(q, k, v, g1, g2, mix, state_pool, slots, scale=None):
+def recurrent_dsla_pool_triton(q, k, v, g1, g2, mix, state_pool, slots, scale=None,
+                               gate_logit_normalizer: float | None = None):
     """One decode step for B sequences whose states are rows `slots` of a pool, updated in place.
 
     Args:
-        q, g1, g2: [B, 1, H, K]; k: [B, 1, HK, K]; v: [B, 1, HK, V]; mix: [2] or [H, 2].
+        q, g1, g2: [B, 1, H, K]; k: [B, 1, HK, K]; v: [B, 1, HK, V]; mix: [2] or [H, 2]. Views with a
+            token stride are read in place; g1/g2 are gate logits when `gate_logit_normalizer` is given
+            (as `chunk_dsla_triton`).
         state_pool: pair (s1, s2), each [P, H, K, V] fp32 contiguous, P >= B.
         slots: [B] int32/int64 pool rows, distinct, on q's device.
     Returns:
@@ -68,6 +70,7 @@ def recurrent_dsla_pool_triton(q, k, v, g1, g2, mix, state_pool, slots, scale=No
     if slots.device != q.device:
         raise ValueError(f"{op}: slots is on {slots.device} but q is on {q.device}")
     scale = K**-0.5 if scale is None else float(scale)
-    o = recurrent_forward(_flat(q), _flat(k), _flat(v), _flat(g1), _flat(g2), mix_table(mix, H), scale,
+    o = recurrent_forward(flat_tokens(q), flat_tokens(k), flat_tokens(v), *flat_gates(g1, g2),
+                          Gates.of(g1, gate_logit_normalizer), mix_table(mix, H), scale,
                           B, 1, state_pool, state_pool, slots=slots)
     return o.view(B, 1, H, V)

@@ -9,19 +9,20 @@ synchronisation and fixed-size buffers (CUDA-graph capturable).
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, pow2
+from .common import LOG2E, Gates, load_gate, pow2
 
 
 @triton.jit
 def _recurrent_kernel(
     q, k, v, g1, g2, mix, o, init1, init2, final1, final2, slots, cu_seqlens, T, scale,
+    s_q, s_k, s_v, s_g, gate_scale,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, USE_SLOTS: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_LOGITS: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, hq = i_nh // H, i_nh % H
@@ -54,12 +55,12 @@ def _recurrent_kernel(
 
     for t in range(0, length):
         tok = bos + t
-        qo = (tok * H + hq) * K + o_k
-        b_q = tl.load(q + qo, mask=m_k, other=0.0).to(tl.float32)
-        b_k = tl.load(k + (tok * HK + hk) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + (tok * HK + hk) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
-        d1 = tl.exp2(tl.load(g1 + qo, mask=m_k, other=0.0).to(tl.float32) * LOG2E)
-        d2 = tl.exp2(tl.load(g2 + qo, mask=m_k, other=0.0).to(tl.float32) * LOG2E)
+        b_q = tl.load(q + tok * s_q + hq * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_k = tl.load(k + tok * s_k + hk * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + tok * s_v + hk * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        go = tok * s_g + hq * K + o_k
+        d1 = tl.exp2(load_gate(g1 + go, m_k, gate_scale, GATE_LOGITS) * LOG2E)
+        d2 = tl.exp2(load_gate(g2 + go, m_k, gate_scale, GATE_LOGITS) * LOG2E)
         kv = b_k[:, None] * b_v[None, :]
         s1 = s1 * d1[:, None] + kv
         s2 = s2 * d2[:, None] + kv
@@ -81,12 +82,13 @@ def _value_tile(K: int, V: int) -> int:
     return max(16, min(pow2(V), TUNING["bv"], 4096 // pow2(K)))
 
 
-def recurrent_forward(q, k, v, g1, g2, mix, scale: float, num_seqs: int, seq_len: int,
+def recurrent_forward(q, k, v, g1, g2, gates: Gates, mix, scale: float, num_seqs: int, seq_len: int,
                       initial_state, final_state, slots=None, cu_seqlens=None):
     """Run the recurrence; returns o [B*T, H, V] in q's dtype.
 
     Args:
-        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K]; v: [B*T, HK, V]; mix [H, 2] fp32.
+        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K]; v: [B*T, HK, V] (any token strides; g1 and g2 alike,
+            read as `gates` says); mix [H, 2] fp32.
         num_seqs: N sequences; seq_len: T of each (unused with cu_seqlens).
         initial_state / final_state: None or pairs of [P, H, K, V] fp32 state tensors; rows are
             sequences, or `slots[n]` when slots ([N] int) is given. They may be the same tensors
@@ -102,9 +104,10 @@ def recurrent_forward(q, k, v, g1, g2, mix, scale: float, num_seqs: int, seq_len
     grid = (triton.cdiv(V, bv), num_seqs * H)
     _recurrent_kernel[grid](
         q, k, v, g1, g2, mix, o, init[0], init[1], fin[0], fin[1], slots, cu_seqlens, seq_len, scale,
+        q.stride(0), k.stride(0), v.stride(0), g1.stride(0), gates.scale,
         H=H, HK=HK, K=K, V=V, BK=pow2(K), BV=bv,
         HAS_INIT=initial_state is not None, STORE_FINAL=final_state is not None,
-        USE_SLOTS=slots is not None, IS_VARLEN=cu_seqlens is not None,
+        USE_SLOTS=slots is not None, IS_VARLEN=cu_seqlens is not None, GATE_LOGITS=gates.logits,
         num_warps=TUNING["num_warps"], num_stages=1,
     )
     return o

@@ -16,17 +16,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, pow2, row_sums, seq_coords
+from .common import LOG2E, Gates, load_gate, pow2, row_sums, seq_coords
 from .layout import ChunkLayout
 
 
 @triton.jit
 def _forward_states_kernel(
     k, v, g1, g2, h1, h2, init1, init2, final1, final2,
-    cu_seqlens, boundary_offsets, T,
+    cu_seqlens, boundary_offsets, T, s_k, s_v, s_g, gate_scale,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, hq = i_nh // H, i_nh % H
@@ -56,16 +57,16 @@ def _forward_states_kernel(
         m_t = t < length
         tok = bos + t
         m_tk = m_t[:, None] & (o_k[None, :] < K)
-        b_k = tl.load(k + (tok * HK + hk)[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_v = tl.load(v + (tok * HK + hk)[:, None] * V + o_v[None, :],
+        b_k = tl.load(k + tok[:, None] * s_k + hk * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
+        b_v = tl.load(v + tok[:, None] * s_v + hk * V + o_v[None, :],
                       mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
-        gq = (tok * H + hq)[:, None] * K + o_k[None, :]
-        b_g1 = tl.load(g1 + gq, mask=m_tk, other=0.0)
-        b_g2 = tl.load(g2 + gq, mask=m_tk, other=0.0)
-        k1 = (b_k * tl.exp2(row_sums(after, b_g1, dt, G_FP32) * LOG2E)).to(dt)
-        k2 = (b_k * tl.exp2(row_sums(after, b_g2, dt, G_FP32) * LOG2E)).to(dt)
-        s1 = s1 * tl.exp2(tl.sum(b_g1.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k1), b_v)
-        s2 = s2 * tl.exp2(tl.sum(b_g2.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k2), b_v)
+        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
+        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
+        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
+        k1 = (b_k * tl.exp2(row_sums(after, b_g1, ONE_PIECE) * LOG2E)).to(dt)
+        k2 = (b_k * tl.exp2(row_sums(after, b_g2, ONE_PIECE) * LOG2E)).to(dt)
+        s1 = s1 * tl.exp2(tl.sum(b_g1, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k1), b_v)
+        s2 = s2 * tl.exp2(tl.sum(b_g2, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k2), b_v)
 
     h_off = ((boff + nt) * H + hq) * K * V
     tl.store(h1 + h_off + state_off, s1.to(dt), mask=m_kv)
@@ -79,10 +80,11 @@ def _forward_states_kernel(
 @triton.jit
 def _backward_states_kernel(
     q, g1, g2, do, mix, dh1, dh2, dfinal1, dfinal2, dinit1, dinit2,
-    cu_seqlens, boundary_offsets, T, scale,
+    cu_seqlens, boundary_offsets, T, scale, s_q, s_g, gate_scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, IS_VARLEN: tl.constexpr, G_FP32: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, hq = i_nh // H, i_nh % H
@@ -114,16 +116,16 @@ def _backward_states_kernel(
         m_t = t < length
         tok = bos + t
         m_tk = m_t[:, None] & (o_k[None, :] < K)
-        qo = (tok * H + hq)[:, None] * K + o_k[None, :]
-        b_q = tl.load(q + qo, mask=m_tk, other=0.0).to(tl.float32)
+        b_q = tl.load(q + tok[:, None] * s_q + hq * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_do = tl.load(do + (tok * H + hq)[:, None] * V + o_v[None, :],
                        mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
-        b_g1 = tl.load(g1 + qo, mask=m_tk, other=0.0)
-        b_g2 = tl.load(g2 + qo, mask=m_tk, other=0.0)
-        q1 = (b_q * tl.exp2(row_sums(tril, b_g1, dt, G_FP32) * LOG2E) * w1).to(dt)
-        q2 = (b_q * tl.exp2(row_sums(tril, b_g2, dt, G_FP32) * LOG2E) * w2).to(dt)
-        ds1 = ds1 * tl.exp2(tl.sum(b_g1.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q1), b_do)
-        ds2 = ds2 * tl.exp2(tl.sum(b_g2.to(tl.float32), axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q2), b_do)
+        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
+        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
+        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
+        q1 = (b_q * tl.exp2(row_sums(tril, b_g1, ONE_PIECE) * LOG2E) * w1).to(dt)
+        q2 = (b_q * tl.exp2(row_sums(tril, b_g2, ONE_PIECE) * LOG2E) * w2).to(dt)
+        ds1 = ds1 * tl.exp2(tl.sum(b_g1, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q1), b_do)
+        ds2 = ds2 * tl.exp2(tl.sum(b_g2, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q2), b_do)
 
     h_off = (boff * H + hq) * K * V
     tl.store(dh1 + h_off + state_off, ds1.to(dt), mask=m_kv)
@@ -146,11 +148,13 @@ def _state_tiles(K: int, V: int, tuning: dict) -> tuple[int, int]:
     return min(tuning["bk"], pow2(K)), min(tuning["bv"], pow2(V))
 
 
-def forward_states(k, v, g1, g2, layout: ChunkLayout, H: int, initial_state, store_final: bool, dtype):
+def forward_states(k, v, g1, g2, gates: Gates, layout: ChunkLayout, H: int, initial_state, store_final: bool,
+                   dtype):
     """States at every chunk boundary.
 
     Args:
-        k: [B*T, HK, K]; v: [B*T, HK, V]; g1, g2: [B*T, H, K] (natural-log decays).
+        k: [B*T, HK, K]; v: [B*T, HK, V]; g1, g2: [B*T, H, K] (natural-log decays or gate logits, as
+            `gates` says; any token strides, g1 and g2 alike).
         initial_state: None or a pair of [N, H, K, V] fp32.
         dtype: element type of the boundary buffers (the dot dtype).
     Returns:
@@ -171,19 +175,22 @@ def forward_states(k, v, g1, g2, layout: ChunkLayout, H: int, initial_state, sto
     grid = (triton.cdiv(K, bk), triton.cdiv(V, bv), N * H)
     _forward_states_kernel[grid](
         k, v, g1, g2, h1, h2, init[0], init[1], fin[0], fin[1], cu, boffs, T,
+        k.stride(0), v.stride(0), g1.stride(0), gates.scale,
         H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_INIT=initial_state is not None, STORE_FINAL=store_final, IS_VARLEN=layout.is_varlen,
-        G_FP32=g1.dtype == torch.float32,
+        **gates.meta(),
         num_warps=FORWARD_TUNING["num_warps"], num_stages=FORWARD_TUNING["num_stages"],
     )
     return h1, h2, final
 
 
-def backward_states(q, g1, g2, do, mix, scale: float, layout: ChunkLayout, dfinal, want_dinit: bool, dtype):
+def backward_states(q, g1, g2, gates: Gates, do, mix, scale: float, layout: ChunkLayout, dfinal, want_dinit: bool,
+                    dtype):
     """Gradients with respect to the states at every chunk boundary.
 
     Args:
-        q, g1, g2: [B*T, H, K]; do: [B*T, H, V]; mix: [H, 2] fp32.
+        q, g1, g2: [B*T, H, K] (any token strides; g as `gates` says); do: [B*T, H, V] contiguous;
+            mix: [H, 2] fp32.
         dfinal: None or a pair of [N, H, K, V] gradients of the final states.
     Returns:
         dh1, dh2 [NB, H, K, V] in `dtype`, and (dinit1, dinit2) [N, H, K, V] fp32 if want_dinit else None.
@@ -203,9 +210,10 @@ def backward_states(q, g1, g2, do, mix, scale: float, layout: ChunkLayout, dfina
     grid = (triton.cdiv(K, bk), triton.cdiv(V, bv), N * H)
     _backward_states_kernel[grid](
         q, g1, g2, do, mix, dh1, dh2, dfin[0], dfin[1], dini[0], dini[1], cu, boffs, T, scale,
+        q.stride(0), g1.stride(0), gates.scale,
         H=H, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_DFINAL=dfinal is not None, STORE_DINIT=want_dinit, IS_VARLEN=layout.is_varlen,
-        G_FP32=g1.dtype == torch.float32,
+        **gates.meta(),
         num_warps=BACKWARD_TUNING["num_warps"], num_stages=BACKWARD_TUNING["num_stages"],
     )
     return dh1, dh2, dinit

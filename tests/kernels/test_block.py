@@ -1,0 +1,54 @@
+"""The fused block kernels (`dsla_serve.kernels.block`) against the PyTorch / Hugging Face ops they
+replace, run on the CPU by the Triton interpreter, at a power-of-two head dim and at 80 and 96."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_block_kernels_match_the_ops_they_replace():
+    pytest.importorskip("triton")
+    script = textwrap.dedent("""
+        import torch
+        import torch.nn.functional as F
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+        from dsla_serve.replicas.runner import _rotate
+        from dsla_serve.kernels.block import add_rmsnorm, rope_kv_write, silu_mul
+        g = torch.Generator().manual_seed(0)
+        for dtype, tol in ((torch.float32, 1e-6), (torch.float16, 1e-3)):
+            N, C = 5, 96
+            norm = LlamaRMSNorm(C, eps=1e-5).to(dtype)
+            norm.weight.data = torch.randn(C, generator=g).to(dtype)
+            h, a = torch.randn(2, N, C, generator=g).to(dtype)
+            h2, y = add_rmsnorm(h, a, norm.weight, norm.variance_epsilon)
+            assert torch.equal(h2, h + a)
+            torch.testing.assert_close(y, norm(h + a), rtol=tol, atol=tol)
+            torch.testing.assert_close(add_rmsnorm(h, None, norm.weight, 1e-5)[1], norm(h), rtol=tol, atol=tol)
+
+            gate, up = torch.randn(2, N, 3000, generator=g).to(dtype)
+            torch.testing.assert_close(silu_mul(gate, up), F.silu(gate) * up, rtol=tol, atol=tol)
+
+            for D in (16, 80, 96):  # head dims that are not a power of two are padded and masked
+                H, Hk, P, L = 4, 2, 3, 10
+                q, k, v = torch.randn(N, H, D, generator=g).to(dtype), *torch.randn(2, N, Hk, D, generator=g).to(dtype)
+                cos, sin = torch.randn(2, N, D, generator=g).to(dtype)
+                slots, pos = torch.tensor([2, 0, 2, 1, 0]), torch.tensor([0, 3, 1, 9, 4])
+                kc, vc = torch.full((2, P, Hk, L, D), float("nan"), dtype=dtype)
+                ref_k, ref_v = kc.clone(), vc.clone()
+                ref_q = _rotate(q, cos, sin)
+                ref_k[slots, :, pos] = _rotate(k, cos, sin)
+                ref_v[slots, :, pos] = v
+                rope_kv_write(q, k, v, cos, sin, kc, vc, slots, pos)
+                for got, ref in ((q, ref_q), (kc, ref_k), (vc, ref_v)):  # NaN where nothing was written
+                    torch.testing.assert_close(got, ref, rtol=tol, atol=tol, equal_nan=True)
+        print("ok")
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
