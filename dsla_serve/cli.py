@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("dsla_serve.commands.deploy", "deploy a policy's app onto an existing Ray cluster (--address) and return"),
     "build": ("dsla_serve.commands.build", "write a Ray Serve config file (serve deploy / KubeRay) that runs a policy"),
     "status": ("dsla_serve.commands.status", "show a running app's pools, depths, routing, SLO attainment, trainer and decisions"),
+    "bench": ("dsla_serve.commands.bench", "load an OpenAI-compatible endpoint and report TTFT/TPOT/E2E, SLO attainment and goodput"),
 }
 
 

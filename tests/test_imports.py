@@ -2,6 +2,7 @@
 inside a function): no cycles, and the directions of docs/design.md.
 
     controller, commands, cli -> policies, replicas, trainer -> quality -> model -> kernels
+    commands -> bench -> policies
 
 kernels import nothing else of the package; policies import neither torch nor ray; replicas import no
 controller, trainer or policies.
@@ -111,7 +112,9 @@ ALLOWED = {
     "replicas": {"model", "kernels"},
     "trainer": {"configfile", "quality", "model", "kernels"},
     "controller": {"configfile", "policies", "replicas", "trainer", "quality", "model", "kernels"},
-    "commands": {"configfile", "controller", "policies", "replicas", "trainer", "quality", "model", "kernels"},
+    "bench": {"policies"},
+    "commands": {"configfile", "controller", "bench", "policies", "replicas", "trainer", "quality", "model",
+                 "kernels"},
 }
 # single modules a part may import beside its parts: a policy's trainer section is the trainer's own
 # settings model, which imports no torch (its test is below)
@@ -147,6 +150,11 @@ def test_the_two_halves_of_the_controller_import_nothing_of_each_other():
     wrong = [f"{m} -> {d}" for m, deps in GRAPH.items() for half, other in halves.items()
              if m.startswith(f"dsla_serve.controller.{half}") for d in deps if d.startswith(other)]
     assert wrong == []
+
+
+def test_bench_imports_neither_torch_nor_ray():
+    """`dsla-serve bench` is a client: it loads no model and no cluster."""
+    assert {d for deps in _imports_of("bench").values() for d in deps} & {"torch", "ray", "transformers"} == set()
 
 
 def test_policies_import_neither_torch_nor_ray():

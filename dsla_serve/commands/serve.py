@@ -1,21 +1,24 @@
 """`dsla-serve serve POLICY.yaml`: serve a policy on this machine until Ctrl-C.
 
 Joins the Ray that `ray start --head` runs on this machine (or $RAY_ADDRESS), else starts a local
-one; runs the app, prints its URL and then one status line every few seconds. On Ctrl-C (or SIGTERM) the app is
-deleted and, if this command started Ray, Ray is shut down.
+one (after checking that the policy's port is free: a busy port is one line, before Ray starts); runs
+the app, prints its URL and then one status line every few seconds. On Ctrl-C, SIGINT or SIGTERM the
+app is deleted and, if this command started Ray, Ray is shut down. SIGINT is handled explicitly: a
+shell script that starts `dsla-serve serve ... &` starts it with SIGINT ignored, and `kill -INT` must
+still stop it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import time
 
 from .common import (CommandError, add_http_overrides, add_policy_argument, check_runnable, fail, local_runtime_env,
                      prepare_model, quiet_ray_logs, read_policy, start_serve, url_of)
-
-RAY_START_FILE = "/tmp/ray/ray_current_cluster"
 
 HELP = "serve a policy on this machine (starts a local Ray if none is running) until Ctrl-C"
 
@@ -46,10 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _existing_cluster() -> str | None:
     """What a plain `ray.init()` would join: $RAY_ADDRESS, or the cluster `ray start` ran here (it leaves its
-    address in /tmp/ray/ray_current_cluster). Ray instances of other programs are not joined."""
+    address in <Ray's temp dir>/ray_current_cluster: /tmp/ray unless $RAY_TMPDIR or $TMPDIR say otherwise).
+    Ray instances of other programs are not joined."""
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
-    return "the `ray start` cluster of this machine" if os.path.exists(RAY_START_FILE) else None
+    from ray._common.utils import get_ray_address_file
+
+    return "the `ray start` cluster of this machine" if os.path.exists(get_ray_address_file(None)) else None
 
 
 def _connect_or_start(num_cpus, num_gpus) -> bool:
@@ -84,13 +90,44 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end the serving loop (KeyboardInterrupt), whatever the parent left them as."""
+    signal.signal(signal.SIGINT, _terminate)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """CommandError (one line) when something already listens on host:port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to Serve too
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {port} on {host} is already in use (another server?): stop it, or "
+                                   "serve on another port with --port") from None
+            raise CommandError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def status_command(policy) -> str:
+    """The `dsla-serve status` command for this app (with the variable holding its API key, if any)."""
+    key = f" --api-key-env {policy.http.api_key_env}" if policy.http.api_key_env else ""
+    return f"dsla-serve status --url {url_of(policy)}{key}"
+
+
 def run(args: argparse.Namespace) -> int:
+    _stop_on_signals()
     try:
         policy = read_policy(args.policy, check_paths=True, host=args.host, port=args.port)
         check_runnable(policy, local=True)
+        if _existing_cluster() is None:  # a cluster's own Serve may hold the port already: it is then ours to use
+            check_port_free(policy.http.host, policy.http.port)
         prepare_model(policy)
     except CommandError as e:
         return fail(str(e))
+    except KeyboardInterrupt:
+        return 130
 
     quiet_ray_logs()
     import ray
@@ -99,14 +136,14 @@ def run(args: argparse.Namespace) -> int:
     started = False
     try:
         started = _connect_or_start(args.num_cpus, args.num_gpus)
-        signal.signal(signal.SIGTERM, _terminate)  # after ray.init, which installs its own handler
+        _stop_on_signals()  # again: ray.init installs its own SIGTERM handler
         print(f"starting application {policy.name!r} ({len(policy.pools)} pools, model {policy.model.path}) ...",
               flush=True)
         began = time.monotonic()
         start_serve(policy, seed=args.seed, start_trainer=not args.no_trainer)
         url = url_of(policy)
         print(f"serving {policy.http.model_name!r} at {url}/v1 (ready in {time.monotonic() - began:.0f} s); "
-              f"status: {url}/v1/dsla/status or `dsla-serve status --url {url}`; Ctrl-C to stop", flush=True)
+              f"status: {url}/v1/dsla/status or `{status_command(policy)}`; Ctrl-C to stop", flush=True)
         from .status_view import status_line
 
         while True:

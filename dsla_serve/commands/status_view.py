@@ -77,6 +77,8 @@ def render(status: Status, console, decisions: int = 5) -> None:
     console.print(depths)
     if q.artifact_error:
         console.print(f"[red]artifact unreadable:[/red] {q.artifact_error}")
+    if status.controller.scaling_error:
+        console.print(f"[red]scaling failed:[/red] {status.controller.scaling_error}")
     console.print(f"trainer: {trainer_words(status.trainer)}")
 
     console.print("last decisions:")

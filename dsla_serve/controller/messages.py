@@ -38,16 +38,7 @@ class Observation:
 
     def missed_targets(self, slo: SLO) -> list[str]:
         """The SLO targets it missed, named as in the policy (["failed"] for a failed request)."""
-        if not self.ok:
-            return ["failed"]
-        missed = []
-        if self.ttft_s is not None and self.ttft_s * 1e3 > slo.ttft_p95_ms:
-            missed.append("ttft_p95_ms")
-        if self.tpot_s is not None and self.tpot_s * 1e3 > slo.tpot_p95_ms:
-            missed.append("tpot_p95_ms")
-        if slo.e2e_p95_ms is not None and self.e2e_s * 1e3 > slo.e2e_p95_ms:
-            missed.append("e2e_p95_ms")
-        return missed
+        return slo.missed_targets(self.ttft_s, self.tpot_s, self.e2e_s, self.ok)
 
     def meets(self, slo: SLO) -> bool:
         """Whether it met every latency target (a failed request never does)."""
@@ -57,12 +48,21 @@ class Observation:
 @dataclass(frozen=True)
 class Routing:
     """What the ingress routes by: per pool, the weight (sum 1, or all 0 = nothing routable yet), the
-    replica target and the depth target; `version` changes whenever any of them does."""
+    replica target and the depth target; `version` changes whenever any of them does.
+
+    stable_depth: per pool, the depth every live replica serves now without draining (None: no replica
+        reports, they differ, or one drains): where requests may spill over (when <= `floor`) and where
+        a request naming a depth (`MODEL@dN`) may go.
+    floor: the quality floor; published_depth: layers published in the artifact.
+    """
 
     weights: dict[str, float]
     replicas: dict[str, int]
     depths: dict[str, int]
     version: int
+    stable_depth: dict[str, int | None] = field(default_factory=dict)
+    floor: int = 0
+    published_depth: int = 0
 
     @property
     def routable(self) -> bool:
@@ -148,11 +148,14 @@ class QualityStatus:
 
 @dataclass(frozen=True)
 class ControllerStatus:
+    """The controller's settings, its last pressure, and why scaling last failed (None: it did not)."""
+
     interval_s: float
     window_s: float
     cooldown_s: float
     hysteresis: float
     pressure: str | None
+    scaling_error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -4,22 +4,26 @@ short name of a reference model (`smollm2-135m`), a hub id, or `tiny:<arch>` (bu
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .gguf import gguf_to_folder
 from .sources import (TINY_PREFIX, ModelSourceError, gguf_cache_folder, reference_gguf, reference_model,
                       spec_kind)
 
-_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # torch loads with a model, not with this module: the app's driver builds it without torch
+    import torch
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
 def resolve_model(spec: str) -> str:
@@ -103,6 +107,8 @@ def load_model_and_tokenizer(spec: str, *, dtype: str | torch.dtype = "auto", de
     with a byte-level tokenizer, seeded by `seed`, that needs no download.
     Raises ModelSourceError (a ValueError) for a name that cannot be loaded here, saying why.
     """
+    import torch
+
     if spec.startswith(TINY_PREFIX):
         from .tiny import build_tiny_model
         from .tiny_tokenizer import build_byte_tokenizer

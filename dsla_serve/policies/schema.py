@@ -209,6 +209,20 @@ class SLO(_Section):
     tpot_p95_ms: float = Field(gt=0, description="time per output token after the first")
     e2e_p95_ms: float | None = Field(None, gt=0, description="whole request")
 
+    def missed_targets(self, ttft_s: float | None, tpot_s: float | None, e2e_s: float, ok: bool = True) -> list[str]:
+        """The targets one request missed, named as here (["failed"] for a failed request); a request
+        meets the SLO when this is empty. tpot_s None: one token or less; ttft_s None: no token."""
+        if not ok:
+            return ["failed"]
+        missed = []
+        if ttft_s is not None and ttft_s * 1e3 > self.ttft_p95_ms:
+            missed.append("ttft_p95_ms")
+        if tpot_s is not None and tpot_s * 1e3 > self.tpot_p95_ms:
+            missed.append("tpot_p95_ms")
+        if self.e2e_p95_ms is not None and e2e_s * 1e3 > self.e2e_p95_ms:
+            missed.append("e2e_p95_ms")
+        return missed
+
 
 class Quality(_Section):
     """How deep the served model may be: the quality floor."""
@@ -251,6 +265,8 @@ class HTTPSettings(_Section):
     max_prompt_tokens: int = Field(4096, ge=1)
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
     queue_cap: int = Field(256, ge=1, description="requests waiting at once before 429/503")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413 before "
+                                "they are read")
     model_name: str | None = Field(None, min_length=1, description="served model name; default: from model.path")
 
 

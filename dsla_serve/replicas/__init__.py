@@ -4,13 +4,34 @@
     engine = Engine("tiny:llama", max_model_len=512)
     out = engine.generate("Hello", SamplingParams(temperature=0, max_tokens=16))[0]
     print(out.outputs[0].text)
+
+The names below load their modules on first use, so the torch-free modules (`messages`, `sampling`)
+import without torch: the policy actor reads replica messages without loading it.
 """
 
-from .engine import Engine
-from .outputs import CompletionOutput, PromptTooLongError, QueueFullError, RequestMetrics, RequestOutput
-from .planner import MemoryPlan
-from .sampling import SamplingParams
-from .stream import RequestStream
+from importlib import import_module
 
-__all__ = ["Engine", "SamplingParams", "RequestOutput", "CompletionOutput", "RequestMetrics", "RequestStream",
-           "QueueFullError", "PromptTooLongError", "MemoryPlan"]
+_EXPORTS = {
+    "engine": ("Engine",),
+    "outputs": ("CompletionOutput", "DepthUnavailableError", "PromptTooLongError", "QueueFullError", "RequestMetrics",
+                "RequestOutput"),
+    "planner": ("MemoryPlan",),
+    "sampling": ("SamplingParams",),
+    "stream": ("RequestStream",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

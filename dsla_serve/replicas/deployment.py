@@ -5,7 +5,9 @@
 
 - `generate(request)`: streams `StreamDelta`s (`deltas.py`); a client that goes away aborts its request.
   Raises QueueFullError past the engine's queue, ValueError for bad token ids or PromptTooLongError,
-  before the first delta.
+  DepthUnavailableError when the request names a depth this replica does not serve now, before the
+  first delta.
+- `detokenize(ids)`: the text of token ids (the ingress's /detokenize), checked against the vocabulary.
 - A control loop sends `ReplicaReport`s to the policy actor about twice per controller interval and
   applies the `ReplicaTargets` it answers with: newly published layers are loaded with
   `Engine.refresh_artifact` (which attaches the artifact in place when a trainer created it after this
@@ -116,6 +118,13 @@ class ReplicaDeployment:
         """Stream the deltas of one request (`deltas.py`)."""
         async for delta in stream_deltas(self.engine, request, self.texts):
             yield delta
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids`; ValueError for ids outside the model's vocabulary."""
+        ids = self.engine.check_token_ids(token_ids)
+        if self.engine.tokenizer is None:
+            raise ValueError("this replica's model has no tokenizer")
+        return self.engine.tokenizer.decode(ids)
 
     def report(self) -> ReplicaReport:
         return ReplicaReport(pool=self.spec.pool, replica_id=self.replica_id,

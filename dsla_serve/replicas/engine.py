@@ -34,7 +34,7 @@ from .messages import EngineStats
 from .metrics import EngineMetrics
 from .model_source import (active_dsla_layers, cache_spec, context_limit, eos_token_ids, load_model,
                            max_converted_depth, open_artifact)
-from .outputs import PromptTooLongError, QueueFullError, RequestOutput, failed_output
+from .outputs import DepthUnavailableError, PromptTooLongError, QueueFullError, RequestOutput, failed_output
 from .planner import MemoryPlan, activation_reserve_bytes, default_budget, plan_memory
 from .request import Request
 from .runner import ModelRunner
@@ -187,10 +187,12 @@ class Engine:
                 raise TimeoutError(f"depth {depth} not reached within {timeout} s (still draining)")
             time.sleep(0.005)
 
-    def _maybe_switch_depth(self) -> None:
+    def _maybe_switch_depth(self) -> list[Request]:
+        """Switch to the pending depth once nothing runs; returns the waiting requests that had to run at
+        the old depth (`add_request(depth=...)`), failed rather than served at another depth."""
         target = self._pending_depth
         if target is None:
-            return
+            return []
         if target == self.depth:
             self._pending_depth = None
         elif not self.scheduler.running:
@@ -198,6 +200,15 @@ class Engine:
             with self._inbox_lock:
                 if self._pending_depth == target:
                     self._pending_depth = None
+            return self._fail_pinned_elsewhere()
+        return []
+
+    def _fail_pinned_elsewhere(self) -> list[Request]:
+        failed = [r for r in self.scheduler.waiting if r.depth not in (None, self.depth)]
+        for req in failed:
+            self.scheduler.remove(req, self.pool)
+            req.finish("error", f"depth {req.depth} is no longer served by this engine (now at depth {self.depth})")
+        return failed
 
     @property
     def draining(self) -> bool:
@@ -279,12 +290,15 @@ class Engine:
     # requests
     # ----------------------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
-                    *, keep_history: bool = True) -> RequestStream:
+                    *, keep_history: bool = True, depth: int | None = None) -> RequestStream:
         """Queue a request; returns its output stream.
 
         Raises ValueError (PromptTooLongError for an over-long prompt) naming what is wrong, and
         QueueFullError when `max_queue` requests already wait. `keep_history=False` keeps only the
-        final output in the stream (what `generate` uses).
+        final output in the stream (what `generate` uses). `depth`: run it at exactly this depth:
+        DepthUnavailableError when the engine is at another one or draining, and should the engine
+        change depth before the request starts, it ends with finish_reason "error" instead of running
+        at the new depth.
         """
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
@@ -296,9 +310,12 @@ class Engine:
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None
                                                   else self._seeds.getrandbits(63))
-        req = Request(request_id, text, ids, params, max_new, self.eos_ids, self.tokenizer, generator)
+        req = Request(request_id, text, ids, params, max_new, self.eos_ids, self.tokenizer, generator, depth)
         stream = RequestStream(request_id, drive=self._drive, abort=self.abort, keep_history=keep_history)
         with self._inbox_lock:
+            if depth is not None and (depth != self.depth or self._pending_depth not in (None, self.depth)):
+                raise DepthUnavailableError(f"this engine serves depth {self.depth}"
+                                            + (" and is draining" if self.draining else "") + f", not {depth}")
             if request_id in self._live:
                 raise ValueError(f"request_id {request_id!r} is already in use by a live request")
             if len(self.scheduler.waiting) + len(self._inbox) >= self.scheduler.max_queue:
@@ -311,6 +328,13 @@ class Engine:
         self._wakeup.set()
         return stream
 
+    def check_token_ids(self, ids: Sequence[int], what: str = "token ids") -> list[int]:
+        """`ids` as a list; ValueError naming `what` when one is outside the model's vocabulary."""
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"{what} must be in [0, {self.vocab_size}), got {bad[:5]}")
+        return list(ids)
+
     def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -318,10 +342,7 @@ class Engine:
             ids = list(self.tokenizer(prompt)["input_ids"])
             text = prompt
         elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            ids, text = list(prompt), None
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token ids must be in [0, {self.vocab_size}), got {bad[:5]}")
+            ids, text = self.check_token_ids(prompt, "prompt token ids"), None
         else:
             raise TypeError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if not ids:
@@ -413,7 +434,7 @@ class Engine:
         with self._step_lock:
             changed: list[Request] = []
             self._take_inbox(changed)
-            self._maybe_switch_depth()
+            changed += self._maybe_switch_depth()
             for req in self.scheduler.admit(self.pool, hold=self.draining):
                 req.metrics.first_scheduled_time = time.monotonic()
             work = self.scheduler.schedule()

@@ -18,14 +18,30 @@ TokenLogprobs = dict[int, float]  # token id -> log-probability: the chosen toke
 
 
 @dataclass(frozen=True)
+class TokenText:
+    """One token as a log-probability response names it.
+
+    raw: the token's own bytes (a byte-level token may hold part of a UTF-8 character).
+    text: `raw` as text when it is valid UTF-8, else "bytes:\\xe2\\x80" (OpenAI's spelling of such a token),
+        so that distinct byte tokens never share a text.
+    """
+
+    text: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One prompt to run. The ingress tokenized it; the engine checks the ids against its vocabulary
-    (the one check). `return_prompt_text`: decode the prompt into the first delta's `prompt_text`."""
+    (the one check). `return_prompt_text`: decode the prompt into the first delta's `prompt_text`.
+    `depth`: serve it at exactly this depth or not at all (a request naming `MODEL@dN`); None: at the
+    replica's depth."""
 
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams
     return_prompt_text: bool = False
+    depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class StreamDelta:
     logprobs: one {token id: log-probability} per new token, when asked (else None).
     prompt_logprobs: first delta only, with echo: None for the first prompt token, then one entry per token.
     prompt_text: first delta only, when the request asked for it: the prompt decoded.
-    token_texts: the text of every token id that `token_ids` with logprobs, `logprobs` and
+    token_texts: the `TokenText` of every token id that `token_ids` with logprobs, `logprobs` and
         `prompt_logprobs` name (and the prompt's ids with prompt_logprobs), for logprob responses.
     prompt_tokens: the prompt's length in tokens. depth: the engine's depth when it produced this.
     finish_reason: None while running, else "stop", "length", "abort" or "error" (then `error` says why).
@@ -55,7 +71,7 @@ class StreamDelta:
     logprobs: list[TokenLogprobs] | None = None
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     prompt_text: str | None = None
-    token_texts: dict[int, str] = field(default_factory=dict)
+    token_texts: dict[int, TokenText] = field(default_factory=dict)
 
     @property
     def has_content(self) -> bool:

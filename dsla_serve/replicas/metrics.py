@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
-from .request import Request
+if TYPE_CHECKING:  # this module imports no torch: the policy actor and `dsla-serve bench` use `percentile`
+    from .request import Request
 
 WINDOW_REQUESTS = 512  # percentiles over the most recent finished requests
 WINDOW_SECONDS = 10.0  # tokens/s over the most recent seconds

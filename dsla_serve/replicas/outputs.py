@@ -16,6 +16,10 @@ class PromptTooLongError(ValueError):
     """A prompt (plus the tokens it asks for) does not fit the engine's context limit."""
 
 
+class DepthUnavailableError(RuntimeError):
+    """A request must run at a depth the engine does not serve now (or is draining away from)."""
+
+
 @dataclass
 class CompletionOutput:
     """One generated sequence.

@@ -27,8 +27,10 @@ class Request:
     """
 
     def __init__(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                 max_new_tokens: int, eos_ids: set[int], tokenizer, generator: torch.Generator):
+                 max_new_tokens: int, eos_ids: set[int], tokenizer, generator: torch.Generator,
+                 depth: int | None = None):
         self.request_id = request_id
+        self.depth = depth  # the depth it must run at (None: any)
         self.prompt = prompt
         self.prompt_ids = prompt_ids
         self.params = params

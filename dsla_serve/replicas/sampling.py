@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+TOP_K_MAX = 2**31 - 1
+TOKEN_ID_MAX = 2**63 - 1
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -60,17 +65,18 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature must be a number >= 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) or not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
-        if not _is_int(self.top_k) or self.top_k < -1:
-            raise ValueError(f"SamplingParams.top_k must be an int >= 1, or 0 / -1 for no limit, got {self.top_k!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
+        if not _is_int(self.top_k) or not -1 <= self.top_k <= TOP_K_MAX:
+            raise ValueError(f"SamplingParams.top_k must be an int in [1, {TOP_K_MAX}], or 0 / -1 for no limit, got "
+                             f"{self.top_k!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
+            raise ValueError(f"SamplingParams.seed must be an int in [{SEED_MIN}, {SEED_MAX}] or None, got {self.seed!r}")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if not all(isinstance(s, str) and s for s in stop):
             raise ValueError(f"SamplingParams.stop must be a non-empty string or a list of them, got {self.stop!r}")
         self.stop_strings = tuple(stop)
         ids = list(self.stop_token_ids or [])
-        if not all(_is_int(t) and t >= 0 for t in ids):
-            raise ValueError(f"SamplingParams.stop_token_ids must be a list of non-negative ints, got "
+        if not all(_is_int(t) and 0 <= t <= TOKEN_ID_MAX for t in ids):
+            raise ValueError(f"SamplingParams.stop_token_ids must be a list of ints in [0, {TOKEN_ID_MAX}], got "
                              f"{self.stop_token_ids!r}")
         self.stop_token_ids = ids
         for name in ("logprobs", "prompt_logprobs"):

@@ -1,18 +1,24 @@
 """`dsla-serve serve POLICY.yaml` as a user runs it: a subprocess that starts its own Ray, prints the
-URL and status lines, answers HTTP, and stops cleanly on Ctrl-C."""
+URL and status lines, answers HTTP, and stops cleanly on SIGINT even when started as a script's
+background job (SIGINT ignored); a busy port is one line before Ray starts."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import httpx
+import ray
 
+from dsla_serve.commands import serve
 from tests.controller.helpers import REPO, free_port, policy_dict, write_policy
 
 RUN_SERVE = ("import sys, argparse; from dsla_serve.commands import serve; "
@@ -30,8 +36,11 @@ def test_serve_command_serves_until_ctrl_c(tmp_path):
     path = write_policy(tmp_path / "policy.yaml", policy_dict(port, name="cmdtest"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a `ray start` cluster of this machine is not ours
+    # `cmd &` in a shell script starts the job with SIGINT ignored; `kill -INT` must still stop it
     proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE, str(path), "--num-cpus", "2", "--status-every", "1"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     seen: list[str] = []
@@ -71,3 +80,21 @@ def test_serve_command_serves_until_ctrl_c(tmp_path):
     while (line := lines.get(timeout=5)) is not None:
         seen.append(line)
     assert "stopping" in "".join(seen)
+
+
+def test_a_busy_port_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
+    port = free_port()
+    path = write_policy(tmp_path / "policy.yaml", policy_dict(port, name="busy"))
+    monkeypatch.setattr(serve, "_existing_cluster", lambda: None)  # this machine's own `ray start` aside
+    monkeypatch.setattr(serve, "_stop_on_signals", lambda: None)  # pytest's own signal handlers stay
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        began = time.monotonic()
+        code = serve.run(parser.parse_args([str(path)]))
+        took = time.monotonic() - began
+    err = capsys.readouterr().err
+    assert code == 2 and not ray.is_initialized() and took < 5, (code, took, err)
+    assert err.count("\n") == 1 and f"port {port} on 127.0.0.1 is already in use" in err and "Traceback" not in err

@@ -64,7 +64,7 @@ def app(tmp_path_factory):
     os.environ[KEY_ENV] = KEY
     env = ray_env()
     env["env_vars"][KEY_ENV] = KEY
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
@@ -81,16 +81,30 @@ def http(app):
         yield client
 
 
+def _trainer_processes() -> list:
+    """The trainer actor's process among this test's (Ray titles it `ray::TrainerRunner...`)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "TrainerRunner" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def status(http) -> dict:
     response = http.get("/v1/dsla/status")
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def complete(http, max_tokens=24, **extra) -> httpx.Response:
+def complete(http, max_tokens=24, headers=None, **extra) -> httpx.Response:
     body = {"model": MODEL, "prompt": "the cat sat", "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, **extra}
-    return http.post("/v1/completions", json=body)
+    return http.post("/v1/completions", json=body, headers=headers)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,14 +152,17 @@ def test_controller_shifts_traffic_deeper_under_load_and_back(http):
 
 def test_openai_client(app):
     client = openai.OpenAI(base_url=f"{app}/v1", api_key=KEY, max_retries=0)
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert [m.id for m in client.models.list().data] == [MODEL, f"{MODEL}@d0", f"{MODEL}@d1"]
 
     completion = client.completions.create(model=MODEL, prompt="Hello", max_tokens=5, temperature=0,
                                            logprobs=2, extra_body={"ignore_eos": True})
     choice = completion.choices[0]
     assert completion.usage.prompt_tokens == 5 and completion.usage.completion_tokens == 5
     assert len(choice.logprobs.tokens) == 5 and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
-    assert all(1 <= len(top) <= 3 for top in choice.logprobs.top_logprobs) and choice.finish_reason == "length"
+    # greedy: the chosen token is the most likely, so each position names exactly 2 distinct tokens
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs) and choice.finish_reason == "length"
+    assert all(max(top, key=top.get) == token for top, token in zip(choice.logprobs.top_logprobs,
+                                                                     choice.logprobs.tokens))
 
     echoed = client.completions.create(model=MODEL, prompt="abc", max_tokens=0, echo=True, logprobs=0)
     assert echoed.choices[0].text == "abc" and echoed.choices[0].logprobs.token_logprobs[0] is None
@@ -235,6 +252,16 @@ def test_api_key_is_required(app):
         openai.OpenAI(base_url=f"{app}/v1", api_key="nope", max_retries=0).models.list()
 
 
+def test_idle_pools_within_the_floor_take_what_the_routed_pool_cannot(http):
+    # all traffic routed to one pool (1 request at a time); the other serves within the floor: 4 requests at
+    # once fit (1 + 1 running, 2 waiting), with none refused while the other pool idles
+    assert sorted(status(http)["routing"].values()) == [0.0, 1.0]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: complete(http, max_tokens=24), range(4)))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert {r.headers["x-dsla-pool"] for r in responses} == {"accurate", "fast"}
+
+
 def test_queue_cap_answers_429_with_retry_after_and_loses_nothing(http):
     # 1 request runs per replica and 2 may wait (queue_cap): 10 long requests at once overflow it
     def one(_):
@@ -250,6 +277,115 @@ def test_queue_cap_answers_429_with_retry_after_and_loses_nothing(http):
         else:
             assert r.json()["usage"]["completion_tokens"] == 32  # every admitted request ran to the end
     assert complete(http, max_tokens=2).status_code == 200
+
+
+def test_large_bodies_are_refused_at_once_without_stalling_others(app):
+    big = json.dumps({"model": MODEL, "prompt": "x" * 10_000_000}).encode()  # 10 MB
+
+    def chunks():  # no Content-Length: the cap is found while reading
+        for i in range(0, len(big), 1 << 16):
+            yield big[i:i + (1 << 16)]
+
+    with httpx.Client(base_url=app, headers=AUTH, timeout=60) as client, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        small = pool.submit(lambda: [complete(client, max_tokens=2) for _ in range(3)])
+        for content in (big, chunks()):
+            began = time.monotonic()
+            r = client.post("/v1/completions", content=content, headers={"Content-Type": "application/json"})
+            took = time.monotonic() - began
+            assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text[:300]
+            assert took < 1.0, f"413 took {took:.2f} s"
+        began = time.monotonic()
+        assert [x.status_code for x in small.result()] == [200] * 3
+        assert time.monotonic() - began < 10
+
+
+def test_errors_name_the_field_show_no_internals_and_give_the_request_id(http):
+    for extra, param in (({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"), ({"top_k": 2**40}, "top_k"),
+                         ({"stop_token_ids": [2**64]}, "stop_token_ids.0"), ({"temperature": 1e300}, "temperature")):
+        r = complete(http, max_tokens=2, **extra)
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == param, r.text
+        assert len(r.text) < 400 and "Traceback" not in r.text and "\x1b" not in r.text
+        assert r.headers["x-request-id"]
+    ok = complete(http, max_tokens=2, seed=2**64 - 1, headers=None)
+    assert ok.status_code == 200 and ok.json()["id"] == f"cmpl-{ok.headers['x-request-id']}"
+    mine = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1},
+                     headers={"X-Request-Id": "client-chosen-42"})
+    assert mine.headers["x-request-id"] == "client-chosen-42" and mine.json()["id"] == "cmpl-client-chosen-42"
+
+
+def test_a_batch_that_can_never_fit_is_400_with_the_reason(http):
+    # two pools of one replica running one request each, and 2 waiting: at most 4 prompts at once, ever
+    r = complete(http, max_tokens=2, prompt=["the cat"] * 50)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "batch_too_large" and "at most 4" in error["message"], r.text
+    assert "retry-after" not in r.headers
+    fits = complete(http, max_tokens=2, prompt=["the cat"] * 4)
+    assert fits.status_code == 200 and len(fits.json()["choices"]) == 4
+
+
+def test_metrics_endpoint(app):
+    text = httpx.get(f"{app}/metrics", timeout=30).text  # a fixed scrape target, no key needed
+    assert 'dsla_requests_total{depth="0",endpoint="completions",outcome="ok",pool="accurate"}' in text
+    for line in ('dsla_ttft_seconds_bucket{depth="0",le="0.005",pool="accurate"}', 'dsla_tpot_seconds_count{',
+                 'dsla_e2e_seconds_sum{', 'dsla_rejected_requests_total{reason="too_large"}',
+                 'dsla_queue_length{pool="fast"}', 'dsla_routing_weight{pool="accurate"}', 'dsla_pool_depth{pool="fast"}',
+                 'dsla_pool_replicas{pool="accurate"} 1.0', 'dsla_quality_floor ', 'dsla_available_depth ',
+                 'dsla_policy_actor_up 1.0'):
+        assert line in text, line
+
+
+def test_openapi_describes_request_bodies_and_responses(app):
+    doc = httpx.get(f"{app}/openapi.json", timeout=30).json()
+    post = doc["paths"]["/v1/completions"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/CompletionRequest"}
+    assert {"200", "400", "413", "429", "503"} <= set(post["responses"])
+    schemas = doc["components"]["schemas"]
+    assert {"prompt", "max_tokens", "logprobs", "seed"} <= set(schemas["CompletionRequest"]["properties"])
+    assert schemas["CompletionRequest"]["properties"]["seed"]["anyOf"][0]["maximum"] == 2**64 - 1
+    assert "messages" in schemas["ChatCompletionRequest"]["properties"] and "ChatMessage" in schemas
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionResponse"}
+    assert "requestBody" in doc["paths"]["/tokenize"]["post"] and "requestBody" in doc["paths"]["/detokenize"]["post"]
+
+
+def test_a_request_naming_a_depth_is_served_at_exactly_that_depth(http):
+    cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    assert set(cards) == {MODEL, f"{MODEL}@d0", f"{MODEL}@d1"}
+    card = cards[f"{MODEL}@d1"]
+    assert (card["depth"], card["parent"], card["max_prompt_tokens"], card["max_tokens"], card["max_model_len"]) == \
+        (1, MODEL, 64, 32, 96)  # what the policy enforces: prompts <= 64, completions <= 32, together <= 96
+    for depth in (0, 1, 0, 1):
+        r = complete(http, max_tokens=3, model=f"{MODEL}@d{depth}")
+        body = r.json()
+        assert r.status_code == 200 and body["system_fingerprint"] == f"dsla-depth-{depth}", r.text
+        assert body["model"] == f"{MODEL}@d{depth}" and r.headers["x-dsla-depth"] == str(depth)
+    unpublished = complete(http, max_tokens=3, model=f"{MODEL}@d9")
+    assert unpublished.status_code == 400 and unpublished.json()["error"]["code"] == "model_not_found"
+    with http.stream("POST", "/v1/chat/completions", json={
+            "model": f"{MODEL}@d1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True}) as response:
+        raw = "".join(response.iter_text())
+    chunks = [json.loads(e[len("data: "):]) for e in raw.split("\n\n") if e.startswith("data: {")]
+    assert len(chunks) >= 5 and {c["system_fingerprint"] for c in chunks} == {"dsla-depth-1"}
+
+
+def test_tokenizer_endpoints_and_long_stop_lists(http, app):
+    tokens = http.post("/tokenize", json={"prompt": "hi", "add_special_tokens": False}).json()
+    assert tokens["tokens"] == [104, 105] and tokens["count"] == 2 and tokens["max_model_len"] == 96
+    chat = http.post("/tokenize", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).json()
+    assert chat["count"] == len("user: hi\nassistant: ")
+    assert http.post("/detokenize", json={"tokens": [104, 105]}).json() == {"prompt": "hi"}
+    bad = http.post("/detokenize", json={"tokens": [104, 5000]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    info = http.get("/tokenizer_info").json()
+    assert info["eos_token"] == "</s>" and "assistant" in info["chat_template"]
+    # lm-eval appends the EOS text to a task's stops: more than OpenAI's 4, as vLLM accepts
+    r = complete(http, max_tokens=4, stop=["a", "b", "c", "d", "</s>", "zz", "yy"])
+    assert r.status_code == 200, r.text
+    assert httpx.post(f"{app}/tokenize", json={"prompt": "hi"}, timeout=30).status_code == 401  # the key applies
 
 
 def test_trainer_publishes_a_layer_that_replicas_load_without_restart(http):
@@ -270,4 +406,7 @@ def test_trainer_publishes_a_layer_that_replicas_load_without_restart(http):
     new = after["quality"]["depths"][1]
     assert new["depth"] == 2 and new["layer"] == 1 and new["ppl_ratio"] > 0  # measured by the trainer
     assert after["quality"]["floor"] == 2 and after["trainer"]["published_depth"] == 2
+    # its run is over: the policy actor ends the trainer's process (its memory goes back) and keeps its progress
+    wait_for(lambda: status(http)["trainer"]["phase"] == "done" and not _trainer_processes(), timeout=60)
+    assert status(http)["trainer"]["published_depth"] == 2
     assert complete(http, max_tokens=2).status_code == 200

@@ -10,7 +10,7 @@ import pytest
 from dsla_serve.controller.control_plane.artifact_view import ArtifactView, read_artifact
 from dsla_serve.controller.control_plane.control import PolicyControl
 from dsla_serve.controller.control_plane.window import PoolWindow
-from dsla_serve.controller.frontend.routing import RoutingTable
+from dsla_serve.controller.frontend.routing import PoolLimits, Refusal, RoutingTable
 from dsla_serve.controller.messages import Arrival, Observation, Routing
 from dsla_serve.model.manifest import MANIFEST_FILE, LayerEntry
 from dsla_serve.policies import SLO, DepthQuality, parse_policy
@@ -44,34 +44,78 @@ class FakeArtifact:
         return ArtifactView(path, DepthQuality.from_ratios(self.ratios), layers, 4)
 
 
-def _routing(weights, replicas=None, version=0) -> Routing:
-    return Routing(weights=weights, replicas=replicas or {}, depths={}, version=version)
+def _routing(weights, replicas=None, version=0, depths=None, floor=0, published=0) -> Routing:
+    """A routing table; `depths`: the depth each pool serves now (its replicas all there) and targets."""
+    return Routing(weights=weights, replicas=replicas or {}, depths=depths or {}, version=version,
+                   stable_depth=dict(depths or {}), floor=floor, published_depth=published)
+
+
+def _pools(**concurrency) -> dict[str, PoolLimits]:
+    return {name: PoolLimits(c, max_replicas=2) for name, c in concurrency.items()}
 
 
 def test_routing_draws_by_weight_reproducibly():
-    table = RoutingTable({"a": 1, "b": 1, "c": 1}, queue_cap=1, seed=7)
+    table = RoutingTable(_pools(a=1, b=1, c=1), queue_cap=1, seed=7)
     assert table.pick() is None and not table.routable  # nothing routable before the first table
     table.update(_routing({"a": 0.75, "b": 0.25, "c": 0.0, "zzz": 1.0}, version=3))
     draws = [table.pick() for _ in range(4000)]
     counts = Counter(draws)
     assert counts["c"] == 0 and abs(counts["a"] / 4000 - 0.75) < 0.03
-    again = RoutingTable({"a": 1, "b": 1, "c": 1}, queue_cap=1, seed=7)
+    again = RoutingTable(_pools(a=1, b=1, c=1), queue_cap=1, seed=7)
     again.update(_routing({"a": 0.75, "b": 0.25, "c": 0.0}))
     assert [again.pick() for _ in range(4000)] == draws  # seeded
 
 
 def test_admission_counts_waiting_beyond_replica_concurrency():
-    table = RoutingTable({"a": 2}, queue_cap=3)
-    table.update(_routing({"a": 1.0}, {"a": 1}))
-    for _ in range(5):  # 2 run, 3 wait
-        assert not table.full("a")
-        table.admit("a")
-    assert table.waiting() == 3 and table.full("a")
+    table = RoutingTable(_pools(a=2), queue_cap=3)
+    table.update(_routing({"a": 1.0}, {"a": 1}, depths={"a": 0}))
+    assert table.place(5) == ["a"] * 5  # 2 run, 3 wait
+    assert table.waiting() == 3
+    with pytest.raises(Refusal) as refused:
+        table.place(1)
+    assert refused.value.kind == "queue_full" and refused.value.picked == ["a"]
     table.release("a")
-    assert not table.full("a")
-    table.update(_routing({"a": 1.0}, {"a": 2}))  # a second replica: 4 run at once, 1 waits
-    table.admit("a")
+    assert table.place(1) == ["a"]
+    table.update(_routing({"a": 1.0}, {"a": 2}, depths={"a": 0}))  # a second replica: 4 run at once, 1 waits
     assert table.waiting() == 1
+
+
+def test_full_pools_spill_over_within_the_floor_before_refusing():
+    # all traffic on the depth-0 pool; the depth-2 pool serves within the floor (2), the depth-4 one beyond it
+    table = RoutingTable(_pools(accurate=2, half=2, fast=8), queue_cap=1)
+    table.update(_routing({"accurate": 1.0, "half": 0.0, "fast": 0.0}, {"accurate": 1, "half": 1, "fast": 1},
+                          depths={"accurate": 0, "half": 2, "fast": 4}, floor=2, published=4))
+    assert table.place(4) == ["accurate", "accurate", "half", "half"]  # no waiting while `half` has room
+    assert table.waiting() == 0
+    assert table.place(1) == ["accurate"]  # every pool within the floor is full: it waits (queue_cap 1)
+    with pytest.raises(Refusal) as refused:  # and the queue is full: 429, `fast` (beyond the floor) never used
+        table.place(1)
+    assert refused.value.kind == "queue_full" and table.in_flight["fast"] == 0
+
+
+def test_a_batch_is_placed_whole_and_one_that_can_never_fit_says_so():
+    table = RoutingTable(_pools(a=2), queue_cap=3)  # at most 2 replicas x 2 + 3 waiting = 7 at once
+    table.update(_routing({"a": 1.0}, {"a": 1}, depths={"a": 0}))
+    with pytest.raises(Refusal) as refused:
+        table.place(8)
+    assert refused.value.kind == "too_large" and "at most 7" in refused.value.message
+    assert table.in_flight["a"] == 0
+    table.place(4)
+    with pytest.raises(Refusal) as refused:  # fits in principle, not now: nothing of it is admitted
+        table.place(3)
+    assert refused.value.kind == "queue_full" and table.in_flight["a"] == 4
+
+
+def test_a_pinned_depth_goes_only_to_a_pool_serving_exactly_it():
+    table = RoutingTable(_pools(accurate=2, half=2, fast=2), queue_cap=2)
+    table.update(_routing({"accurate": 1.0, "half": 0.0, "fast": 0.0}, {"accurate": 1, "half": 1, "fast": 1},
+                          depths={"accurate": 0, "half": 2, "fast": 3}, floor=2, published=3))
+    assert table.servable_depths() == [0, 2]  # depth 3 is published but beyond the floor
+    assert table.place(3, depth=2) == ["half", "half", "half"]  # the third waits rather than run elsewhere
+    for depth, kind in ((3, "depth_not_served"), (1, "depth_not_served"), (7, "depth_unpublished")):
+        with pytest.raises(Refusal) as refused:
+            table.place(1, depth=depth)
+        assert refused.value.kind == kind
 
 
 def test_window_joins_observations_and_reports():
@@ -113,7 +157,10 @@ def test_targets_follow_the_quality_floor_and_the_load():
         depth=0, artifact_depth=1, artifact="/nowhere", version=0)
     with pytest.raises(KeyError, match="unknown pool"):
         control.report(replica_report("nope", "x", depth=0), 0.0)
-    assert control.routing().weights == {"accurate": 1.0, "fast": 0.0}
+    routing = control.routing(0.0)
+    assert routing.weights == {"accurate": 1.0, "fast": 0.0}
+    # what spill-over and pinned depths go by: the depth each pool's replicas serve, the floor, the artifact
+    assert (routing.stable_depth, routing.floor, routing.published_depth) == ({"accurate": 0, "fast": 0}, 1, 1)
 
     # load step: slow first tokens on the accurate pool -> all traffic deeper (traffic_step 1.0)
     control.record(_events("accurate", 0.1, 10, ttft_s=0.5))
@@ -121,7 +168,7 @@ def test_targets_follow_the_quality_floor_and_the_load():
     control.report(replica_report("fast", "f1", depth=1), 1.0)
     decision = control.tick(1.0)
     assert decision.pressure == "high" and decision.changed
-    assert control.routing().weights == {"accurate": 0.0, "fast": 1.0}
+    assert control.routing(1.0).weights == {"accurate": 0.0, "fast": 1.0}
     assert "ttft_p95_ms 500 ms vs target 100 ms" in decision.reason
 
     # the trainer publishes depth 2 (good): the floor rises, the fast pool's target follows, and replicas
@@ -150,7 +197,7 @@ def test_targets_follow_the_quality_floor_and_the_load():
         control.report(replica_report("fast", "f1", depth=1), now)
         control.report(replica_report("accurate", "a1", depth=0), now)
         control.tick(now)
-    assert control.routing().weights == {"accurate": 1.0, "fast": 0.0}
+    assert control.routing(10.0).weights == {"accurate": 1.0, "fast": 0.0}
 
     status = control.status(10.0)
     assert [p.name for p in status.pools] == ["accurate", "fast"]
@@ -209,3 +256,36 @@ def test_scaler_asks_serve_once_per_change():
     off = ServeScaler("app", {"a": "pool-a"}, {"a": 1})
     off._controller = lambda: _FakeServeController(enabled=False)
     assert asyncio.run(off.apply({"a": 3})) == [] and "external_scaler_enabled" in off.disabled_reason
+
+
+def test_a_failing_scale_call_is_reported_and_retried():
+    import asyncio
+
+    from dsla_serve.controller.control_plane.scaling import ServeScaler
+
+    class Controller:
+        """Stands in for Serve's controller actor: fails while `failing`."""
+
+        def __init__(self):
+            self.failing, self.calls = True, []
+            outer = self
+
+            class Update:
+                async def remote(self, deployment_id, n):
+                    outer.calls.append((deployment_id.name, n))
+                    if outer.failing:
+                        raise RuntimeError("deployment 'pool-fast' is being deleted\nremote traceback ...")
+
+            self.update_deployment_replicas = Update()
+
+    controller = Controller()
+    scaler = ServeScaler("app", {"fast": "pool-fast"}, {"fast": 1})
+    scaler._controller = lambda: controller
+    assert asyncio.run(scaler.apply({"fast": 2})) == [] and scaler.applied == {"fast": 1}
+    assert scaler.error == "scaling pool fast to 2 replicas failed: RuntimeError: deployment 'pool-fast' is being deleted"
+    controller.failing = False
+    assert asyncio.run(scaler.apply({"fast": 2})) == ["fast 1->2"] and scaler.error is None  # tried again
+    assert controller.calls == [("pool-fast", 2), ("pool-fast", 2)]
+
+    control = PolicyControl(parse_policy(POLICY), 0.0, artifact_reader=FakeArtifact([1.05]))
+    assert control.status(0.0, scaling_error="it failed").controller.scaling_error == "it failed"

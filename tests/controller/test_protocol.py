@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from dsla_serve.controller.frontend.errors import APIError, install_error_handlers, parse_body
+from dsla_serve.controller.frontend.guard import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from dsla_serve.controller.frontend.formatting import (ChatStream, Choice, CompletionStream, chat_response,
                                                        completion_response)
 from dsla_serve.controller.frontend.prompting import (Limits, encode_chat, encode_prompt, resolve_max_tokens,
@@ -26,19 +27,24 @@ TOKENIZER = build_byte_tokenizer()
 
 @pytest.fixture(scope="module")
 def client():
-    """A bare FastAPI app that parses bodies the way the ingress does."""
+    """A bare FastAPI app that parses bodies the way the ingress does, behind its body cap."""
     app = FastAPI()
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
 
     @app.post("/completions")
     async def completions(request: Request):
         return (await parse_body(request, CompletionRequest)).model_dump()
 
+    @app.get("/broken")
+    async def broken():
+        raise RuntimeError("cannot open /srv/models/secret.bin on 10.1.2.3:6379 (pid 4242)")
+
     @app.post("/chat")
     async def chat(request: Request):
         return (await parse_body(request, ChatCompletionRequest)).model_dump()
 
-    return TestClient(app)
+    return TestClient(app, raise_server_exceptions=False)  # answer 500 as a server does
 
 
 def _error(response, status=400):
@@ -60,13 +66,38 @@ def _error(response, status=400):
     (json.dumps({"model": "m", "prompt": "x", "n": 2}).encode(), "n", "only n=1"),
     (json.dumps({"model": "m", "prompt": "x", "max_tokens": 0}).encode(), "max_tokens", "only allowed with echo"),
     (json.dumps({"model": "m", "prompt": []}).encode(), "prompt", "empty list"),
-    (json.dumps({"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}).encode(), "stop", "at most 4"),
+    (json.dumps({"model": "m", "prompt": "x", "seed": 2**64}).encode(), "seed", "less than or equal"),
+    (json.dumps({"model": "m", "prompt": "x", "top_k": 2**40}).encode(), "top_k", "less than or equal"),
+    (json.dumps({"model": "m", "prompt": "x", "stop_token_ids": [2**70]}).encode(), "stop_token_ids.0",
+     "less than or equal"),
 ])
 def test_bad_completion_bodies_get_openai_errors(client, raw, param, words):
     err = _error(client.post("/completions", content=raw, headers={"content-type": "application/json"}))
     assert err["type"] == "invalid_request_error"
     assert err["param"] == param
     assert words in err["message"]
+
+
+def test_bodies_over_the_cap_are_refused_before_they_are_read(client):
+    big = json.dumps({"model": "m", "prompt": "x" * DEFAULT_MAX_BODY_BYTES}).encode()
+    err = _error(client.post("/completions", content=big, headers={"content-type": "application/json"}), 413)
+    assert err["code"] == "request_too_large" and str(DEFAULT_MAX_BODY_BYTES) in err["message"]
+
+    def chunked():  # no Content-Length
+        for i in range(0, len(big), 1 << 16):
+            yield big[i:i + (1 << 16)]
+
+    err = _error(client.post("/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
+    assert err["code"] == "request_too_large"
+    small = json.dumps({"model": "m", "prompt": "hi"}).encode()
+    assert client.post("/completions", content=iter([small[:5], small[5:]]),
+                       headers={"content-type": "application/json"}).json()["prompt"] == "hi"
+
+
+def test_an_unexpected_error_shows_the_request_id_not_the_details(client):
+    err = _error(client.get("/broken", headers={"X-Request-Id": "req-77"}), 500)
+    assert err["code"] == "internal_error" and "req-77" in err["message"]
+    assert not any(word in err["message"] for word in ("/srv", "10.1.2.3", "4242", "RuntimeError", "Traceback"))
 
 
 def test_bad_chat_bodies_get_openai_errors(client):
@@ -110,7 +141,8 @@ def test_prompts_and_chat_template():
     assert TOKENIZER.decode(encode_chat(TOKENIZER, request)) == "user: hi\nassistant: "
     params = sampling_params(request, 5)
     assert params.max_tokens == 5 and params.logprobs is None and params.echo is False
-    bad = CompletionRequest.model_validate({"model": "m", "prompt": "x", "top_k": -1, "stop_token_ids": [-3]})
+    bad = CompletionRequest.model_validate({"model": "m", "prompt": "x", "top_k": -1})
+    bad = bad.model_copy(update={"stop_token_ids": [-3]})  # past the protocol: SamplingParams checks it too
     with pytest.raises(APIError, match="stop_token_ids"):
         sampling_params(bad, 5)
 

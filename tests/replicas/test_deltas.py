@@ -3,7 +3,7 @@
 import asyncio
 
 from dsla_serve.replicas import Engine, SamplingParams
-from dsla_serve.replicas.deltas import stream_deltas
+from dsla_serve.replicas.deltas import stream_deltas, token_text
 from dsla_serve.replicas.messages import GenerateRequest
 
 from .helpers import tiny_converted, tokenizer
@@ -47,10 +47,13 @@ def test_deltas_add_up_to_the_engine_output_and_abort_when_the_client_leaves():
     assert deltas[0].prompt_logprobs == [None if e is None else dict(e) for e in reference.prompt_logprobs]
     assert all(d.prompt_logprobs is None and d.prompt_text is None for d in deltas[1:])  # first delta only
     assert deltas[0].prompt_text == "Hello"  # asked for: the prompt ids decoded, in the replica
-    # the text of every token the log-probabilities name comes with them, decoded one token at a time
+    # the bytes and text of every token the log-probabilities name come with them (byte tokenizer: id = byte)
     for d in deltas:
         named = set(d.token_ids) | {t for e in d.logprobs for t in e}
-        assert set(d.token_texts) >= named and all(d.token_texts[t] == tokenizer().decode([t]) for t in named)
+        assert set(d.token_texts) >= named
+        for t in named:
+            raw = bytes([t]) if t < 256 else tokenizer().decode([t]).encode()
+            assert d.token_texts[t].raw == raw and d.token_texts[t].text == token_text(raw)
     assert set(deltas[0].token_texts) >= set(reference.prompt_token_ids)
     assert [d.finish_reason for d in deltas] == [None] * (len(deltas) - 1) + ["length"]
     assert {d.request_id for d in deltas} == {"r1"} and {d.depth for d in deltas} == {2}

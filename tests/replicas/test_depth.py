@@ -5,7 +5,7 @@ import time
 import pytest
 
 from dsla_serve.model import Artifact, ArtifactError, cache_bytes_per_token, dsla_state_bytes
-from dsla_serve.replicas import Engine, SamplingParams
+from dsla_serve.replicas import DepthUnavailableError, Engine, SamplingParams
 
 from .helpers import ORDER, hf_greedy, random_prompts, tiny_converted
 
@@ -20,6 +20,25 @@ def _alone_many(model, depth, prompts, params):
     """Each prompt run by itself (one at a time) on a fresh engine at `depth`."""
     engine = Engine(model, depth=depth, max_model_len=64, max_num_seqs=1)
     return [engine.generate([p], q, use_tqdm=False)[0].outputs[0].token_ids for p, q in zip(prompts, params)]
+
+
+def test_a_request_pinned_to_a_depth_runs_at_that_depth_or_not_at_all():
+    engine = Engine(tiny_converted("llama", seed=8), depth=0, max_model_len=64, max_num_seqs=1)
+    prompts = random_prompts(3, seed=3, low=5, high=15)
+    with pytest.raises(DepthUnavailableError, match="serves depth 0"):
+        engine.add_request(prompts[0], GREEDY, depth=2)
+    running = engine.add_request(prompts[0], GREEDY, depth=0)
+    engine.step()
+    pinned = engine.add_request(prompts[1], GREEDY, depth=0)  # waits: one slot
+    free = engine.add_request(prompts[2], GREEDY)
+    engine.set_depth(2)
+    with pytest.raises(DepthUnavailableError, match="draining"):
+        engine.add_request(prompts[1], GREEDY, depth=0)
+    assert running.result().outputs[0].finish_reason == "length"  # drained at depth 0
+    failed = pinned.result()
+    assert failed.outputs[0].finish_reason == "error" and "depth 0 is no longer served" in failed.error
+    assert failed.outputs[0].token_ids == []  # never ran at depth 2
+    assert free.result().outputs[0].token_ids == _alone(tiny_converted("llama", seed=8), 2, prompts[2])
 
 
 def test_set_depth_drains_running_requests_then_switches():

@@ -1,14 +1,18 @@
-"""The Ray trainer actor: publishes layers in the background, reports progress, stops safely."""
+"""The Ray trainer actor: publishes layers in the background, reports progress, stops safely, and lets
+go of its trainer's memory when a run ends."""
 
+import gc
 import os
+import weakref
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from dsla_serve.model import Artifact
 from dsla_serve.model.loading import load_model_and_tokenizer
-from dsla_serve.trainer.actor import TrainerActor, _Subscriber
+from dsla_serve.trainer.actor import TrainerActor, TrainerRunner, _Subscriber
 from dsla_serve.trainer.progress import LayerResult
 
 from tests.polling import wait_for
@@ -21,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def local_ray():
     python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
@@ -89,3 +93,20 @@ def test_a_callable_subscriber_is_called_and_its_failure_is_contained(caplog):
     _Subscriber(broken)(result)  # logged, not raised: the layer is already published
     assert "subscriber failed on layer 3 (depth 1)" in caplog.text
     _Subscriber(None)(result)
+
+
+def _live_models() -> int:
+    gc.collect()
+    return sum(isinstance(o, torch.nn.Module) and type(o).__name__.endswith("ForCausalLM") for o in gc.get_objects())
+
+
+def test_a_finished_run_lets_go_of_the_trainer_and_its_models(corpus, tmp_path):
+    before = _live_models()
+    runner = TrainerRunner(config_dict(corpus, tmp_path / "artifact", depth=1, training={"steps": 2}), start=True)
+    trainer = weakref.ref(runner._trainer)
+    wait_for(lambda: _live_models() > before or not runner.progress().running, timeout=300)
+    progress = runner.wait(300)
+    assert progress.phase == "done" and progress.published_depth == 1 and not progress.running
+    assert trainer() is None and _live_models() == before  # freed: neither the trainer nor its models are held
+    assert runner.summary().published_depth == 1 and [r.depth for r in runner.published()] == [1]
+    assert runner.progress() == progress  # what it reports after the run stays

@@ -4,7 +4,7 @@
     control.record(events)                      # from the ingress: Arrival and Observation messages
     targets = control.report(report, now)       # a ReplicaReport in, its pool's ReplicaTargets out
     decision = control.tick(now)                # every controller.interval_s
-    control.routing()                           # the Routing the ingress samples pools by
+    control.routing(now)                        # the Routing the ingress samples pools by
     control.status(now)                         # the Status of /v1/dsla/status
 
 `PolicyActor` (policy_actor.py) wraps this in a Ray Serve deployment and applies replica targets.
@@ -124,19 +124,21 @@ class PolicyControl:
     # ------------------------------------------------------------------------------------------
     # outputs
     # ------------------------------------------------------------------------------------------
-    def routing(self) -> Routing:
+    def routing(self, now: float) -> Routing:
         """What the ingress routes by (see `Routing`)."""
         if self.decision is not None:
             weights, replicas = self.decision.weights, self.decision.replica_targets
         else:  # before the first tick: the initial split, unless a pool may be beyond the floor
             weights, replicas = self.state.weights, self.state.replica_targets
+        floor, _ = explain_floor(self.policy, self.artifact.quality)
         return Routing(weights=dict(weights), replicas=dict(replicas), depths=dict(self.state.depth_targets),
-                       version=self.version)
+                       version=self.version, stable_depth={name: w.stable_depth(now) for name, w in self.windows.items()},
+                       floor=floor, published_depth=self.artifact.quality.available_depth)
 
-    def status(self, now: float) -> Status:
-        """The /v1/dsla/status body, without its ingress section."""
+    def status(self, now: float, scaling_error: str | None = None) -> Status:
+        """The /v1/dsla/status body, without its ingress section; `scaling_error`: the scaler's last failure."""
         policy, ctl = self.policy, self.policy.controller
-        routing = self.routing()
+        routing = self.routing(now)
         floor, why = explain_floor(policy, self.artifact.quality)
         signals = self.decision.signals if self.decision is not None else {}
         pools, met_all, total_all = [], 0, 0
@@ -180,5 +182,6 @@ class PolicyControl:
             trainer=self.trainer,
             controller=ControllerStatus(interval_s=ctl.interval_s, window_s=ctl.window_s, cooldown_s=ctl.cooldown_s,
                                         hysteresis=ctl.hysteresis,
-                                        pressure=self.decision.pressure if self.decision else None),
+                                        pressure=self.decision.pressure if self.decision else None,
+                                        scaling_error=scaling_error),
             decisions=list(self.history)[::-1])

@@ -42,13 +42,6 @@ class PolicyActor:
         self.control = PolicyControl(self.policy, time.monotonic())
         self.scaler = ServeScaler(app_name, {p.name: pool_deployment_name(p.name) for p in self.policy.pools},
                                   {p.name: p.initial_replicas for p in self.policy.pools})
-        try:
-            from .metrics import ControllerMetrics
-
-            self.metrics = ControllerMetrics()
-        except Exception as e:  # noqa: BLE001 - metrics are optional outside a Serve replica
-            log.warning("controller metrics disabled: %s", e)
-            self.metrics = None
         self.trainer = None
         if self.policy.trainer is not None and start_trainer:
             from .trainer_link import TrainerLink
@@ -70,10 +63,10 @@ class PolicyActor:
         self.control.record(events)
 
     async def routing(self) -> Routing:
-        return self.control.routing()
+        return self.control.routing(time.monotonic())
 
     async def status(self) -> Status:
-        return self.control.status(time.monotonic())
+        return self.control.status(time.monotonic(), scaling_error=self.scaler.error)
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -103,10 +96,9 @@ class PolicyActor:
         decision = self.control.tick(now, read_artifact=False)
         scaled = await self.scaler.apply(decision.replica_targets)
         line = decision.reason + (f"; scaled {', '.join(scaled)}" if scaled else "")
+        if self.scaler.error:
+            line += f"; {self.scaler.error}"
         log.info("policy decision: %s", line)
-        if self.metrics is not None:
-            by_pool = {name: w.metrics(now) for name, w in self.control.windows.items()}
-            self.metrics.decided(decision, by_pool, self.control.artifact.quality.available_depth)
 
     async def check_health(self) -> None:
         if self._loop.done():

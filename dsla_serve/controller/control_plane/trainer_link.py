@@ -7,7 +7,9 @@ re-reads the manifest every interval (new depths and their measured ppl ratio ->
 and replicas load the new layers when their reported artifact depth falls behind. So a layer
 published by a `dsla-serve convert` running elsewhere on the same directory is picked up the same way.
 
-The trainer actor is owned by the policy actor: it stops when the application is deleted.
+The trainer actor is owned by the policy actor: it stops when the application is deleted, and it is
+ended as soon as its run is over (done, stopped or failed), its final progress kept: a finished trainer
+process would otherwise hold its libraries and heap (about 650 MB for the tiny policy) for nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from ...policies import Policy, convert_config_data
 from ...trainer.progress import TrainerProgress
 
 log = logging.getLogger("ray.serve")
+
+ENDED = ("done", "stopped", "failed")
+
 
 class TrainerSetupError(ValueError):
     """The policy's trainer section cannot run as written; the message names the field."""
@@ -58,6 +63,7 @@ class TrainerLink:
         self.policy = policy
         self.config = convert_config(policy)
         self.actor = None
+        self.final: TrainerProgress | None = None  # the progress of a run that ended (its actor is gone)
 
     async def start(self) -> None:
         from ...trainer.actor import TrainerActor
@@ -69,16 +75,35 @@ class TrainerLink:
 
     @property
     def started(self) -> bool:
-        return self.actor is not None
+        return self.actor is not None or self.final is not None
 
     async def progress(self) -> TrainerProgress:
-        """The trainer's progress; phase "unreachable" (with the error) when it does not answer."""
+        """The trainer's progress; phase "unreachable" (with the error) when it does not answer. Once its
+        run has ended, the actor is ended and its last progress is returned from then on."""
+        if self.final is not None:
+            return self.final
         if self.actor is None:
             return TrainerProgress(phase="waiting for the pools to serve")
         try:
-            return await asyncio.wait_for(self.actor.progress.remote(), timeout=5.0)
+            progress = await asyncio.wait_for(self.actor.progress.remote(), timeout=5.0)
         except Exception as e:  # noqa: BLE001 - a dead or busy trainer must not stall decisions
-            return TrainerProgress(phase="unreachable", error=f"{type(e).__name__}: {e}")
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]  # Ray's next lines name hosts and processes
+            return TrainerProgress(phase="unreachable", error=f"{type(e).__name__}: {first_line}")
+        if progress.phase in ENDED and not progress.running:
+            self.final = progress
+            self._end_actor()
+            log.info("background trainer %s (%d layers published): its actor is ended", progress.phase,
+                     progress.published_depth)
+        return progress
+
+    def _end_actor(self) -> None:
+        import ray
+
+        actor, self.actor = self.actor, None
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
     def stop(self) -> None:
         """Ask the trainer to stop at its next safe point (published layers stay intact)."""

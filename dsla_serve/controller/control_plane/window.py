@@ -60,6 +60,14 @@ class PoolWindow:
         self.trim(now)
         return {rid: rep.report for rid, rep in self.replicas.items()}
 
+    def stable_depth(self, now: float) -> int | None:
+        """The depth every live replica serves now, none of them draining (None: no report, or not one depth)."""
+        engines = [r.engine for r in self.live_replicas(now).values()]
+        depths = {e.depth for e in engines}
+        if len(depths) != 1 or any(e.draining for e in engines):
+            return None
+        return depths.pop()
+
     def metrics(self, now: float) -> PoolMetrics | None:
         """The pool over the window; None while no replica of it has reported (unknown to `decide`)."""
         self.trim(now)

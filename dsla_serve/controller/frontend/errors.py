@@ -4,13 +4,20 @@
                    param="max_tokens", code="max_tokens_too_large")
 
 `install_error_handlers(app)` makes FastAPI answer malformed JSON, validation errors, unknown routes
-and unexpected exceptions in that shape too, so a client always gets a body it can parse.
+and unexpected exceptions in that shape too, so a client always gets a body it can parse. No response
+carries a traceback, a path or an address: an unexpected error is logged with the request's id and
+answered with `internal_error(request_id)`, which names only that id.
+
+Request ids are Ray Serve's: its proxy takes the client's `X-Request-Id` or makes one, passes it to
+the ingress in that header, answers with it, and tags the replica's log lines with it
+(`request_id_of`); completion ids are `cmpl-<request id>`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .protocol import ErrorDetail, ErrorResponse
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
@@ -47,6 +54,25 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+REQUEST_ID_HEADER = b"x-request-id"  # Ray Serve's (ray.serve._private.constants.SERVE_HTTP_REQUEST_ID_HEADER)
+
+
+def request_id_of(scope) -> str:
+    """The request's id: the one Serve's proxy put in its headers, else (outside Serve) a fresh one, kept."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER, b"").decode("latin-1")
+        state["request_id"] = given or uuid.uuid4().hex
+    return state["request_id"]
+
+
+def internal_error(request_id: str, what: str = "internal error", status: int = 500, code: str = "internal_error",
+                   headers: dict[str, str] | None = None) -> APIError:
+    """The answer to an error the client cannot fix: what failed and the request id it is logged under."""
+    return APIError(status, f"{what}; the server logged the details under request id {request_id}", code=code,
+                    headers=headers)
 
 
 _FIELD_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z_][\w.]*): (.*)$", re.S)
@@ -118,5 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error serving %s %s", request.method, request.url.path)
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+        request_id = request_id_of(request.scope)
+        log.error("request %s: unhandled error serving %s %s", request_id, request.method, request.url.path,
+                  exc_info=exc)
+        return internal_error(request_id).response()

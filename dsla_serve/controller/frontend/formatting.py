@@ -1,19 +1,27 @@
 """From the replicas' stream deltas to OpenAI responses, whole or as server-sent-event chunks.
 
 A replica streams `StreamDelta`s (replicas/messages.py): new token ids and text, log-probabilities with
-the text of every token they name, the prompt's log-probabilities and text on the first delta when
-asked, and the finish reason. `Choice` accumulates them for one prompt; the functions below render
-completions (text, with echo and the legacy logprobs shape) and chat completions (message, with the
-chat logprobs shape). Nothing here decodes a token: the texts come with the deltas.
+the `TokenText` (text and bytes) of every token they name, the prompt's log-probabilities and text on
+the first delta when asked, and the finish reason. `Choice` accumulates them for one prompt; the
+functions below render completions (text, with echo and the legacy logprobs shape) and chat
+completions (message, with the chat logprobs shape). Nothing here decodes a token.
+
+How a token is named in log-probabilities (`TokenNames`): by its text, where a token whose bytes are
+not valid UTF-8 alone is "bytes:\\xe2\\x80" (OpenAI's spelling), so distinct byte-level tokens have
+distinct names; with `return_tokens_as_token_ids` (vLLM's request field) as "token_id:<id>". The
+legacy completions shape keys `top_logprobs` by name, so should two distinct tokens of one position
+still share a text, the less likely one is keyed "token_id:<id>" rather than overwrite the other.
+Chat's list shape carries each token's exact `bytes`.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...replicas.messages import StreamDelta, TokenLogprobs
+from ...replicas.messages import StreamDelta, TokenLogprobs, TokenText
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
                        ChatDelta, ChatLogprobs, CompletionChoice, CompletionLogprobs, CompletionResponse, TokenLogprob,
                        TopLogprob, Usage)
@@ -30,7 +38,7 @@ class Choice:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     prompt_text: str | None = None
-    token_texts: dict[int, str] = field(default_factory=dict)
+    token_texts: dict[int, TokenText] = field(default_factory=dict)
     finish_reason: str | None = None
     error: str | None = None
     depth: int | None = None
@@ -62,23 +70,46 @@ def _finish(reason: str | None) -> str | None:
 # -------------------------------------------------------------------------------------------------
 # completions
 # -------------------------------------------------------------------------------------------------
-def completion_logprobs(tokens: dict[int, str], ids: list[int], entries: list[TokenLogprobs | None],
+@dataclass(frozen=True)
+class TokenNames:
+    """Names tokens in log-probabilities: by text, or as "token_id:<id>" (`as_ids`)."""
+
+    texts: dict[int, TokenText]
+    as_ids: bool = False
+
+    def name(self, token_id: int) -> str:
+        return f"token_id:{token_id}" if self.as_ids else self.texts[token_id].text
+
+    def raw(self, token_id: int) -> bytes:
+        return self.texts[token_id].raw
+
+    def keyed(self, entry: TokenLogprobs) -> dict[str, float]:
+        """{name: logprob} for one position, most likely first; a name already taken by a more likely
+        token gives way to "token_id:<id>"."""
+        out: dict[str, float] = {}
+        for token_id, logprob in sorted(entry.items(), key=lambda kv: -kv[1]):
+            name = self.name(token_id)
+            out[name if name not in out else f"token_id:{token_id}"] = float(logprob)
+        return out
+
+
+def completion_logprobs(names: TokenNames, ids: list[int], entries: list[TokenLogprobs | None],
                         start_offset: int) -> CompletionLogprobs:
     """The legacy shape for tokens `ids` with their {id: logprob} entries (None: no logprob, the
-    first prompt token); `tokens`: the text of each id; offsets continue from `start_offset`."""
+    first prompt token); offsets (characters of the text before each token) continue from `start_offset`."""
     out = CompletionLogprobs()
     offset = start_offset
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for tid, entry in zip(ids, entries):
-        piece = tokens[tid]
-        out.tokens.append(piece)
+        out.tokens.append(names.name(tid))
         out.text_offset.append(offset)
-        offset += len(piece)
+        offset += len(text.decode(names.raw(tid)))
         if entry is None:
             out.token_logprobs.append(None)
             out.top_logprobs.append(None)
             continue
         out.token_logprobs.append(float(entry[tid]) if tid in entry else None)
-        out.top_logprobs.append({tokens[t]: float(lp) for t, lp in entry.items()})
+        out.top_logprobs.append(names.keyed(entry))
     return out
 
 
@@ -88,16 +119,17 @@ def _prompt_entries(choice: Choice) -> list[TokenLogprobs | None]:
 
 
 def completion_response(request_id: str, created: int, model: str, choices: list[Choice], *, echo: bool,
-                        logprobs: int | None, prompt_texts: list[str]) -> CompletionResponse:
+                        logprobs: int | None, prompt_texts: list[str], token_ids: bool = False) -> CompletionResponse:
     rendered = []
     for choice, prompt_text in zip(choices, prompt_texts):
         lp = None
+        names = TokenNames(choice.token_texts, token_ids)
         if logprobs is not None:
             if echo:
-                lp = completion_logprobs(choice.token_texts, choice.prompt_ids + choice.token_ids,
+                lp = completion_logprobs(names, choice.prompt_ids + choice.token_ids,
                                          _prompt_entries(choice) + choice.logprobs, 0)
             else:
-                lp = completion_logprobs(choice.token_texts, choice.token_ids, choice.logprobs, 0)
+                lp = completion_logprobs(names, choice.token_ids, choice.logprobs, 0)
         rendered.append(CompletionChoice(index=choice.index, text=(prompt_text if echo else "") + choice.text,
                                          logprobs=lp, finish_reason=_finish(choice.finish_reason)))
     return CompletionResponse(id=request_id, created=created, model=model, choices=rendered, usage=usage_of(choices),
@@ -107,9 +139,10 @@ def completion_response(request_id: str, created: int, model: str, choices: list
 class CompletionStream:
     """Chunks of a streamed completion: one per delta, the prompt first when echoing."""
 
-    def __init__(self, request_id: str, created: int, model: str, *, echo: bool, logprobs: int | None):
+    def __init__(self, request_id: str, created: int, model: str, *, echo: bool, logprobs: int | None,
+                 token_ids: bool = False):
         self.request_id, self.created, self.model = request_id, created, model
-        self.echo, self.logprobs = echo, logprobs
+        self.echo, self.logprobs, self.token_ids = echo, logprobs, token_ids
         self.offsets: dict[int, int] = {}
 
     def chunk(self, choice: Choice, delta: StreamDelta, prompt_text: str) -> str:
@@ -123,7 +156,7 @@ class CompletionStream:
             entries = list(delta.logprobs or [None] * len(ids))
             if first and self.echo:
                 ids, entries = choice.prompt_ids + ids, _prompt_entries(choice) + entries
-            lp = completion_logprobs(choice.token_texts, ids, entries, offset)
+            lp = completion_logprobs(TokenNames(choice.token_texts, self.token_ids), ids, entries, offset)
         self.offsets[choice.index] = offset + len(text)
         body = CompletionResponse(id=self.request_id, created=self.created, model=self.model, choices=[
             CompletionChoice(index=choice.index, text=text, logprobs=lp,
@@ -133,28 +166,29 @@ class CompletionStream:
 
     def usage(self, choices: list[Choice]) -> str:
         body = CompletionResponse(id=self.request_id, created=self.created, model=self.model, choices=[],
-                                  usage=usage_of(choices))
+                                  usage=usage_of(choices), system_fingerprint=_fingerprint(choices))
         return sse(body.model_dump())
 
 
 # -------------------------------------------------------------------------------------------------
 # chat completions
 # -------------------------------------------------------------------------------------------------
-def chat_logprobs(tokens: dict[int, str], ids: list[int], entries: list[TokenLogprobs], top: int) -> ChatLogprobs:
+def chat_logprobs(names: TokenNames, ids: list[int], entries: list[TokenLogprobs], top: int) -> ChatLogprobs:
     content = []
     for tid, entry in zip(ids, entries):
-        piece = tokens[tid]
         ranked = sorted(entry.items(), key=lambda kv: -kv[1])[:top]
         content.append(TokenLogprob(
-            token=piece, logprob=float(entry.get(tid, float("-inf"))), bytes=list(piece.encode("utf-8")),
-            top_logprobs=[TopLogprob(token=tokens[t], logprob=float(lp), bytes=list(tokens[t].encode("utf-8")))
+            token=names.name(tid), logprob=float(entry.get(tid, float("-inf"))), bytes=list(names.raw(tid)),
+            top_logprobs=[TopLogprob(token=names.name(t), logprob=float(lp), bytes=list(names.raw(t)))
                           for t, lp in ranked]))
     return ChatLogprobs(content=content)
 
 
 def chat_response(request_id: str, created: int, model: str, choice: Choice, *, logprobs: bool,
-                  top_logprobs: int) -> ChatCompletionResponse:
-    lp = chat_logprobs(choice.token_texts, choice.token_ids, choice.logprobs, top_logprobs) if logprobs else None
+                  top_logprobs: int, token_ids: bool = False) -> ChatCompletionResponse:
+    lp = None
+    if logprobs:
+        lp = chat_logprobs(TokenNames(choice.token_texts, token_ids), choice.token_ids, choice.logprobs, top_logprobs)
     return ChatCompletionResponse(id=request_id, created=created, model=model, choices=[
         ChatChoice(index=0, message=AssistantMessage(content=choice.text), logprobs=lp,
                    finish_reason=_finish(choice.finish_reason))], usage=usage_of([choice]),
@@ -164,13 +198,17 @@ def chat_response(request_id: str, created: int, model: str, choice: Choice, *, 
 class ChatStream:
     """Chunks of a streamed chat completion: the role first, then content deltas, then usage."""
 
-    def __init__(self, request_id: str, created: int, model: str, *, logprobs: bool, top_logprobs: int):
+    def __init__(self, request_id: str, created: int, model: str, *, logprobs: bool, top_logprobs: int,
+                 token_ids: bool = False, choice: Choice | None = None):
+        """`choice`: the request's (its depth names every chunk in `system_fingerprint`)."""
         self.request_id, self.created, self.model = request_id, created, model
-        self.logprobs, self.top_logprobs = logprobs, top_logprobs
+        self.logprobs, self.top_logprobs, self.token_ids = logprobs, top_logprobs, token_ids
+        self.choice = choice
 
-    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None, depth: int | None = None) -> str:
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
         body = ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=choices,
-                                   usage=usage, system_fingerprint=None if depth is None else f"dsla-depth-{depth}")
+                                   usage=usage,
+                                   system_fingerprint=_fingerprint([self.choice]) if self.choice is not None else None)
         data = body.model_dump()
         for choice in data["choices"]:  # OpenAI sends only the delta fields that are set
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
@@ -182,11 +220,11 @@ class ChatStream:
     def chunk(self, choice: Choice, delta: StreamDelta) -> str:
         lp = None
         if self.logprobs and delta.logprobs:
-            lp = chat_logprobs(choice.token_texts, delta.token_ids, delta.logprobs, self.top_logprobs)
+            lp = chat_logprobs(TokenNames(choice.token_texts, self.token_ids), delta.token_ids, delta.logprobs,
+                               self.top_logprobs)
         text = delta.text
         return self._chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=text) if text else ChatDelta(),
-                                            logprobs=lp, finish_reason=_finish(delta.finish_reason))],
-                           depth=choice.depth)
+                                            logprobs=lp, finish_reason=_finish(delta.finish_reason))])
 
     def usage(self, choices: list[Choice]) -> str:
         return self._chunk([], usage_of(choices))

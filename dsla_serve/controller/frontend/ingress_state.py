@@ -21,9 +21,10 @@ from typing import Any
 from ...model.loading import load_tokenizer
 from ...policies import Policy
 from ..messages import Arrival, Observation
+from .metrics import IngressMetrics
 from .prompt_sample import ServedPromptSample, write_prompts_jsonl
 from .prompting import Limits
-from .routing import RoutingTable
+from .routing import PoolLimits, RoutingTable
 
 log = logging.getLogger("ray.serve")
 
@@ -32,14 +33,15 @@ PROMPT_SAMPLE_WRITE_EVERY_S = 5.0
 
 
 class IngressState:
-    def __init__(self, policy: Policy, policy_actor, pools: dict[str, Any], *, seed: int = 0, metrics=None):
+    def __init__(self, policy: Policy, policy_actor, pools: dict[str, Any], *, seed: int = 0):
         self.policy = policy
         self.policy_actor = policy_actor
         self.pools = pools
-        self.metrics = metrics
+        self.metrics = IngressMetrics()
         self.model_names = {policy.http.model_name, policy.model.path}
         self.limits = Limits(policy.http.max_prompt_tokens, policy.http.max_tokens_limit, policy.model.max_model_len)
-        self.table = RoutingTable({p.name: p.max_concurrent_requests for p in policy.pools},
+        self.max_body_bytes = policy.http.max_body_bytes
+        self.table = RoutingTable({p.name: PoolLimits(p.max_concurrent_requests, p.max_replicas) for p in policy.pools},
                                   policy.http.queue_cap, seed=seed)
         self.api_key = read_api_key(policy)
         self.tokenizer = None
@@ -78,8 +80,8 @@ class IngressState:
         try:
             self.table.update(await self.policy_actor.routing.remote())
             self.routing_error = None
-        except Exception as e:  # noqa: BLE001
-            self.routing_error = f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - shown without Ray's details (they name hosts and processes)
+            self.routing_error = f"the policy actor did not answer ({type(e).__name__})"
             raise
 
     async def flush(self) -> None:
@@ -108,8 +110,7 @@ class IngressState:
         return {"Retry-After": str(retry_after_s(self.policy.controller.interval_s))}
 
     def refused(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.refused(reason)
+        self.metrics.refused(reason)
 
     def arrived(self, pool: str) -> None:
         self.events.append(Arrival(pool=pool, at=time.monotonic()))
@@ -120,13 +121,8 @@ class IngressState:
         self.table.release(pool)
         obs = Observation(pool=pool, at=time.monotonic(), ttft_s=ttft_s, tpot_s=tpot_s, e2e_s=e2e_s, ok=ok)
         self.events.append(obs)
-        if self.metrics is not None:
-            self.metrics.finished(pool, depth, endpoint, "ok" if ok else "error", ttft_s, tpot_s, e2e_s,
-                                  obs.missed_targets(self.policy.slo))
-
-    def start_failed(self, pool: str, endpoint: str, code: str) -> None:
-        if self.metrics is not None:
-            self.metrics.refused(code)
+        self.metrics.finished(pool, depth, endpoint, "ok" if ok else "error", ttft_s, tpot_s, e2e_s,
+                              obs.missed_targets(self.policy.slo))
 
     # ------------------------------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:

@@ -33,15 +33,16 @@ def encode_prompt(tokenizer, prompt: str | list[int]) -> list[int]:
     return list(tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else list(prompt)
 
 
-def encode_chat(tokenizer, request: ChatCompletionRequest) -> list[int]:
-    """Token ids of the conversation rendered with the tokenizer's chat template."""
+def encode_chat(tokenizer, request: ChatCompletionRequest, add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of the conversation rendered with the tokenizer's chat template (the assistant's turn
+    opened unless `add_generation_prompt` is false)."""
     if not getattr(tokenizer, "chat_template", None):
         raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages",
                        code="no_chat_template")
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                 for m in request.messages]
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
     except Exception as e:  # noqa: BLE001 - a template rejecting the conversation is the client's problem
         raise APIError(400, f"messages: the chat template rejected the conversation: {e}", param="messages",
                        code="invalid_value") from None

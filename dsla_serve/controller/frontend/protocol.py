@@ -1,9 +1,14 @@
 """The OpenAI wire protocol the ingress speaks: request and response bodies as pydantic models.
 
 Requests are strict: an unknown field (`"max_tokenz": 5`), a wrong type (`"max_tokens": "5"`) or a
-value out of range is a 400 whose body names the field, as OpenAI answers. What the engine cannot do
-(n > 1, penalties, logit_bias, tools) is refused the same way rather than silently ignored.
-Beyond OpenAI, a request may set `top_k`, `ignore_eos` and `stop_token_ids` (vLLM's extensions).
+value out of range is a 400 whose body names the field, as OpenAI answers; every number has a range
+here, so nothing out of range reaches a replica. What the engine cannot do (n > 1, penalties,
+logit_bias, tools) is refused the same way rather than silently ignored. Beyond OpenAI, a request may
+set `top_k`, `ignore_eos`, `stop_token_ids` and `return_tokens_as_token_ids` (vLLM's extensions).
+Stop lists may be as long as the body allows (vLLM sets no count either).
+
+Also vLLM's `/tokenize`, `/detokenize` and `/tokenizer_info` bodies, and the model cards of
+`/v1/models` (one per servable depth, `MODEL@d<N>`).
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import time
 import uuid
 from typing import Literal
 
+from typing import Annotated, Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
-MAX_STOP_STRINGS = 4  # OpenAI's limit
+from ...replicas.sampling import SEED_MAX, SEED_MIN, TOKEN_ID_MAX, TOP_K_MAX
+
 MAX_LOGPROBS_COMPLETIONS = 20
 MAX_TOP_LOGPROBS_CHAT = 20
 
 Number = StrictInt | StrictFloat
+TokenId = Annotated[StrictInt, Field(ge=0, le=TOKEN_ID_MAX)]
 
 
 class _Strict(BaseModel):
@@ -39,15 +48,17 @@ class _Sampling(_Strict):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: StrictStr | None = None
     presence_penalty: Number = Field(0.0, description="not supported: only 0")
     frequency_penalty: Number = Field(0.0, description="not supported: only 0")
     logit_bias: dict[str, Number] | None = Field(None, description="not supported: only {}")
     # vLLM's extensions
-    top_k: StrictInt = Field(0, ge=-1, description="keep the k most likely tokens (0 or -1: off)")
+    top_k: StrictInt = Field(0, ge=-1, le=TOP_K_MAX, description="keep the k most likely tokens (0 or -1: off)")
     ignore_eos: StrictBool = False
-    stop_token_ids: list[StrictInt] | None = None
+    stop_token_ids: list[TokenId] | None = None
+    return_tokens_as_token_ids: StrictBool = Field(
+        False, description="name tokens in log-probabilities as 'token_id:<id>' instead of their text (vLLM's)")
 
     @model_validator(mode="after")
     def _check_common(self):
@@ -59,8 +70,6 @@ class _Sampling(_Strict):
         if self.logit_bias:
             raise ValueError("logit_bias: not supported by this server")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} stop sequences, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop: stop sequences must be non-empty strings")
         if self.stream_options is not None and not self.stream:
@@ -75,7 +84,7 @@ class _Sampling(_Strict):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-Prompt = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+Prompt = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]  # ids: the replica checks them
 
 
 class CompletionRequest(_Sampling):
@@ -263,11 +272,20 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """A servable model: the policy's name (routed by the policy) or `NAME@d<N>` (pinned to depth N),
+    with the limits the ingress enforces: prompt + completion <= max_model_len, prompt <=
+    max_prompt_tokens, completion <= max_tokens."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "dsla-serve"
+    root: str | None = None
+    parent: str | None = None
     max_model_len: int | None = None
+    max_prompt_tokens: int | None = None
+    max_tokens: int | None = None
+    depth: int | None = Field(None, description="the conversion depth it is served at (None: the policy chooses)")
 
 
 class ModelList(BaseModel):
@@ -284,3 +302,61 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM's tokenizer endpoints
+# --------------------------------------------------------------------------------------------------
+class TokenizeCompletionRequest(_Strict):
+    """POST /tokenize with a text prompt."""
+
+    model: StrictStr | None = None
+    prompt: StrictStr
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class TokenizeChatRequest(_Strict):
+    """POST /tokenize with a conversation (rendered with the chat template first)."""
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: StrictBool = True
+    add_special_tokens: StrictBool = False
+    return_token_strs: StrictBool = False
+
+
+TokenizeRequest = TokenizeCompletionRequest | TokenizeChatRequest
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(_Strict):
+    """POST /detokenize."""
+
+    model: StrictStr | None = None
+    tokens: list[TokenId]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    """GET /tokenizer_info: what a client needs to tokenize as the server does (vLLM's fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tokenizer_class: str
+    eos_token: str | None = None
+    bos_token: str | None = None
+    pad_token: str | None = None
+    unk_token: str | None = None
+    chat_template: str | None = None
+    model_max_length: int | None = None
+    added_tokens_decoder: dict[str, Any] = {}

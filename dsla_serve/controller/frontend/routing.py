@@ -1,50 +1,85 @@
 """The ingress's copy of the routing table, and its admission control.
 
-    table = RoutingTable(pools, seed=0)
+    table = RoutingTable(pools, queue_cap, seed=0)
     table.update(routing)                       # the policy actor's `Routing`
-    pool = table.pick()                         # weighted random, seeded; None = nothing routable
-    table.admit(pool) ... table.release(pool)   # in-flight counts, for the queue cap
+    pools = table.place(3)                      # a pool for each of 3 prompts, admitted; or Refusal
+    pools = table.place(1, depth=2)             # pinned to the pools serving depth 2 now
+    ... table.release(pool)                     # when each request ends
 
-Admission: a request is refused (429) when it would wait (its pool's replicas are all busy) and the
-requests waiting across pools, estimated as each pool's in-flight requests beyond what its replicas
-run at once (replicas x max_concurrent_requests), already reach `queue_cap`. Counting at the ingress covers requests queued in Serve's router as well as
-in the engines, so no request waits unaccounted.
+Placement, per prompt: a pool drawn by the routing weights (seeded). If that pool has no free slot
+(its in-flight requests reach replicas x max_concurrent_requests), the request **spills over** to the
+pool within the quality floor with the most free slots (ties: the shallower), so capacity never idles
+while requests wait. Only when no such pool has room does it wait in the drawn pool, and only when
+`queue_cap` requests already wait (in flight beyond what the pools run at once, summed; counting at the
+ingress covers requests queued in Serve's router as well as in the engines) is it refused. A batch is
+placed whole or not at all. Refusals say whether waiting can help: a batch larger than every pool at
+its max_replicas plus the queue could ever hold is `too_large` (400), a full queue `queue_full` (429).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ..messages import Routing
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """What one pool can hold: requests per replica, and its most replicas."""
+
+    concurrency: int
+    max_replicas: int
+
+
+class Refusal(Exception):
+    """Requests that cannot be placed. kind: "no_pool" (nothing routable within the floor yet), "queue_full"
+    (the queue is at its cap: retry later), "too_large" (more prompts than the server can ever hold at
+    once), "depth_unpublished" / "depth_not_served" (a pinned depth nobody serves). `picked`: the pools
+    the prompts were drawn to (the offered load)."""
+
+    def __init__(self, kind: str, message: str, picked: list[str] | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.picked = kind, message, picked or []
 
 
 class RoutingTable:
     """Per-pool routing weights, replica counts, depths and in-flight requests (one ingress replica)."""
 
-    def __init__(self, concurrency: Mapping[str, int], queue_cap: int, seed: int = 0):
-        """concurrency: pool -> max_concurrent_requests of one replica; queue_cap: the policy's http.queue_cap."""
-        self.concurrency = dict(concurrency)
+    def __init__(self, pools: Mapping[str, PoolLimits], queue_cap: int, seed: int = 0):
+        """pools: name -> its limits (from the policy); queue_cap: the policy's http.queue_cap."""
+        self.limits = dict(pools)
         self.queue_cap = queue_cap
         self.rng = random.Random(seed)
-        self.weights: dict[str, float] = {name: 0.0 for name in concurrency}
-        self.replicas: dict[str, int] = {name: 1 for name in concurrency}
-        self.depths: dict[str, int] = {name: 0 for name in concurrency}
+        names = list(pools)
+        self.weights: dict[str, float] = {name: 0.0 for name in names}
+        self.replicas: dict[str, int] = {name: 1 for name in names}
+        self.depths: dict[str, int] = {name: 0 for name in names}
+        self.stable_depth: dict[str, int | None] = {name: None for name in names}
+        self.floor = 0
+        self.published_depth = 0
         self.version = -1
-        self.in_flight: dict[str, int] = {name: 0 for name in concurrency}
+        self.in_flight: dict[str, int] = {name: 0 for name in names}
 
     def update(self, routing: Routing) -> None:
         """Take the policy actor's routing (unknown pools ignored, missing ones keep their values)."""
         for given, target in ((routing.weights, self.weights), (routing.replicas, self.replicas),
-                              (routing.depths, self.depths)):
+                              (routing.depths, self.depths), (routing.stable_depth, self.stable_depth)):
             for name, value in given.items():
                 if name in target:
                     target[name] = value
+        self.floor, self.published_depth = routing.floor, routing.published_depth
         self.version = routing.version
 
+    # ------------------------------------------------------------------------------------------
     @property
     def routable(self) -> bool:
         return sum(self.weights.values()) > 0
+
+    def servable_depths(self) -> list[int]:
+        """Depths a request may be pinned to now: served by every live replica of some pool, within the floor."""
+        return sorted({d for d in self.stable_depth.values() if d is not None and d <= self.floor})
 
     def pick(self) -> str | None:
         """A pool drawn with probability proportional to its weight; None when every weight is 0."""
@@ -62,17 +97,87 @@ class RoutingTable:
                 return name
         return last  # rounding at the top end
 
+    def capacity(self, pool: str) -> int:
+        return max(self.replicas[pool], 0) * self.limits[pool].concurrency
+
+    def room(self, pool: str) -> int:
+        """Free slots of a pool: requests it would start at once."""
+        return self.capacity(pool) - self.in_flight[pool]
+
     def waiting(self) -> int:
         """Requests in flight beyond what the pools' replicas run at once (an estimate of the queue)."""
-        return sum(max(0, self.in_flight[n] - max(self.replicas[n], 0) * self.concurrency[n]) for n in self.in_flight)
+        return sum(max(0, self.in_flight[n] - self.capacity(n)) for n in self.in_flight)
 
-    def full(self, pool: str) -> bool:
-        """A request sent to `pool` now would wait, and `queue_cap` requests already do."""
-        would_wait = self.in_flight[pool] >= max(self.replicas[pool], 0) * self.concurrency[pool]
-        return would_wait and self.waiting() >= self.queue_cap
+    def within_floor(self) -> list[str]:
+        """Pools whose live replicas all serve within the quality floor now: where requests may spill."""
+        return [n for n, d in self.stable_depth.items() if d is not None and d <= self.floor]
 
-    def admit(self, pool: str) -> None:
-        self.in_flight[pool] += 1
+    def _most_room(self, pools: list[str]) -> str | None:
+        """The pool with the most free slots (ties: the shallower), or None when none has one."""
+        best = max(pools, key=lambda n: (self.room(n), -self.depths[n]), default=None)
+        return best if best is not None and self.room(best) > 0 else None
+
+    def most_ever(self, pools: list[str]) -> int:
+        """Requests these pools at their max_replicas and the queue can hold at once."""
+        return sum(self.limits[n].max_replicas * self.limits[n].concurrency for n in pools) + self.queue_cap
+
+    # ------------------------------------------------------------------------------------------
+    def place(self, n: int, depth: int | None = None) -> list[str]:
+        """Admit `n` requests (a batch: all or none) and return the pool of each; Refusal when they cannot
+        be placed. `depth`: only pools whose replicas all serve exactly that depth now."""
+        if depth is not None:
+            candidates = [p for p, d in self.stable_depth.items() if d == depth and d <= self.floor]
+            if not candidates:
+                if depth > self.published_depth:
+                    raise Refusal("depth_unpublished", f"depth {depth} is not published ({self.published_depth} "
+                                  "layers are)")
+                served = ", ".join(str(d) for d in self.servable_depths()) or "none"
+                raise Refusal("depth_not_served", f"no pool serves depth {depth} now (depths served: {served})")
+        else:
+            candidates = list(self.limits)
+        if n > self.most_ever(candidates):
+            raise Refusal("too_large", f"{n} prompts in one request can never run at once here: the pools and the "
+                          f"queue hold at most {self.most_ever(candidates)} (http.queue_cap {self.queue_cap} plus "
+                          "max_replicas x max_concurrent_requests of each pool); send fewer per request")
+        placed: list[str] = []
+        picked: list[str] = []
+        try:
+            for _ in range(n):
+                pool = self._draw(candidates if depth is not None else None)
+                if pool is None:
+                    raise Refusal("no_pool", "no pool serves within the quality floor yet (replicas are starting "
+                                  "or changing depth)")
+                picked.append(pool)
+                if self.room(pool) <= 0:
+                    spill = self._most_room(self.within_floor() if depth is None else candidates)
+                    if spill is not None:
+                        pool = spill
+                    elif self.waiting() >= self.queue_cap:
+                        raise Refusal("queue_full", f"the server is at its queue cap ({self.queue_cap} requests "
+                                      "waiting, http.queue_cap)")
+                self.in_flight[pool] += 1
+                placed.append(pool)
+        except Refusal as refusal:
+            for pool in placed:
+                self.release(pool)
+            refusal.picked = picked
+            raise
+        return placed
+
+    def _draw(self, pinned: list[str] | None) -> str | None:
+        if pinned is None:
+            return self.pick()
+        return max(pinned, key=lambda p: (self.room(p), -self.in_flight[p]))
+
+    def move(self, pool: str) -> str:
+        """A request on `pool` must start again (its replica died before it started): the pool within
+        the floor with the most room takes it over (`pool` itself when none has room)."""
+        spill = self._most_room([p for p in self.within_floor() if p != pool])
+        if spill is None or self.room(pool) > 0:
+            return pool
+        self.release(pool)
+        self.in_flight[spill] += 1
+        return spill
 
     def release(self, pool: str) -> None:
         self.in_flight[pool] = max(0, self.in_flight[pool] - 1)

@@ -1,9 +1,14 @@
-"""One request on one pool, as the ingress sees it: admission, the replica's delta stream, timing.
+"""Requests on pools, as the ingress sees them: placement, the replica's delta stream, retries, timing.
 
-    run = await start_run(core, index, prompt_ids, sampling, endpoint, arrived)  # 429/503/400 raised here
-    async for delta in run: ...                   # StreamDeltas; then `run.choice` holds the whole output
+    runs = await start_runs(core, batch)           # 400/429/503 raised here, before anything is sent
+    async for delta in runs[0]: ...                # StreamDeltas; then `run.choice` holds the whole output
+    await runs[0].collect()                        # or run to the end (a non-streamed response)
 
-Every run ends in exactly one of: finished (whatever finish_reason), refused with 429/503 before it
+A batch is placed whole (`RoutingTable.place`: spill-over to pools within the floor before refusing),
+then every prompt starts at once. A request whose replica dies before its first delta is started
+again, on the same pool (Serve routes to a live replica) or on one with room; a non-streamed request
+whose replica dies later is run again from the start (nothing has reached the client yet), up to
+MAX_ATTEMPTS. Every run ends in exactly one of: finished (whatever finish_reason), refused before it
 started, or failed with an error the client is told about. The ingress's in-flight count is released
 and the observation recorded in every case, so nothing is lost silently.
 """
@@ -13,34 +18,105 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from ...replicas.messages import GenerateRequest, StreamDelta
-from ...replicas.outputs import PromptTooLongError, QueueFullError
+from ...replicas.outputs import DepthUnavailableError, PromptTooLongError, QueueFullError
 from ...replicas.sampling import SamplingParams
-from .errors import APIError
+from .errors import APIError, internal_error
 from .formatting import Choice
 from .ingress_state import IngressState
+from .routing import Refusal
 
 log = logging.getLogger("ray.serve")
+
+MAX_ATTEMPTS = 3
+RETRY_DELAY_S = 0.25
+REPLICA_GONE = (RayActorError, ReplicaUnavailableError)  # the replica died or is unreachable: start again
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a request: its ids and sampling, the field that names it in errors (`prompt.1`),
+    and whether the replica should send its text back."""
+
+    ids: list[int]
+    sampling: SamplingParams
+    param: str = "prompt"
+    return_text: bool = False
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a request asks to run: its prompts, on which route, pinned to a depth or not; `request_id`
+    is the ingress's id of the HTTP request (in logs and in errors)."""
+
+    request_id: str
+    endpoint: str
+    prompts: list[Prompt]
+    depth: int | None = None
 
 
 class Run:
     """A request started on a pool; iterate it for deltas (the first one already received)."""
 
-    def __init__(self, core: IngressState, pool: str, stream, first: StreamDelta, choice: Choice,
-                 arrived: float, endpoint: str):
-        self.core, self.pool, self.stream, self.choice = core, pool, stream, choice
-        self.endpoint = endpoint
+    def __init__(self, core: IngressState, batch: Batch, index: int, pool: str, arrived: float):
+        self.core, self.batch, self.index, self.pool = core, batch, index, pool
+        self.prompt = batch.prompts[index]
         self.arrived = arrived
+        self.attempts = 0
+        self.stream = None
+        self.choice = Choice(index=index, prompt_ids=self.prompt.ids)
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
-        self._pending: StreamDelta | None = first
+        self._pending: StreamDelta | None = None
         self._closed = False
-        self._note(first)
+
+    # ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Send the request to a replica and wait for its first delta; APIError when it cannot start (the
+        in-flight slot is then released)."""
+        try:
+            while True:
+                self.attempts += 1
+                request = GenerateRequest(
+                    request_id=f"{self.batch.request_id}-{self.index}-{self.attempts}", prompt_ids=self.prompt.ids,
+                    sampling=self.prompt.sampling, return_prompt_text=self.prompt.return_text, depth=self.batch.depth)
+                self.stream = self.core.pools[self.pool].options(stream=True).generate.remote(request)
+                try:
+                    self._pending = await self.stream.__anext__()
+                except REPLICA_GONE as e:
+                    if self.attempts >= MAX_ATTEMPTS:
+                        raise
+                    self._moved(e)
+                    await asyncio.sleep(RETRY_DELAY_S * self.attempts)  # Serve's router learns the replica is gone
+                    continue
+                self._note(self._pending)
+                return
+        except asyncio.CancelledError:  # the client went away while waiting
+            self._abandon()
+            raise
+        except Exception as e:  # noqa: BLE001 - mapped to a status code for the client
+            self._abandon()
+            error = _api_error(self.core, e, self.pool, self.prompt.param, self.batch.request_id)
+            self.core.refused(error.code or "error")
+            raise error from None
+
+    def _moved(self, e: Exception) -> None:
+        log.warning("request %s: pool %s lost its replica before the request started (%s); starting it again",
+                    self.batch.request_id, self.pool, type(e).__name__)
+        if self.batch.depth is None:
+            self.pool = self.core.table.move(self.pool)
+
+    def _abandon(self) -> None:
+        self._closed = True
+        self.core.table.release(self.pool)
+        if self.stream is not None:
+            self.stream.cancel()
 
     def _note(self, delta: StreamDelta) -> None:
         if delta.token_ids:
@@ -50,28 +126,53 @@ class Run:
             self.last_token_at = now
         self.choice.add(delta)
 
+    # ------------------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[StreamDelta]:
         return self._iterate()
+
+    async def _deltas(self) -> AsyncIterator[StreamDelta]:
+        if self._pending is not None:
+            first, self._pending = self._pending, None
+            yield first
+        if self.choice.finish_reason is None:
+            async for delta in self.stream:
+                self._note(delta)
+                yield delta
+                if delta.finish_reason:
+                    break
 
     async def _iterate(self) -> AsyncIterator[StreamDelta]:
         ok = False
         try:
-            if self._pending is not None:
-                first, self._pending = self._pending, None
-                yield first
-            if self.choice.finish_reason is None:
-                async for delta in self.stream:
-                    self._note(delta)
-                    yield delta
-                    if delta.finish_reason:
-                        break
+            async for delta in self._deltas():
+                yield delta
             ok = self.choice.finish_reason not in (None, "error", "abort")
         finally:
             self.close(ok)
 
     async def collect(self) -> Choice:
-        async for _ in self:
-            pass
+        """Run to the end (a non-streamed response): a replica lost on the way runs it again from the start."""
+        ok = False
+        try:
+            while True:
+                try:
+                    async for _ in self._deltas():
+                        pass
+                    break
+                except REPLICA_GONE as e:
+                    if self.attempts >= MAX_ATTEMPTS:
+                        raise
+                    log.warning("request %s: pool %s lost its replica mid-request (%s); running it again",
+                                self.batch.request_id, self.pool, type(e).__name__)
+                    self.choice = Choice(index=self.index, prompt_ids=self.prompt.ids)
+                    self.first_token_at = self.last_token_at = None
+                    if self.batch.depth is None:
+                        self.pool = self.core.table.move(self.pool)
+                    await asyncio.sleep(RETRY_DELAY_S * self.attempts)
+                    await self.start()
+            ok = self.choice.finish_reason not in (None, "error", "abort")
+        finally:
+            self.close(ok)
         return self.choice
 
     def close(self, ok: bool) -> None:
@@ -79,7 +180,7 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        if self.choice.finish_reason is None:
+        if self.choice.finish_reason is None and self.stream is not None:
             self.stream.cancel()  # the client went away or an error cut the stream
         now = time.monotonic()
         n = len(self.choice.token_ids)
@@ -87,48 +188,53 @@ class Run:
         tpot = None
         if n > 1 and self.first_token_at is not None and self.last_token_at is not None:
             tpot = (self.last_token_at - self.first_token_at) / (n - 1)
-        self.core.finished(self.pool, self.choice.depth, self.endpoint, ok, ttft, tpot, now - self.arrived)
+        self.core.finished(self.pool, self.choice.depth, self.batch.endpoint, ok, ttft, tpot, now - self.arrived)
 
 
-async def start_run(core: IngressState, index: int, prompt_ids: list[int], sampling: SamplingParams, endpoint: str,
-                    arrived: float, *, param: str = "prompt", return_prompt_text: bool = False) -> Run:
-    """Pick a pool, admit the request and start it; raise APIError (429 / 503 / 400 / 500) if it cannot
-    start. The first delta is awaited here, so a replica refusing the request (a full queue, token ids
-    outside its vocabulary, a prompt too long) still yields a status code; `param` names the prompt in
-    a 400. `return_prompt_text`: the first delta carries the prompt decoded (for echo and the sample)."""
-    table = core.table
-    pool = table.pick()
-    if pool is None:
-        core.refused("no_pool")
-        raise APIError(503, "no pool serves within the quality floor yet (replicas are starting or changing "
-                       "depth); retry shortly", code="no_pool_ready", headers=core.retry_after())
-    core.arrived(pool)  # offered load, refused or not: the request rate the controller remembers
-    if table.full(pool):
-        core.refused("queue_full")
-        raise APIError(429, f"the server is at its queue cap ({table.queue_cap} requests waiting, "
-                       "http.queue_cap); retry later", code="queue_full", headers=core.retry_after())
-    table.admit(pool)
-    request_id = uuid.uuid4().hex
-    stream = None
+async def start_runs(core: IngressState, batch: Batch) -> list[Run]:
+    """Place the batch and start every prompt at once; APIError (400 / 429 / 503 ...) when it cannot
+    start, and then none of it runs. The first delta of each is awaited here, so a replica refusing
+    a request (its queue full, token ids outside its vocabulary, a prompt too long) still yields a
+    status code."""
+    arrived = time.monotonic()
     try:
-        request = GenerateRequest(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling,
-                                  return_prompt_text=return_prompt_text)
-        stream = core.pools[pool].options(stream=True).generate.remote(request)
-        first = await stream.__anext__()
-    except asyncio.CancelledError:  # the client went away while waiting
-        table.release(pool)
-        if stream is not None:
-            stream.cancel()
+        pools = core.table.place(len(batch.prompts), batch.depth)
+    except Refusal as refusal:
+        for pool in refusal.picked:
+            core.arrived(pool)
+        core.refused(refusal.kind)
+        raise refusal_error(core, refusal) from None
+    for pool in pools:
+        core.arrived(pool)  # offered load: the request rate the controller remembers
+    runs = [Run(core, batch, i, pool, arrived) for i, pool in enumerate(pools)]
+    starts = [asyncio.ensure_future(run.start()) for run in runs]
+    try:
+        await asyncio.gather(*starts)
+    except BaseException:
+        for task in starts:
+            task.cancel()
+        await asyncio.gather(*starts, return_exceptions=True)
+        for run, task in zip(runs, starts):
+            if not run._closed:
+                run.close(False)
         raise
-    except Exception as e:  # noqa: BLE001 - mapped to a status code for the client
-        table.release(pool)
-        error = _api_error(core, e, pool, param)
-        core.start_failed(pool, endpoint, error.code or "error")
-        raise error from None
-    return Run(core, pool, stream, first, Choice(index=index, prompt_ids=prompt_ids), arrived, endpoint)
+    return runs
 
 
-def _api_error(core: IngressState, e: Exception, pool: str, param: str) -> APIError:
+def refusal_error(core: IngressState, refusal: Refusal) -> APIError:
+    """The answer to a batch that could not be placed: 429 only where waiting helps."""
+    if refusal.kind == "queue_full":
+        return APIError(429, refusal.message + "; retry later", code="queue_full", headers=core.retry_after())
+    if refusal.kind == "no_pool":
+        return APIError(503, refusal.message + "; retry shortly", code="no_pool_ready", headers=core.retry_after())
+    if refusal.kind == "too_large":
+        return APIError(400, refusal.message, param="prompt", code="batch_too_large")
+    if refusal.kind == "depth_unpublished":
+        return APIError(400, refusal.message + " (see /v1/models)", param="model", code="model_not_found")
+    return APIError(400, refusal.message + " (see /v1/models)", param="model", code="depth_not_served")
+
+
+def _api_error(core: IngressState, e: Exception, pool: str, param: str, request_id: str) -> APIError:
     if isinstance(e, QueueFullError):
         return APIError(429, f"pool {pool} is at its queue cap; retry later", code="queue_full",
                         headers=core.retry_after())
@@ -136,16 +242,26 @@ def _api_error(core: IngressState, e: Exception, pool: str, param: str) -> APIEr
         return APIError(503, f"pool {pool} is overloaded; retry later", code="overloaded", headers=core.retry_after())
     if isinstance(e, PromptTooLongError):
         return APIError(400, _replica_message(e), param="max_tokens", code="context_length_exceeded")
+    if isinstance(e, DepthUnavailableError):
+        return APIError(503, f"pool {pool} changed depth as the request arrived; retry", code="depth_changed",
+                        headers=core.retry_after())
     if isinstance(e, DeploymentUnavailableError):
-        return APIError(503, f"pool {pool} is unavailable: {e}", code="pool_unavailable", headers=core.retry_after())
+        return APIError(503, f"pool {pool} is unavailable; retry shortly", code="pool_unavailable",
+                        headers=core.retry_after())
+    if isinstance(e, REPLICA_GONE):
+        log.warning("request %s: pool %s lost its replica %d times: %r", request_id, pool, MAX_ATTEMPTS, e)
+        return APIError(503, f"pool {pool} lost its replicas while starting the request; retry shortly",
+                        code="pool_unavailable", headers=core.retry_after())
     if isinstance(e, (ValueError, TypeError)):  # the engine's check of the prompt's token ids
         return APIError(400, f"{param}: {_replica_message(e)}", param=param, code="invalid_value")
-    log.error("request on pool %s failed to start: %r", pool, e)
-    return APIError(503, f"pool {pool} failed to start the request ({type(e).__name__}); retry",
-                    code="pool_error", headers=core.retry_after())
+    log.error("request %s: could not start on pool %s", request_id, pool, exc_info=e)
+    return internal_error(request_id, f"pool {pool} failed to start the request", status=503, code="pool_error",
+                          headers=core.retry_after())
 
 
 def _replica_message(e: Exception) -> str:
-    """The message of the exception the replica raised: Ray's wrapper of it reads as a remote traceback."""
+    """The message of the exception the replica raised (its own words; Ray's wrapper reads as a remote
+    traceback, which never reaches a client): the first line only."""
     cause = getattr(e, "cause", None)
-    return str(cause if isinstance(cause, BaseException) else e)
+    text = str(cause if isinstance(cause, BaseException) else e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
