@@ -55,7 +55,26 @@ def _existing_cluster() -> str | None:
         return os.environ["RAY_ADDRESS"]
     from ray._common.utils import get_ray_address_file
 
-    return "the `ray start` cluster of this machine" if os.path.exists(get_ray_address_file(None)) else None
+    address_file = get_ray_address_file(None)
+    if not os.path.exists(address_file):
+        return None
+    _check_answers(address_file)
+    return "the `ray start` cluster of this machine"
+
+
+def _check_answers(address_file: str) -> None:
+    """A cluster that `ray start` left behind (killed, machine restarted) keeps its address file, and
+    `ray.init()` would wait for it: refuse in one line instead."""
+    with open(address_file) as f:
+        address = f.read().strip()
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
+            return
+    except (OSError, ValueError):
+        raise CommandError(f"the Ray cluster that `ray start` left on this machine ({address}, named in "
+                           f"{address_file}) does not answer: clear it with `ray stop --force`, or set "
+                           f"RAY_ADDRESS to a running cluster") from None
 
 
 def _connect_or_start(num_cpus, num_gpus) -> bool:

@@ -82,6 +82,27 @@ def test_serve_command_serves_until_ctrl_c(tmp_path):
     assert "stopping" in "".join(seen)
 
 
+def test_a_dead_ray_start_cluster_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys):
+    """`ray start` killed without `ray stop` leaves its address file; serve must not wait on it."""
+    import ray._common.utils as ray_utils
+
+    dead = free_port()  # nothing listens there
+    address_file = tmp_path / "ray_current_cluster"
+    address_file.write_text(f"127.0.0.1:{dead}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_utils, "get_ray_address_file", lambda temp_dir: str(address_file))
+    monkeypatch.setattr(serve, "_stop_on_signals", lambda: None)
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    path = write_policy(tmp_path / "policy.yaml", policy_dict(free_port(), name="stale"))
+    began = time.monotonic()
+    code = serve.run(parser.parse_args([str(path)]))
+    took = time.monotonic() - began
+    err = capsys.readouterr().err
+    assert code == 2 and not ray.is_initialized() and took < 10, (code, took, err)
+    assert f"127.0.0.1:{dead}" in err and "ray stop --force" in err and "Traceback" not in err
+
+
 def test_a_busy_port_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
     port = free_port()
     path = write_policy(tmp_path / "policy.yaml", policy_dict(port, name="busy"))
