@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -62,6 +63,25 @@ def ray_env() -> dict:
     """runtime_env that lets Ray's workers import dsla_serve from this checkout."""
     paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+
+
+@contextmanager
+def local_app(policy, port: int, env: dict | None = None):
+    """Serve a loaded `policy` on a fresh local Ray (2 CPUs) for the block; yields the base URL. The
+    cluster, and its Serve instance with it, goes when the block ends."""
+    import ray
+    from ray import serve
+
+    from dsla_serve.controller.app import application
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env=env if env is not None else ray_env())
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
 
 
 def replica_report(pool, replica, depth, waiting=0, running=0, cache_token_usage=0.0, max_depth=4) -> ReplicaReport:

@@ -17,14 +17,11 @@ import time
 import httpx
 import openai
 import pytest
-import ray
-from ray import serve
 
-from dsla_serve.controller.app import application
 from dsla_serve.policies import load_policy
 from tests.polling import wait_for
 
-from .helpers import free_port, make_artifact, policy_dict, ray_env, write_policy
+from .helpers import free_port, local_app, make_artifact, policy_dict, ray_env, write_policy
 
 KEY_ENV, KEY = "DSLA_TEST_API_KEY", "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -64,15 +61,9 @@ def app(tmp_path_factory):
     os.environ[KEY_ENV] = KEY
     env = ray_env()
     env["env_vars"][KEY_ENV] = KEY
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
-        url = f"http://127.0.0.1:{port}"
+    with local_app(policy, port, env) as url:
         START.update(httpx.get(f"{url}/v1/dsla/status", headers=AUTH).json())
         yield url
-    finally:
-        ray.shutdown()  # this process started the cluster: its Serve instance goes with it
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,15 @@ started run on another replica; a non-streamed one in progress runs again)."""
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
 import ray
-from ray import serve
 
-from dsla_serve.controller.app import application
 from dsla_serve.policies import load_policy
 from tests.polling import wait_for
 
-from .helpers import free_port, policy_dict, ray_env, write_policy
+from .helpers import free_port, local_app, policy_dict, write_policy
 
 MODEL = "tiny-llama"
 
@@ -32,13 +29,8 @@ def app(tmp_path_factory):
         http={"host": "127.0.0.1", "port": port, "max_prompt_tokens": 64, "max_tokens_limit": 32, "queue_cap": 16},
     )
     policy = load_policy(write_policy(tmp_path_factory.mktemp("capacity") / "policy.yaml", policy))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_env())
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        ray.shutdown()
+    with local_app(policy, port) as url:
+        yield url
 
 
 class Load:

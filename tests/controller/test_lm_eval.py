@@ -13,11 +13,9 @@ import json
 
 import httpx
 import pytest
-import ray
-from ray import serve
 
 from ..reference import REFERENCE
-from .helpers import free_port, policy_dict, ray_env, write_policy
+from .helpers import free_port, local_app, policy_dict, write_policy
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +69,6 @@ def half_artifact(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(half_artifact, tmp_path_factory):
-    from dsla_serve.controller.app import application
     from dsla_serve.policies import load_policy
 
     port = free_port()
@@ -83,13 +80,8 @@ def app(half_artifact, tmp_path_factory):
         quality={"max_depth": HALF},
         http={"host": "127.0.0.1", "port": port, "max_prompt_tokens": 256, "max_tokens_limit": 64, "queue_cap": 16})
     policy = load_policy(write_policy(tmp_path_factory.mktemp("lmeval-app") / "policy.yaml", policy))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_env())
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        ray.shutdown()
+    with local_app(policy, port) as url:
+        yield url
 
 
 def _requests_by_depth(url: str) -> dict[str, float]:

@@ -6,16 +6,13 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-import ray
-from ray import serve
 
 from ..reference import REFERENCE
-from .helpers import free_port, policy_dict, ray_env, write_policy
+from .helpers import free_port, local_app, policy_dict, write_policy
 
 
 @pytest.fixture(scope="module")
 def app(reference_artifact, tmp_path_factory):
-    from dsla_serve.controller.app import application
     from dsla_serve.policies import load_policy
 
     artifact, _ = reference_artifact
@@ -29,13 +26,8 @@ def app(reference_artifact, tmp_path_factory):
         quality={"max_ppl_ratio": 1.5, "max_depth": 1},
     )
     policy = load_policy(write_policy(tmp_path_factory.mktemp("reference-app") / "policy.yaml", policy))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_env())
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(policy), name=policy.name, route_prefix="/", external_scaler_enabled=True)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        ray.shutdown()
+    with local_app(policy, port) as url:
+        yield url
 
 
 def test_chat_completion_with_the_real_chat_template(app):
