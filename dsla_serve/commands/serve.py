@@ -109,6 +109,16 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def _ignore_signals_while_stopping() -> None:
+    """A second Ctrl-C while the app is being deleted would cut the clean-up short and leave the Ray this
+    command started behind: from here on SIGINT and SIGTERM only say that it is stopping."""
+    def say(signum, frame):
+        print("still stopping (deleting the app and, if this command started it, Ray) ...", flush=True)
+
+    signal.signal(signal.SIGINT, say)
+    signal.signal(signal.SIGTERM, say)
+
+
 def _stop_on_signals() -> None:
     """SIGINT and SIGTERM end the serving loop (KeyboardInterrupt), whatever the parent left them as."""
     signal.signal(signal.SIGINT, _terminate)
@@ -173,11 +183,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 time.sleep(3600)
     except KeyboardInterrupt:
+        _ignore_signals_while_stopping()
         print("\nstopping ...", flush=True)
         return 0
     except Exception as e:  # noqa: BLE001 - show the cause, not a Ray traceback
         return fail(f"serving failed: {type(e).__name__}: {e}")
     finally:
+        _ignore_signals_while_stopping()
         if ray.is_initialized():
             try:
                 serve.delete(policy.name)

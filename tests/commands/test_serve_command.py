@@ -71,6 +71,8 @@ def test_serve_command_serves_until_ctrl_c(tmp_path):
         wait_for_line("routing accurate 100% @d0", timeout=30)  # the periodic status line
     finally:
         proc.send_signal(signal.SIGINT)
+        wait_for_line("stopping", timeout=10)
+        proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not cut the clean-up short
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -79,7 +81,7 @@ def test_serve_command_serves_until_ctrl_c(tmp_path):
     assert code == 0
     while (line := lines.get(timeout=5)) is not None:
         seen.append(line)
-    assert "stopping" in "".join(seen)
+    assert "stopping" in "".join(seen) and "Traceback" not in "".join(seen), "".join(seen)[-3000:]
 
 
 def test_a_dead_ray_start_cluster_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys):
