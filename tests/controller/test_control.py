@@ -128,6 +128,85 @@ def test_spill_over_prefers_the_deepest_pool_with_a_free_slot_within_the_floor()
     assert table.move("accurate") == "fast"
 
 
+def test_a_request_never_waits_on_a_pool_without_replica_target():
+    # the policy emptied accurate (target 0) for fast's pending replica; a request of accurate's last
+    # replica that ended before it started must not wait on accurate (Serve would hold it until a
+    # replica of accurate starts: the 180 s client timeouts of the first rerun), even with fast full
+    table = RoutingTable(_pools(accurate=4, fast=4), queue_cap=32)
+    table.update(_routing({"accurate": 0.5, "fast": 0.5}, {"accurate": 1, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 1, "fast": 1}))
+    table.in_flight.update(accurate=9, fast=9)
+    table.update(_routing({"accurate": 0.0, "fast": 1.0}, {"accurate": 0, "fast": 2}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 0, "fast": 1}))
+    assert table.move("accurate") == "fast" and table.in_flight == {"accurate": 8, "fast": 10}
+    # a pool that keeps a replica target keeps its request while no other pool has room (as before)
+    table.update(_routing({"accurate": 0.0, "fast": 1.0}, {"accurate": 1, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 1, "fast": 1}))
+    assert table.move("accurate") == "accurate"
+
+
+def test_a_request_waiting_on_a_pool_the_policy_emptied_starts_on_another(monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    from dsla_serve.controller.frontend import runs
+    from dsla_serve.replicas.messages import StreamDelta
+    from dsla_serve.replicas.sampling import SamplingParams
+
+    monkeypatch.setattr(runs, "STRANDED_CHECK_S", 0.01)
+    monkeypatch.setattr(runs, "RETRY_DELAY_S", 0.0)
+    table = RoutingTable(_pools(accurate=4, fast=4), queue_cap=32)
+    depths = {"accurate": 0, "fast": 4}
+    table.update(_routing({"accurate": 1.0, "fast": 0.0}, {"accurate": 1, "fast": 1}, depths=depths, floor=4,
+                          published=4, running={"accurate": 1, "fast": 1}))
+    sent = []
+
+    class Stream:
+        """accurate's request is never dispatched (it waits in Serve's router); fast answers at once."""
+
+        def __init__(self, pool):
+            self.pool, self.cancelled = pool, False
+
+        async def __anext__(self):
+            if self.pool == "accurate":
+                await asyncio.Event().wait()
+            return StreamDelta(request_id="r", token_ids=[5], text="x", prompt_tokens=2, depth=4)
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Handle:
+        def __init__(self, pool):
+            self.pool = pool
+            self.generate = SimpleNamespace(remote=self._remote)
+
+        def options(self, stream):
+            return self
+
+        def _remote(self, request):
+            sent.append(Stream(self.pool))
+            return sent[-1]
+
+    core = SimpleNamespace(pools={p: Handle(p) for p in ("accurate", "fast")}, table=table,
+                           refused=lambda code: None, finished=lambda *a: None)
+    batch = runs.Batch(request_id="r", endpoint="completions",
+                       prompts=[runs.Prompt(ids=[1, 2], sampling=SamplingParams(max_tokens=4))])
+    run = runs.Run(core, batch, 0, table.place(1)[0], 0.0)
+
+    async def main():
+        task = asyncio.create_task(run.start())
+        await asyncio.sleep(0.05)
+        assert not task.done()  # waiting on accurate, which still has its replica
+        # the policy empties accurate for fast (its replica stopped, none reports)
+        table.update(_routing({"accurate": 0.0, "fast": 1.0}, {"accurate": 0, "fast": 2}, depths=depths, floor=4,
+                              published=4, running={"accurate": 0, "fast": 1}))
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+    assert [s.pool for s in sent] == ["accurate", "fast"] and sent[0].cancelled
+    assert run.pool == "fast" and table.in_flight == {"accurate": 0, "fast": 1}
+
+
 def test_routing_says_how_many_replicas_of_each_pool_run():
     policy = parse_policy(POLICY)
     control = PolicyControl(policy, 0.0, artifact_reader=FakeArtifact([1.05, 1.05]))

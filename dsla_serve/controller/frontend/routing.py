@@ -118,6 +118,11 @@ class RoutingTable:
         """Requests in flight beyond what the pools' replicas run at once (an estimate of the queue)."""
         return sum(max(0, self.in_flight[n] - self.capacity(n)) for n in self.in_flight)
 
+    def emptied(self, pool: str) -> bool:
+        """The policy is emptying `pool` (no replica target) and no replica of it reports any more: a request
+        sent there and not yet started waits in Serve's router for a replica that will not come."""
+        return self.replicas[pool] <= 0 and self.running[pool] == 0
+
     def within_floor(self) -> list[str]:
         """Pools whose live replicas all serve within the quality floor now: where requests may spill."""
         return [n for n, d in self.stable_depth.items() if d is not None and d <= self.floor]
@@ -127,8 +132,12 @@ class RoutingTable:
         free slots), or None when none has one. Deeper is cheaper per request, and every one of `pools`
         is within the quality floor."""
         free = [n for n in pools if self.room(n) > 0]
-        depth = {n: self.stable_depth[n] if self.stable_depth[n] is not None else self.depths[n] for n in free}
-        return max(free, key=lambda n: (depth[n], self.room(n)), default=None)
+        return max(free, key=lambda n: (self._depth(n), self.room(n)), default=None)
+
+    def _depth(self, pool: str) -> int:
+        """The depth a pool's replicas serve now (its target while they do not agree)."""
+        stable = self.stable_depth[pool]
+        return stable if stable is not None else self.depths[pool]
 
     def most_ever(self, pools: list[str]) -> int:
         """Requests these pools at their max_replicas and the queue can hold at once."""
@@ -184,9 +193,18 @@ class RoutingTable:
 
     def move(self, pool: str) -> str:
         """A request on `pool` must start again (its replica died before it started): the deepest pool
-        within the floor with room takes it over (`pool` itself when none has room)."""
-        spill = self._spill_to([p for p in self.within_floor() if p != pool])
-        if spill is None or self.room(pool) > 0:
+        within the floor with room takes it over (`pool` itself when none has room). When `pool` has no
+        replica target (the policy is emptying it, e.g. for a busy pool's pending replicas), the request
+        never stays: Serve would hold it until a replica of `pool` starts, which may be never. It goes to
+        the deepest other pool within the floor with room, else with a replica target (to wait there)."""
+        others = [p for p in self.within_floor() if p != pool]
+        spill = self._spill_to(others)
+        if self.replicas[pool] <= 0:
+            keeping = [p for p in others if self.replicas[p] > 0]
+            spill = spill or max(keeping, key=lambda p: (self._depth(p), -self.in_flight[p]), default=None)
+            if spill is None:
+                return pool
+        elif spill is None or self.room(pool) > 0:
             return pool
         self.release(pool)
         self.in_flight[spill] += 1
