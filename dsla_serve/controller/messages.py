@@ -54,6 +54,8 @@ class Routing:
         reports, they differ, or one drains): where requests may spill over (when <= `floor`) and where
         a request naming a depth (`MODEL@dN`) may go.
     floor: the quality floor; published_depth: layers published in the artifact.
+    running: per pool, the replicas reporting now (running; a replica target not yet placed or still
+        starting is not counted): the ingress counts a pool's free slots from these.
     """
 
     weights: dict[str, float]
@@ -63,6 +65,7 @@ class Routing:
     stable_depth: dict[str, int | None] = field(default_factory=dict)
     floor: int = 0
     published_depth: int = 0
+    running: dict[str, int] = field(default_factory=dict)
 
     @property
     def routable(self) -> bool:

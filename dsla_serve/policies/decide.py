@@ -17,7 +17,12 @@ No I/O and no clock (`now` is any monotonic time in seconds, passed in). The alg
   no longer a tier follows its pools to the nearest depth they serve at now.
 - Under pressure (any pool carrying traffic over an SLO target, its cache over max_cache_usage, or its
   queue over budget or growing), `traffic_step` of all traffic moves one tier deeper, taken from the
-  shallowest tiers first, and pools under pressure or short of capacity get replicas.
+  shallowest tiers first, and pools under pressure or short of capacity get replicas. A pool left with
+  no traffic and nothing in flight sheds a replica with such a change; when there is nothing else to
+  change, only while a pool carrying traffic runs fewer replicas than its target (pending: starting,
+  or not placeable), so that the idle pool's resources go to it.
+- Replica targets never ask for more than the cluster's resources (`resources`, passed in): an idle
+  pool gives its replicas up first, then growth the cluster cannot hold is undone.
 - When every pool carrying traffic has been below (1 - hysteresis) of every target for `cooldown_s`,
   and the request rate is below (1 - hysteresis) of the rate that caused the change being undone,
   `traffic_step` moves one tier shallower, taken from the deepest tiers first, and idle capacity is
@@ -37,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .capacity import clamp, ensure_serving, scale
+from .capacity import bound_to_cluster, clamp, ensure_serving, scale
 from .pressure import HIGH, LOW, NEUTRAL, UNKNOWN, PoolMetrics, PoolSignal, overall_level, pool_signal
 from .quality import DepthQuality, explain_floor
 from .routing import EPS, depth_targets_for, gate, shift, split, tier_weights, tiers_of
@@ -181,12 +186,15 @@ def _remember(state: ControllerState, level: str, rate: float, waived: bool) -> 
 
 
 def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: Policy, state: ControllerState,
-           depth_quality: DepthQuality | None, now: float) -> Decision:
+           depth_quality: DepthQuality | None, now: float, resources: Mapping[str, float] | None = None) -> Decision:
     """One decision of the policy actor (see the module docstring and docs/policies.md).
 
     metrics: one record per pool (a pool without one counts as unknown, depth = its last target).
     depth_quality: what the artifact offers now; None = nothing published (depth 0 only).
     now: seconds on any monotonic clock, the same one for every call.
+    resources: what the pools' replicas may use in the cluster, in total, under Ray's resource names
+        (e.g. {"CPU": 2.0}); replica targets are cut to fit (`capacity.bound_to_cluster`). None, or a
+        resource not named: not bounded.
     Raises ValueError for metrics naming a pool the policy does not have.
     """
     ctl = policy.controller
@@ -214,7 +222,7 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
     since_change = math.inf if state.last_change_at is None else now - state.last_change_at
     wait_back, waived, why_wait = _wait_to_move_back(state, ctl, rate)
 
-    new_by_tier, new_replicas, acted = by_tier, replicas, False
+    new_by_tier, new_replicas, acted, fit_note = by_tier, replicas, False, ""
     if level == UNKNOWN:
         action = f"holding: too few samples ({_cause(signals, carrying, UNKNOWN)})"
     elif level == NEUTRAL:
@@ -229,12 +237,19 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
         deeper = level == HIGH
         new_by_tier, moved = shift(by_tier, ctl.traffic_step, deeper)
         shifted = split(policy, new_by_tier, tiers, depth_targets, replicas)
-        new_replicas = scale(policy, replicas, current, shifted, observed, signals, up=deeper)
+        new_replicas, fit_note = bound_to_cluster(
+            policy, scale(policy, replicas, current, shifted, observed, signals, up=deeper), shifted, depth_targets,
+            resources)
         grew = moved > EPS or any(new_replicas[n] > replicas[n] for n in replicas)
-        if deeper and not grew:  # shedding drained pools alone is left for when pressure is low
+        # pools carrying traffic with fewer replicas running than asked for (starting, or not placeable)
+        pending = [f"{n} {observed[n].replicas} of {replicas[n]} running" for n in replicas
+                   if shifted[n] > 0 and n in observed and observed[n].replicas < replicas[n]]
+        if deeper and not grew and not pending:  # shedding drained pools alone is left for when pressure is low
             new_replicas = replicas
         parts = [f"moved {moved:.0%} of traffic {'deeper' if deeper else 'shallower'}"] if moved > EPS else []
         parts += [s for s in [_replica_moves(replicas, new_replicas)] if s]
+        if deeper and not grew and parts:
+            parts[-1] += f" (idle capacity shed while {', '.join(pending)})"
         idle = (f"nothing left to do: traffic is at the deepest allowed depth {tiers[-1]} and the pools under "
                 "pressure are at max_replicas" if deeper else
                 f"nothing to change: traffic is at the shallowest depth {tiers[0]} and replicas fit the load")
@@ -245,9 +260,12 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
 
     weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
     new_replicas = ensure_serving(policy, new_replicas, weights)
+    # targets the cluster cannot place (held ones too: initial_replicas, or a cluster that shrank)
+    new_replicas, fitted = bound_to_cluster(policy, new_replicas, weights, depth_targets, resources)
+    weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
     effective, cut = gate(policy, weights, observed, state.depth_targets, depth_targets, new_replicas, floor)
     new_replicas = ensure_serving(policy, new_replicas, effective)
-    reason_parts = notes + [action]
+    reason_parts = notes + [action] + [n for n in dict.fromkeys([fit_note, fitted]) if n]
     if cut:
         reason_parts.append(f"no traffic to {', '.join(cut)} beyond floor {floor} until it reconfigures")
     if not any(effective.values()):

@@ -44,10 +44,12 @@ class FakeArtifact:
         return ArtifactView(path, DepthQuality.from_ratios(self.ratios), layers, 4)
 
 
-def _routing(weights, replicas=None, version=0, depths=None, floor=0, published=0) -> Routing:
-    """A routing table; `depths`: the depth each pool serves now (its replicas all there) and targets."""
+def _routing(weights, replicas=None, version=0, depths=None, floor=0, published=0, running=None) -> Routing:
+    """A routing table; `depths`: the depth each pool serves now (its replicas all there) and targets;
+    `running`: replicas running per pool (default: not said, as from a policy actor before this field)."""
+    extra = {} if running is None else {"running": running}
     return Routing(weights=weights, replicas=replicas or {}, depths=depths or {}, version=version,
-                   stable_depth=dict(depths or {}), floor=floor, published_depth=published)
+                   stable_depth=dict(depths or {}), floor=floor, published_depth=published, **extra)
 
 
 def _pools(**concurrency) -> dict[str, PoolLimits]:
@@ -91,6 +93,141 @@ def test_full_pools_spill_over_within_the_floor_before_refusing():
     with pytest.raises(Refusal) as refused:  # and the queue is full: 429, `fast` (beyond the floor) never used
         table.place(1)
     assert refused.value.kind == "queue_full" and table.in_flight["fast"] == 0
+
+
+def test_free_slots_count_running_replicas_not_targets():
+    # accurate asks for 2 replicas but only 1 runs (the other is pending: no CPU for it); fast runs 1
+    table = RoutingTable(_pools(accurate=4, fast=4), queue_cap=8)
+    table.update(_routing({"accurate": 1.0, "fast": 0.0}, {"accurate": 2, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 1, "fast": 1}))
+    assert table.capacity("accurate") == 4  # 1 running x 4, not the target's 8
+    assert table.place(8) == ["accurate"] * 4 + ["fast"] * 4  # the 5th no longer waits on a pending replica
+    assert table.place(1) == ["accurate"] and table.waiting() == 1
+    # a replica being stopped (target below what still reports) takes no new requests either
+    table.update(_routing({"accurate": 1.0, "fast": 0.0}, {"accurate": 1, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 2, "fast": 1}))
+    assert table.capacity("accurate") == 4
+    # nothing running: no free slot anywhere (requests wait, up to the queue cap)
+    table.update(_routing({"accurate": 1.0, "fast": 0.0}, {"accurate": 1, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 0, "fast": 0}))
+    assert table.room("fast") == -4 and table.waiting() == 9
+
+
+def test_spill_over_prefers_the_deepest_pool_with_a_free_slot_within_the_floor():
+    # accurate (depth 0) carries the traffic and is full; half (depth 2) has more free slots than fast
+    # (depth 3), both within the floor 3; deep (depth 4) is beyond it
+    table = RoutingTable(_pools(accurate=1, half=4, fast=2, deep=8), queue_cap=1)
+    table.update(_routing({"accurate": 1.0, "half": 0.0, "fast": 0.0, "deep": 0.0},
+                          {"accurate": 1, "half": 1, "fast": 1, "deep": 1},
+                          depths={"accurate": 0, "half": 2, "fast": 3, "deep": 4}, floor=3, published=4))
+    # cheapest first: fast's 2 slots, then half's 4, never deep beyond the floor
+    assert table.place(7) == ["accurate", "fast", "fast", "half", "half", "half", "half"]
+    assert table.in_flight["deep"] == 0
+    # a request whose replica died starts again on the deepest pool with room within the floor
+    table.release("fast")
+    assert table.move("accurate") == "fast"
+
+
+def test_a_request_never_waits_on_a_pool_without_replica_target():
+    # the policy emptied accurate (target 0) for fast's pending replica; a request of accurate's last
+    # replica that ended before it started must not wait on accurate (Serve would hold it until a
+    # replica of accurate starts: the 180 s client timeouts of the first rerun), even with fast full
+    table = RoutingTable(_pools(accurate=4, fast=4), queue_cap=32)
+    table.update(_routing({"accurate": 0.5, "fast": 0.5}, {"accurate": 1, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 1, "fast": 1}))
+    table.in_flight.update(accurate=9, fast=9)
+    table.update(_routing({"accurate": 0.0, "fast": 1.0}, {"accurate": 0, "fast": 2}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 0, "fast": 1}))
+    assert table.move("accurate") == "fast" and table.in_flight == {"accurate": 8, "fast": 10}
+    # a pool that keeps a replica target keeps its request while no other pool has room (as before)
+    table.update(_routing({"accurate": 0.0, "fast": 1.0}, {"accurate": 1, "fast": 1}, depths={"accurate": 0, "fast": 4},
+                          floor=4, published=4, running={"accurate": 1, "fast": 1}))
+    assert table.move("accurate") == "accurate"
+
+
+def test_a_request_waiting_on_a_pool_the_policy_emptied_starts_on_another(monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    from dsla_serve.controller.frontend import runs
+    from dsla_serve.replicas.messages import StreamDelta
+    from dsla_serve.replicas.sampling import SamplingParams
+
+    monkeypatch.setattr(runs, "STRANDED_CHECK_S", 0.01)
+    monkeypatch.setattr(runs, "RETRY_DELAY_S", 0.0)
+    table = RoutingTable(_pools(accurate=4, fast=4), queue_cap=32)
+    depths = {"accurate": 0, "fast": 4}
+    table.update(_routing({"accurate": 1.0, "fast": 0.0}, {"accurate": 1, "fast": 1}, depths=depths, floor=4,
+                          published=4, running={"accurate": 1, "fast": 1}))
+    sent = []
+
+    class Stream:
+        """accurate's request is never dispatched (it waits in Serve's router); fast answers at once."""
+
+        def __init__(self, pool):
+            self.pool, self.cancelled = pool, False
+
+        async def __anext__(self):
+            if self.pool == "accurate":
+                await asyncio.Event().wait()
+            return StreamDelta(request_id="r", token_ids=[5], text="x", prompt_tokens=2, depth=4)
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Handle:
+        def __init__(self, pool):
+            self.pool = pool
+            self.generate = SimpleNamespace(remote=self._remote)
+
+        def options(self, stream):
+            return self
+
+        def _remote(self, request):
+            sent.append(Stream(self.pool))
+            return sent[-1]
+
+    core = SimpleNamespace(pools={p: Handle(p) for p in ("accurate", "fast")}, table=table,
+                           refused=lambda code: None, finished=lambda *a: None)
+    batch = runs.Batch(request_id="r", endpoint="completions",
+                       prompts=[runs.Prompt(ids=[1, 2], sampling=SamplingParams(max_tokens=4))])
+    run = runs.Run(core, batch, 0, table.place(1)[0], 0.0)
+
+    async def main():
+        task = asyncio.create_task(run.start())
+        await asyncio.sleep(0.05)
+        assert not task.done()  # waiting on accurate, which still has its replica
+        # the policy empties accurate for fast (its replica stopped, none reports)
+        table.update(_routing({"accurate": 0.0, "fast": 1.0}, {"accurate": 0, "fast": 2}, depths=depths, floor=4,
+                              published=4, running={"accurate": 0, "fast": 1}))
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+    assert [s.pool for s in sent] == ["accurate", "fast"] and sent[0].cancelled
+    assert run.pool == "fast" and table.in_flight == {"accurate": 0, "fast": 1}
+
+
+def test_routing_says_how_many_replicas_of_each_pool_run():
+    policy = parse_policy(POLICY)
+    control = PolicyControl(policy, 0.0, artifact_reader=FakeArtifact([1.05, 1.05]))
+    control.report(replica_report("fast", "f1", depth=2), 0.0)
+    control.report(replica_report("fast", "f2", depth=2), 0.0)
+    assert control.routing(0.5).running == {"accurate": 0, "fast": 2}
+    control.report(replica_report("accurate", "a1", depth=0), 9.0)  # fast's replicas stopped reporting
+    assert control.routing(9.0).running == {"accurate": 1, "fast": 0}
+    # the cluster's resources reach the decision: one CPU cannot hold both pools' minimum of one replica
+    decision = control.tick(9.0, resources={"CPU": 1.0})
+    assert "the pools' min_replicas ask for CPU 2 of 1: some replicas cannot be placed" in decision.reason
+
+
+def test_pool_resources_are_the_clusters_less_the_trainers():
+    from dsla_serve.controller.control_plane.control import pool_resources
+
+    cluster = {"CPU": 8.0, "GPU": 2.0, "memory": 1e10, "object_store_memory": 1e9, "node:127.0.0.1": 1.0,
+               "node:__internal_head__": 1.0, "trainer_node": 1.0}
+    assert pool_resources(cluster) == {"CPU": 8.0, "GPU": 2.0, "trainer_node": 1.0}
+    assert pool_resources(cluster, {"CPU": 1.0, "GPU": 1.0, "other": 3.0}) == {"CPU": 7.0, "GPU": 1.0,
+                                                                                "trainer_node": 1.0}
 
 
 def test_a_batch_is_placed_whole_and_one_that_can_never_fit_says_so():

@@ -130,7 +130,10 @@ def test_load_step_up_moves_traffic_deeper_within_a_few_intervals():
     final = history[-1][1]
     assert final.weights == {"shallow": 0.0, "mid": 0.0, "deep": 1.0}
     # deep at its max; shallow drained while traffic was still moving and shed back to its min; mid
-    # drained with the last move and keeps its replicas until pressure is low (no change is made just to shed)
+    # drained with the last move and keeps its replicas, because here every replica runs and the cluster
+    # is not bounded: shedding it would free nothing a busy pool is waiting for (it is kept for the way
+    # back). When a busy pool has replicas pending, or the cluster cannot hold them all, mid gives its
+    # replicas up (the two tests after this one); before, it never did, whatever the cluster.
     assert final.replica_targets == {"shallow": 1, "mid": 2, "deep": 2}
     assert "nothing left to do" in final.reason
 
@@ -422,3 +425,99 @@ def test_a_pool_reporting_beyond_the_floor_falls_back_to_a_shallower_pool_with_r
     check_invariants(decision, policy, half)
     assert decision.weights == {"shallow": 0.0, "mid": 0.0, "deep": 1.0}  # mid's tier mate at depth 3
     assert decision.replica_targets["deep"] >= 1
+
+
+# -------------------------------------------------------------------------------------------------
+# what the cluster can place: an idle pool gives way to a busy one, and targets fit the resources
+# -------------------------------------------------------------------------------------------------
+TWO_POOLS = parse_policy("""
+model: {path: org/base}
+artifact: /srv/artifact
+pools:
+  - {name: accurate, depth: 0, min_replicas: 0, max_replicas: 2, initial_replicas: 1, max_concurrent_requests: 4}
+  - {name: fast, depth: 4, min_replicas: 1, max_replicas: 2, initial_replicas: 1, max_concurrent_requests: 4}
+slo: {ttft_p95_ms: 3000, tpot_p95_ms: 400}
+quality: {max_ppl_ratio: 1.5}
+controller: {interval_s: 1, window_s: 15, cooldown_s: 5, hysteresis: 0.2, min_samples: 5, traffic_step: 0.5}
+""")
+
+
+def running_at_most(cpus):
+    """Metrics of the two pools as the cluster would run their targets on `cpus` CPUs: the replicas that
+    fit run (the accurate pool's first: its replica started first and holds its CPU), the rest are pending.
+    Every pool with traffic is slow; a pool without traffic has nothing in flight."""
+    def make(state, t):
+        left, out = cpus, []
+        for name in ("accurate", "fast"):
+            share = state.weights[name]
+            run_n = min(state.replica_targets[name], left)
+            left -= run_n
+            busy = share > 0
+            out.append(PoolMetrics(name=name, depth=state.depth_targets[name], replicas=run_n,
+                                   queue_len=6 if busy else 0, running=4 if busy else 0,
+                                   ttft_p95_ms=9000.0 if busy else None, tpot_p95_ms=80.0 if busy else None,
+                                   num_samples=50 if busy else 0, requests_per_s=8.0 * share))
+        return out
+    return make
+
+
+def test_under_sustained_pressure_an_idle_pool_gives_a_replica_up_to_a_busy_pool_with_one_pending():
+    # all traffic already deep, fast at its max of 2 but only 1 running (no CPU for the second), accurate
+    # idle with 1 replica: the old decision changed nothing here (fast at max, nothing to grow) forever
+    state = dataclasses.replace(initial_state(TWO_POOLS, ALL_PASS), weights={"accurate": 0.0, "fast": 1.0},
+                                replica_targets={"accurate": 1, "fast": 2})
+    decision = decide(running_at_most(2)(state, 0.0), TWO_POOLS, state, ALL_PASS, 100.0)
+    check_invariants(decision, TWO_POOLS, ALL_PASS)
+    assert decision.pressure == HIGH and decision.changed
+    assert decision.replica_targets == {"accurate": 0, "fast": 2}
+    assert "accurate 1->0" in decision.reason and "fast 1 of 2 running" in decision.reason
+    # with both of fast's replicas running, an idle pool keeps its replica (nothing is waiting for it)
+    both = [m if m.name == "accurate" else dataclasses.replace(m, replicas=2)
+            for m in running_at_most(2)(state, 0.0)]
+    held = decide(both, TWO_POOLS, state, ALL_PASS, 100.0)
+    assert held.replica_targets == {"accurate": 1, "fast": 2} and "nothing left to do" in held.reason
+
+
+def test_replica_targets_never_ask_for_more_than_the_cluster_has():
+    history = run(initial_state(TWO_POOLS, ALL_PASS), 120, running_at_most(2), policy=TWO_POOLS,
+                  quality=ALL_PASS)
+    cpu = {"CPU": 2.0}
+    bounded = []
+    state = initial_state(TWO_POOLS, ALL_PASS)
+    for i in range(120):
+        decision = decide(running_at_most(2)(state, float(i)), TWO_POOLS, state, ALL_PASS, float(i), cpu)
+        check_invariants(decision, TWO_POOLS, ALL_PASS)
+        assert sum(decision.replica_targets.values()) <= 2, decision.reason
+        bounded.append(decision)
+        state = decision.state
+    final = bounded[-1]
+    # all traffic deep, and the deep pool holds both CPUs: what static deepest has
+    assert final.weights == {"accurate": 0.0, "fast": 1.0}
+    assert final.replica_targets == {"accurate": 0, "fast": 2}
+    # unbounded, the same run asks for more replicas than 2 CPUs hold (the measured failure)
+    assert max(sum(d.replica_targets.values()) for _, d in history) > 2
+
+
+def test_bound_to_cluster_cuts_idle_pools_first_then_growth_and_keeps_minimums():
+    from dsla_serve.policies.capacity import bound_to_cluster, overbooked
+
+    depths = {"accurate": 0, "fast": 4}
+    # idle accurate (weight 0) gives way, not fast
+    out, words = bound_to_cluster(TWO_POOLS, {"accurate": 2, "fast": 2}, {"accurate": 0.0, "fast": 1.0}, depths,
+                                  {"CPU": 2})
+    assert out == {"accurate": 0, "fast": 2} and words == "replica targets cut to fit the cluster (CPU 2): accurate 2->0"
+    # both carry traffic: the one with less traffic per replica gives a replica up (ties: the shallower)
+    out, _ = bound_to_cluster(TWO_POOLS, {"accurate": 2, "fast": 1}, {"accurate": 0.5, "fast": 0.5}, depths,
+                              {"CPU": 2})
+    assert out == {"accurate": 1, "fast": 1}
+    out, _ = bound_to_cluster(TWO_POOLS, {"accurate": 2, "fast": 2}, {"accurate": 0.5, "fast": 0.5}, depths,
+                              {"CPU": 3})
+    assert out == {"accurate": 1, "fast": 2}
+    # a pool's last replica stays while its tier has traffic; min_replicas stay; what cannot fit is said
+    out, words = bound_to_cluster(TWO_POOLS, {"accurate": 1, "fast": 1}, {"accurate": 0.5, "fast": 0.5}, depths,
+                                  {"CPU": 1})
+    assert out == {"accurate": 1, "fast": 1} and "cannot be placed" in words
+    # unknown resources (None, or a resource not named) bound nothing
+    assert bound_to_cluster(TWO_POOLS, {"accurate": 2, "fast": 2}, {"accurate": 0.0, "fast": 1.0}, depths,
+                            None) == ({"accurate": 2, "fast": 2}, "")
+    assert overbooked(TWO_POOLS, {"accurate": 2, "fast": 2}, {"GPU": 0}) == {}

@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 HISTORY = 50  # decisions kept for the status endpoint
 
 
+def pool_resources(cluster: dict[str, float], reserved: dict[str, float] | None = None) -> dict[str, float]:
+    """What the pools' replicas may use: the cluster's resources (`ray.cluster_resources()`) less what
+    other actors of the app hold (`reserved`: the trainer's, while it runs), without Ray's per-node
+    markers (`node:...`), memory and the object store (pools ask for neither)."""
+    skip = {"memory", "object_store_memory"}
+    out = {name: amount for name, amount in cluster.items() if not name.startswith("node:") and name not in skip}
+    for name, amount in (reserved or {}).items():
+        if name in out:
+            out[name] = max(0.0, out[name] - amount)
+    return out
+
+
 class PolicyControl:
     """State of one application's controller. All times are `time.monotonic()` seconds passed in."""
 
@@ -97,13 +109,14 @@ class PolicyControl:
             log.info("artifact readable again")
         return self.artifact.quality != before
 
-    def tick(self, now: float, *, read_artifact: bool = True) -> Decision:
+    def tick(self, now: float, *, read_artifact: bool = True, resources: dict[str, float] | None = None) -> Decision:
         """One decision over the current window; remembered for routing and status. `read_artifact=False`:
-        the caller refreshed the artifact itself (the policy actor does, in a worker thread)."""
+        the caller refreshed the artifact itself (the policy actor does, in a worker thread). `resources`:
+        what the pools' replicas may use in the cluster (`pool_resources`; None: unknown, unbounded)."""
         if read_artifact:
             self.refresh_artifact()
         metrics = [m for m in (w.metrics(now) for w in self.windows.values()) if m is not None]
-        decision = decide(metrics, self.policy, self.state, self.artifact.quality, now)
+        decision = decide(metrics, self.policy, self.state, self.artifact.quality, now, resources)
         moved = self.decision is None or decision.weights != self.decision.weights \
             or decision.depth_targets != self.decision.depth_targets \
             or decision.replica_targets != self.decision.replica_targets
@@ -133,7 +146,8 @@ class PolicyControl:
         floor, _ = explain_floor(self.policy, self.artifact.quality)
         return Routing(weights=dict(weights), replicas=dict(replicas), depths=dict(self.state.depth_targets),
                        version=self.version, stable_depth={name: w.stable_depth(now) for name, w in self.windows.items()},
-                       floor=floor, published_depth=self.artifact.quality.available_depth)
+                       floor=floor, published_depth=self.artifact.quality.available_depth,
+                       running={name: len(w.live_replicas(now)) for name, w in self.windows.items()})
 
     def status(self, now: float, scaling_error: str | None = None) -> Status:
         """The /v1/dsla/status body, without its ingress section; `scaling_error`: the scaler's last failure."""

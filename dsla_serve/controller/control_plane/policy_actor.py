@@ -1,9 +1,11 @@
 """The policy actor: a one-replica Ray Serve deployment that runs the controller loop.
 
 Every `controller.interval_s` it re-reads the artifact (new layers and their measured quality),
-builds each pool's metrics over the window (ingress observations + replica reports), calls the pure
-`decide`, logs the decision with its reason, publishes routing weights and depth targets (the ingress
-and the replicas pull them), and asks Serve for the replica targets. With a `trainer` section it also
+builds each pool's metrics over the window (ingress observations + replica reports), reads the
+cluster's resources from Ray (`ray.cluster_resources()`, less the trainer's), calls the pure
+`decide` with them (replica targets never ask for more than the cluster has), logs the decision
+with its reason, publishes routing weights and depth targets (the ingress and the replicas pull
+them), and asks Serve for the replica targets. With a `trainer` section it also
 runs the background trainer actor and shows its progress. The trainer starts once every pool has a
 replica serving (or after TRAINER_START_TIMEOUT_S): serving comes up first, not fighting the trainer
 for the machine while it loads.
@@ -22,7 +24,7 @@ import time
 from ...policies import Policy
 from ...replicas.messages import ReplicaReport, ReplicaTargets
 from ..messages import Arrival, Observation, Routing, Status
-from .control import PolicyControl
+from .control import PolicyControl, pool_resources
 from .scaling import ServeScaler
 
 log = logging.getLogger("ray.serve")
@@ -92,13 +94,25 @@ class PolicyActor:
                 await self.trainer.start()
             self.control.set_trainer_progress(await self.trainer.progress())
         await asyncio.to_thread(self.control.refresh_artifact)  # an object store may be slow or unreachable
+        resources = await self._pool_resources()
         now = time.monotonic()
-        decision = self.control.tick(now, read_artifact=False)
+        decision = self.control.tick(now, read_artifact=False, resources=resources)
         scaled = await self.scaler.apply(decision.replica_targets)
         line = decision.reason + (f"; scaled {', '.join(scaled)}" if scaled else "")
         if self.scaler.error:
             line += f"; {self.scaler.error}"
         log.info("policy decision: %s", line)
+
+    async def _pool_resources(self) -> dict[str, float] | None:
+        """The cluster's resources the pools may use now (None when Ray does not answer: unbounded)."""
+        import ray
+
+        try:
+            cluster = await asyncio.to_thread(ray.cluster_resources)
+        except Exception as e:  # noqa: BLE001 - decide without the bound rather than not at all
+            log.warning("cluster resources unknown (%s): replica targets not bounded this interval", type(e).__name__)
+            return None
+        return pool_resources(cluster, self.trainer.holds() if self.trainer is not None else None)
 
     async def check_health(self) -> None:
         if self._loop.done():

@@ -73,6 +73,14 @@ class TrainerLink:
         log.info("background trainer started: %s -> %s, depth %s", self.config["base_model"],
                  mask(str(self.config["output"])), self.config["depth"] or "all")
 
+    def holds(self) -> dict[str, float]:
+        """The resources the trainer holds or will hold (Ray's names), until its run has ended: kept out of
+        what the pools may scale into."""
+        if self.final is not None:
+            return {}
+        r = self.policy.trainer.resources
+        return {"CPU": r.num_cpus, "GPU": r.num_gpus, **r.custom}
+
     @property
     def started(self) -> bool:
         return self.actor is not None or self.final is not None

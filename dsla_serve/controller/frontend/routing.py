@@ -7,9 +7,10 @@
     ... table.release(pool)                     # when each request ends
 
 Placement, per prompt: a pool drawn by the routing weights (seeded). If that pool has no free slot
-(its in-flight requests reach replicas x max_concurrent_requests), the request **spills over** to the
-pool within the quality floor with the most free slots (ties: the shallower), so capacity never idles
-while requests wait. Only when no such pool has room does it wait in the drawn pool, and only when
+(its in-flight requests reach running replicas x max_concurrent_requests; a replica target not yet
+running, pending or starting, holds no slot), the request **spills over** to the deepest pool within
+the quality floor that has a free slot (then the next shallower: a deeper depth serves a request for
+less), so capacity never idles while requests wait. Only when no such pool has room does it wait in the drawn pool, and only when
 `queue_cap` requests already wait (in flight beyond what the pools run at once, summed; counting at the
 ingress covers requests queued in Serve's router as well as in the engines) is it refused. A batch is
 placed whole or not at all. Refusals say whether waiting can help: a batch larger than every pool at
@@ -55,6 +56,7 @@ class RoutingTable:
         names = list(pools)
         self.weights: dict[str, float] = {name: 0.0 for name in names}
         self.replicas: dict[str, int] = {name: 1 for name in names}
+        self.running: dict[str, int | None] = {name: None for name in names}  # None: not told yet
         self.depths: dict[str, int] = {name: 0 for name in names}
         self.stable_depth: dict[str, int | None] = {name: None for name in names}
         self.floor = 0
@@ -65,7 +67,8 @@ class RoutingTable:
     def update(self, routing: Routing) -> None:
         """Take the policy actor's routing (unknown pools ignored, missing ones keep their values)."""
         for given, target in ((routing.weights, self.weights), (routing.replicas, self.replicas),
-                              (routing.depths, self.depths), (routing.stable_depth, self.stable_depth)):
+                              (routing.depths, self.depths), (routing.stable_depth, self.stable_depth),
+                              (routing.running, self.running)):
             for name, value in given.items():
                 if name in target:
                     target[name] = value
@@ -97,8 +100,15 @@ class RoutingTable:
                 return name
         return last  # rounding at the top end
 
+    def serving_replicas(self, pool: str) -> int:
+        """Replicas that take requests now: those running, at most the target (one being stopped is
+        draining); the target only while the policy actor has not said how many run."""
+        running = self.running[pool]
+        target = max(self.replicas[pool], 0)
+        return target if running is None else min(max(running, 0), target)
+
     def capacity(self, pool: str) -> int:
-        return max(self.replicas[pool], 0) * self.limits[pool].concurrency
+        return self.serving_replicas(pool) * self.limits[pool].concurrency
 
     def room(self, pool: str) -> int:
         """Free slots of a pool: requests it would start at once."""
@@ -108,14 +118,26 @@ class RoutingTable:
         """Requests in flight beyond what the pools' replicas run at once (an estimate of the queue)."""
         return sum(max(0, self.in_flight[n] - self.capacity(n)) for n in self.in_flight)
 
+    def emptied(self, pool: str) -> bool:
+        """The policy is emptying `pool` (no replica target) and no replica of it reports any more: a request
+        sent there and not yet started waits in Serve's router for a replica that will not come."""
+        return self.replicas[pool] <= 0 and self.running[pool] == 0
+
     def within_floor(self) -> list[str]:
         """Pools whose live replicas all serve within the quality floor now: where requests may spill."""
         return [n for n, d in self.stable_depth.items() if d is not None and d <= self.floor]
 
-    def _most_room(self, pools: list[str]) -> str | None:
-        """The pool with the most free slots (ties: the shallower), or None when none has one."""
-        best = max(pools, key=lambda n: (self.room(n), -self.depths[n]), default=None)
-        return best if best is not None and self.room(best) > 0 else None
+    def _spill_to(self, pools: list[str]) -> str | None:
+        """The deepest of `pools` with a free slot (by the depth its replicas serve now; ties: the most
+        free slots), or None when none has one. Deeper is cheaper per request, and every one of `pools`
+        is within the quality floor."""
+        free = [n for n in pools if self.room(n) > 0]
+        return max(free, key=lambda n: (self._depth(n), self.room(n)), default=None)
+
+    def _depth(self, pool: str) -> int:
+        """The depth a pool's replicas serve now (its target while they do not agree)."""
+        stable = self.stable_depth[pool]
+        return stable if stable is not None else self.depths[pool]
 
     def most_ever(self, pools: list[str]) -> int:
         """Requests these pools at their max_replicas and the queue can hold at once."""
@@ -149,7 +171,7 @@ class RoutingTable:
                                   "or changing depth)")
                 picked.append(pool)
                 if self.room(pool) <= 0:
-                    spill = self._most_room(self.within_floor() if depth is None else candidates)
+                    spill = self._spill_to(self.within_floor() if depth is None else candidates)
                     if spill is not None:
                         pool = spill
                     elif self.waiting() >= self.queue_cap:
@@ -170,10 +192,19 @@ class RoutingTable:
         return max(pinned, key=lambda p: (self.room(p), -self.in_flight[p]))
 
     def move(self, pool: str) -> str:
-        """A request on `pool` must start again (its replica died before it started): the pool within
-        the floor with the most room takes it over (`pool` itself when none has room)."""
-        spill = self._most_room([p for p in self.within_floor() if p != pool])
-        if spill is None or self.room(pool) > 0:
+        """A request on `pool` must start again (its replica died before it started): the deepest pool
+        within the floor with room takes it over (`pool` itself when none has room). When `pool` has no
+        replica target (the policy is emptying it, e.g. for a busy pool's pending replicas), the request
+        never stays: Serve would hold it until a replica of `pool` starts, which may be never. It goes to
+        the deepest other pool within the floor with room, else with a replica target (to wait there)."""
+        others = [p for p in self.within_floor() if p != pool]
+        spill = self._spill_to(others)
+        if self.replicas[pool] <= 0:
+            keeping = [p for p in others if self.replicas[p] > 0]
+            spill = spill or max(keeping, key=lambda p: (self._depth(p), -self.in_flight[p]), default=None)
+            if spill is None:
+                return pool
+        elif spill is None or self.room(pool) > 0:
             return pool
         self.release(pool)
         self.in_flight[spill] += 1

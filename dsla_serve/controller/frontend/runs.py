@@ -6,7 +6,9 @@
 
 A batch is placed whole (`RoutingTable.place`: spill-over to pools within the floor before refusing),
 then every prompt starts at once. A request whose replica dies before its first delta is started
-again, on the same pool (Serve routes to a live replica) or on one with room; a non-streamed request
+again, on the same pool (Serve routes to a live replica) or on one with room; so is one still waiting
+for its first delta on a pool the policy emptied (no replica target, none reporting: Serve would hold
+it until a replica of that pool starts, which may be never); a non-streamed request
 whose replica dies later is run again from the start (nothing has reached the client yet), up to
 MAX_ATTEMPTS. Every run ends in exactly one of: finished (whatever finish_reason), refused before it
 started, or failed with an error the client is told about. The ingress's in-flight count is released
@@ -37,6 +39,11 @@ log = logging.getLogger("ray.serve")
 MAX_ATTEMPTS = 3
 RETRY_DELAY_S = 0.25
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError)  # the replica died or is unreachable: start again
+STRANDED_CHECK_S = 1.0  # how often a request waiting for its first delta checks that its pool still has replicas
+
+
+class PoolEmptied(Exception):
+    """The request waits, not started, on a pool with no replica target and no replica reporting."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,8 @@ class Run:
                     sampling=self.prompt.sampling, return_prompt_text=self.prompt.return_text, depth=self.batch.depth)
                 self.stream = self.core.pools[self.pool].options(stream=True).generate.remote(request)
                 try:
-                    self._pending = await self.stream.__anext__()
-                except REPLICA_GONE as e:
+                    self._pending = await self._first_delta()
+                except (*REPLICA_GONE, PoolEmptied) as e:
                     if self.attempts >= MAX_ATTEMPTS:
                         raise
                     self._moved(e)
@@ -105,6 +112,25 @@ class Run:
             error = _api_error(self.core, e, self.pool, self.prompt.param, self.batch.request_id)
             self.core.refused(error.code or "error")
             raise error from None
+
+    async def _first_delta(self) -> StreamDelta:
+        """The stream's first delta; PoolEmptied when, meanwhile, the policy emptied the pool (checked every
+        STRANDED_CHECK_S; a request pinned to a depth waits as long as it takes)."""
+        if self.batch.depth is not None:
+            return await self.stream.__anext__()
+        first = asyncio.ensure_future(self.stream.__anext__())
+        try:
+            while True:
+                done, _ = await asyncio.wait({first}, timeout=STRANDED_CHECK_S)
+                if done:
+                    return first.result()
+                if self.core.table.emptied(self.pool):
+                    first.cancel()
+                    self.stream.cancel()
+                    raise PoolEmptied(f"pool {self.pool} has no replica target and none reporting")
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
 
     def _moved(self, e: Exception) -> None:
         log.warning("request %s: pool %s lost its replica before the request started (%s); starting it again",
