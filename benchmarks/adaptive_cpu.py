@@ -11,8 +11,9 @@ The burst trace (`--burst QUIET,BURST`) alternates 20 s phases of Poisson arriva
 
     adaptive     pools `accurate` (depth 0) and `fast` (the deepest depth), one replica each to start,
                  max_replicas 2 each on a Ray of 2 CPUs (a replica takes 1, so 2 run at once): the
-                 policy actor moves traffic deeper under pressure and sets replica targets (a target
-                 the 2 CPUs cannot hold stays pending; the timeline shows it)
+                 policy actor moves traffic deeper under pressure and sets replica targets, bounded by
+                 Ray's 2 CPUs (2 replicas in all: the idle pool gives its CPU to the busy one); the
+                 timeline shows targets, running and starting/stopping replicas
     static-d0    one pool at depth 0, 2 replicas
     static-deep  one pool at the deepest depth, 2 replicas
 
