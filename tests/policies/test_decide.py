@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,19 @@ def run(state, seconds, make_metrics, *, policy=POLICY, quality=ALL_PASS, start=
         dq = quality(t) if callable(quality) else quality
         decision = decide(make_metrics(state, t), policy, state, dq, t)
         check_invariants(decision, policy, dq)
+        check_reported_moves(state, decision)
         out.append((t, decision))
         state = decision.state
         t += policy.controller.interval_s
     return out
+
+
+def check_reported_moves(before: ControllerState, decision: Decision):
+    """Every replica move the reason names is one the decision makes, from the targets it started with."""
+    for name, old, new in re.findall(r"([\w-]+) (\d+)->(\d+)", " ".join(
+            part.split("replicas ", 1)[1] for part in decision.reason.split("; ") if part.startswith("replicas ")
+            or ": replicas " in part or "; replicas " in part)):
+        assert (before.replica_targets[name], decision.replica_targets[name]) == (int(old), int(new)), decision.reason
 
 
 def check_invariants(decision: Decision, policy, dq):
