@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dsla_serve.model.config import DSLAConfig
 from dsla_serve.model.tiny import build_tiny_model
 
 ARCHS = ("llama", "mistral", "qwen2")
@@ -33,3 +34,15 @@ def randomize_dsla(model, scale: float = 0.5, seed: int = 0) -> None:
         for twin in dsla_layers(model).values():
             for p in twin.own_parameters().values():
                 p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * scale)
+
+
+# The artifact tests' shared set-up: a layer config, a conversion order of the tiny model, fixed ids.
+CONFIG = DSLAConfig(gate_rank=8)
+ORDER = [2, 0, 3]
+IDS = torch.randint(3, 128, (2, 17), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model):
+    """The model's logits [2, 17, vocab] for IDS, without gradients."""
+    with torch.no_grad():
+        return model(IDS).logits

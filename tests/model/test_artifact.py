@@ -9,17 +9,7 @@ from dsla_serve.model import (Artifact, ArtifactError, DSLAConfig, conversion_or
 from dsla_serve.model.baselines import SlidingWindowAttention
 from dsla_serve.model.surgery import attach_twin
 
-from .helpers import randomize_dsla, tiny
-
-CONFIG = DSLAConfig(gate_rank=8)
-ORDER = [2, 0, 3]
-IDS = torch.randint(3, 128, (2, 17), generator=torch.Generator().manual_seed(0))
-
-
-def logits(model):
-    with torch.no_grad():
-        return model(IDS).logits
-
+from .helpers import CONFIG, ORDER, logits, randomize_dsla, tiny
 
 @pytest.fixture
 def trained():

@@ -8,22 +8,12 @@ import uuid
 import pytest
 import torch
 
-from dsla_serve.model import Artifact, ArtifactError, DSLAConfig, conversion_order, convert, set_depth
+from dsla_serve.model import Artifact, ArtifactError, conversion_order, convert, set_depth
 from dsla_serve.model import layer_cache
 from dsla_serve.model.manifest import ArtifactUnavailable, read_manifest
 from dsla_serve.model.storage import RemoteStore, StorageError, is_uri, location_key, mask, open_store
 
-from .helpers import randomize_dsla, tiny
-
-CONFIG = DSLAConfig(gate_rank=8)
-ORDER = [2, 0, 3]
-IDS = torch.randint(3, 128, (2, 17), generator=torch.Generator().manual_seed(0))
-
-
-def logits(model):
-    with torch.no_grad():
-        return model(IDS).logits
-
+from .helpers import CONFIG, ORDER, logits, randomize_dsla, tiny
 
 @pytest.fixture(autouse=True)
 def node_cache(tmp_path, monkeypatch):
