@@ -9,7 +9,7 @@ Imports neither ray, deepspeed nor pydantic (the GPU machine lacks them). The na
 modules on first use, so torch-free modules of this package (`sources`) import without torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "artifact": ("Artifact", "ArtifactError", "LayerEntry"),
@@ -24,19 +24,4 @@ _EXPORTS = {
     "surgery": ("SUPPORTED_MODEL_TYPES", "conversion_order", "convert", "decoder_layers", "dsla_layers", "get_depth",
                 "set_depth"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
