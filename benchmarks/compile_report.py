@@ -28,36 +28,38 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from dsla_serve.kernels.fused import (  # noqa: E402
-    chunk_bwd_dqkg, chunk_bwd_dv, chunk_bwd_intra, chunk_fwd, chunk_scores, recurrent, states)
+    chunk_bwd_dqkg, chunk_bwd_dv, chunk_bwd_intra, chunk_fwd, chunk_scores, decays, recurrent, states)
 from dsla_serve.kernels.fused.common import pow2  # noqa: E402
 
 H, D, BT = 32, 128, 64
 FLOATS = {"scale", "gate_scale"}
 INDEX = {"cu_seqlens", "chunk_indices", "boundary_offsets", "slots"}
-FP32_BUFFERS = {"mix", "final1", "final2", "init1", "init2", "dfinal1", "dfinal2", "dinit1", "dinit2", "dmix_part",
+FP32_BUFFERS = {"b1", "b2", "mix", "final1", "final2", "init1", "init2", "dfinal1", "dfinal2", "dinit1", "dinit2", "dmix_part",
                 "dq_part", "dk_part", "z1", "z2"}
 
 
 def kernels(gates: str) -> list[tuple[str, object, dict, dict]]:
     """(name, jit function, launch options, constexprs) at the current TUNING tables."""
-    g = dict(GATE_LOGITS=gates == "logits", ONE_PIECE=gates == "bf16")
+    g = dict(GATE_LOGITS=gates == "logits")  # only the kernels that read the gates take it
     base = dict(H=H, HK=H, K=D, V=D, BT=BT, IS_VARLEN=False)
     st, sb = states.FORWARD_TUNING, states.BACKWARD_TUNING
     tiles = lambda t: dict(BK=min(t["bk"], pow2(D)), BV=min(t.get("bv", D), pow2(D)))  # noqa: E731
     opts = lambda t: dict(num_warps=t["num_warps"], num_stages=t["num_stages"])  # noqa: E731
     no_v = {k: v for k, v in base.items() if k != "V"}
     return [
+        ("chunk_decays", decays._chunk_decays_kernel, dict(num_warps=decays.TUNING["num_warps"], num_stages=1),
+         dict(H=H, K=D, BT=BT, BK=min(decays.TUNING["bk"], D), IS_VARLEN=False, **g)),
         ("forward_states", states._forward_states_kernel, opts(st),
-         dict(base, **tiles(st), HAS_INIT=True, STORE_FINAL=True, **g)),
+         dict(base, **tiles(st), HAS_INIT=True, STORE_FINAL=True)),
         ("chunk_scores", chunk_scores._chunk_scores_kernel, opts(chunk_scores.TUNING),
-         dict(no_v, BC=16, BK=min(chunk_scores.TUNING["bk"], D), DOT_BF16=True, **g)),
+         dict(no_v, BC=16, BK=min(chunk_scores.TUNING["bk"], D), DOT_BF16=True)),
         ("chunk_output", chunk_fwd._chunk_output_kernel, opts(chunk_fwd.TUNING),
-         dict(base, **dict(zip(("BK", "BV"), chunk_fwd.output_tiles(D, D, g["ONE_PIECE"]))), **g)),
+         dict(base, **dict(zip(("BK", "BV"), chunk_fwd.output_tiles(D, D))))),
         ("backward_states", states._backward_states_kernel, opts(sb),
-         dict({k: v for k, v in base.items() if k != "HK"}, **tiles(sb), HAS_DFINAL=False, STORE_DINIT=False, **g)),
-        ("bwd_dv", chunk_bwd_dv._dv_kernel, opts(chunk_bwd_dv.TUNING), dict(base, **tiles(chunk_bwd_dv.TUNING), **g)),
+         dict({k: v for k, v in base.items() if k != "HK"}, **tiles(sb), HAS_DFINAL=False, STORE_DINIT=False)),
+        ("bwd_dv", chunk_bwd_dv._dv_kernel, opts(chunk_bwd_dv.TUNING), dict(base, **tiles(chunk_bwd_dv.TUNING))),
         ("bwd_intra", chunk_bwd_intra._dqk_intra_kernel, opts(chunk_bwd_intra.TUNING),
-         dict(no_v, BC=16, BK=min(chunk_bwd_intra.TUNING["bk"], D), DOT_BF16=True, GATE_LOGITS=g["GATE_LOGITS"])),
+         dict(no_v, BC=16, BK=min(chunk_bwd_intra.TUNING["bk"], D), DOT_BF16=True)),
         ("bwd_dqkg", chunk_bwd_dqkg._dqkg_kernel, opts(chunk_bwd_dqkg.TUNING),
          dict(base, **tiles(chunk_bwd_dqkg.TUNING), **g)),
         ("recurrent", recurrent._recurrent_kernel, dict(num_warps=recurrent.TUNING["num_warps"], num_stages=1),

@@ -299,8 +299,8 @@ def check_graphs(engine) -> None:
 
 
 CATEGORIES = (  # kernel name fragments -> category of the prefill profile, first match wins
-    ("DSLA kernels", ("_forward_states_kernel", "_chunk_scores_kernel", "_chunk_output_kernel",
-                      "_recurrent_kernel")),
+    ("DSLA kernels", ("_chunk_decays_kernel", "_forward_states_kernel", "_chunk_scores_kernel",
+                      "_chunk_output_kernel", "_recurrent_kernel")),
     ("softmax attention", ("flash", "fmha", "attention", "_decode_split_kernel", "_combine_kernel")),
     ("fused block kernels", ("_add_rmsnorm_kernel", "_rope_kv_kernel", "_silu_mul_kernel")),
     ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "splitk", "sm90")),

@@ -53,7 +53,7 @@ sys.path.insert(0, str(_HERE.parent))
 from dsla_serve.kernels.chunk import chunk_dsla_torch  # noqa: E402
 from dsla_serve.kernels.fused import chunk as fused_chunk  # noqa: E402
 from dsla_serve.kernels.fused import (  # noqa: E402
-    chunk_bwd_dqkg, chunk_bwd_dv, chunk_bwd_intra, chunk_fwd, chunk_scores, recurrent, states)
+    chunk_bwd_dqkg, chunk_bwd_dv, chunk_bwd_intra, chunk_fwd, chunk_scores, decays, recurrent, states)
 from dsla_serve.kernels.gates import log_decays  # noqa: E402
 from dsla_serve.kernels.naive import naive_dsla  # noqa: E402
 from dsla_serve.kernels.recurrent import recurrent_dsla_pool_torch  # noqa: E402
@@ -586,7 +586,6 @@ BREAKDOWN_VARIANTS = [  # settings of the backward kernels timed beside the defa
     ("bwd_intra bk32 w2", "chunk_bwd_intra.TUNING", dict(bk=32, num_warps=2)),
     ("bwd_dv bk64 bv128", "chunk_bwd_dv.TUNING", dict(bk=64, bv=128)),
     ("bwd_dqkg w8", "chunk_bwd_dqkg.TUNING", dict(num_warps=8)),
-    ("chunk_output bk_split 64", "chunk_fwd.TUNING", dict(bk_split=64)),
 ]
 
 
@@ -610,22 +609,23 @@ def kernel_breakdown() -> list[dict]:
         layout = ChunkLayout.build(1, B * T, fused_chunk.DEFAULT_CHUNK_SIZE, cu)
         dt = dot_dtype(q)
         scale = D**-0.5
-        h1, h2, _ = states.forward_states(k, v, g1, g2, gates, layout, H, None, True, dt)
-        dh1, dh2, _ = states.backward_states(q, g1, g2, gates, do, mix, scale, layout, None, False, dt)
-        A = chunk_scores.chunk_scores(q, k, g1, g2, gates, mix, scale, layout, dt)
-        dA, _ = chunk_bwd_dv.chunk_dv(k, v, g1, g2, gates, do, A, dh1, dh2, layout, torch.bfloat16)
-        parts = chunk_bwd_intra.chunk_dqk_intra(q, k, g1, g2, gates, mix, dA, scale, layout)[:4]
+        b1, b2 = decays.chunk_decays(g1, g2, gates, layout)
+        h1, h2, _ = states.forward_states(k, v, b1, b2, layout, None, True, dt)
+        dh1, dh2, _ = states.backward_states(q, b1, b2, do, mix, scale, layout, None, False, dt)
+        A = chunk_scores.chunk_scores(q, k, b1, b2, mix, scale, layout, dt)
+        dA, _ = chunk_bwd_dv.chunk_dv(k, v, b1, b2, do, A, dh1, dh2, layout, torch.bfloat16)
+        parts = chunk_bwd_intra.chunk_dqk_intra(q, k, b1, b2, mix, dA, scale, layout)[:4]
         launches = {
-            "forward_states": lambda: states.forward_states(k, v, g1, g2, gates, layout, H, None, True, dt),
-            "chunk_scores": lambda: chunk_scores.chunk_scores(q, k, g1, g2, gates, mix, scale, layout, dt),
-            "chunk_output": lambda: chunk_fwd.chunk_output(q, v, g1, g2, gates, mix, h1, h2, A, scale, layout,
+            "chunk_decays": lambda: decays.chunk_decays(g1, g2, gates, layout),
+            "forward_states": lambda: states.forward_states(k, v, b1, b2, layout, None, True, dt),
+            "chunk_scores": lambda: chunk_scores.chunk_scores(q, k, b1, b2, mix, scale, layout, dt),
+            "chunk_output": lambda: chunk_fwd.chunk_output(q, v, b1, b2, mix, h1, h2, A, scale, layout,
                                                            torch.bfloat16),
-            "backward_states": lambda: states.backward_states(q, g1, g2, gates, do, mix, scale, layout, None, False,
-                                                              dt),
-            "bwd_dv": lambda: chunk_bwd_dv.chunk_dv(k, v, g1, g2, gates, do, A, dh1, dh2, layout, torch.bfloat16),
-            "bwd_intra": lambda: chunk_bwd_intra.chunk_dqk_intra(q, k, g1, g2, gates, mix, dA, scale, layout),
-            "bwd_dqkg": lambda: chunk_bwd_dqkg.chunk_dqkg(q, k, v, g1, g2, gates, do, mix, h1, h2, dh1, dh2, *parts,
-                                                         scale, layout, torch.bfloat16),
+            "backward_states": lambda: states.backward_states(q, b1, b2, do, mix, scale, layout, None, False, dt),
+            "bwd_dv": lambda: chunk_bwd_dv.chunk_dv(k, v, b1, b2, do, A, dh1, dh2, layout, torch.bfloat16),
+            "bwd_intra": lambda: chunk_bwd_intra.chunk_dqk_intra(q, k, b1, b2, mix, dA, scale, layout),
+            "bwd_dqkg": lambda: chunk_bwd_dqkg.chunk_dqkg(q, k, v, b1, b2, g1, g2, gates, do, mix, h1, h2, dh1, dh2,
+                                                         *parts, scale, layout, torch.bfloat16),
         }
         row = dict(B=B, T=T)
         for name, fn in launches.items():
@@ -646,7 +646,7 @@ def kernel_breakdown() -> list[dict]:
         rows.append(row)
         log(f"  breakdown B={B} T={T}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items()
                                                       if isinstance(v, float)))
-        del x, q, k, v, g1, g2, h1, h2, dh1, dh2, A, dA, parts
+        del x, q, k, v, g1, g2, b1, b2, h1, h2, dh1, dh2, A, dA, parts
         torch.cuda.empty_cache()
     return rows
 
@@ -725,7 +725,7 @@ def import_fla():
 # 3. launch-setting sweep
 
 
-TABLES = {"states.FORWARD_TUNING": states.FORWARD_TUNING, "chunk_scores.TUNING": chunk_scores.TUNING,
+TABLES = {"decays.TUNING": decays.TUNING, "states.FORWARD_TUNING": states.FORWARD_TUNING, "chunk_scores.TUNING": chunk_scores.TUNING,
           "chunk_fwd.TUNING": chunk_fwd.TUNING, "states.BACKWARD_TUNING": states.BACKWARD_TUNING,
           "chunk_bwd_dv.TUNING": chunk_bwd_dv.TUNING, "chunk_bwd_intra.TUNING": chunk_bwd_intra.TUNING,
           "chunk_bwd_dqkg.TUNING": chunk_bwd_dqkg.TUNING}
@@ -800,7 +800,8 @@ def sweep(backward: bool = True) -> list[dict]:
 def compile_report() -> list[dict]:
     """Registers, spills, shared memory and warps of every compiled variant of the forward kernels."""
     rows = []
-    kernels = {"forward_states": states._forward_states_kernel,
+    kernels = {"chunk_decays": decays._chunk_decays_kernel,
+               "forward_states": states._forward_states_kernel,
                "chunk_scores": chunk_scores._chunk_scores_kernel,
                "chunk_output": chunk_fwd._chunk_output_kernel,
                "backward_states": states._backward_states_kernel,

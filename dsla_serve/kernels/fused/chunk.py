@@ -1,8 +1,9 @@
 """`chunk_dsla_triton`: chunked dual-state DSLA on Triton, differentiable.
 
-Forward = three launches: the chunk-level state pass (both states at every chunk boundary), the
-intra-chunk score kernel (the mixed causal score block of every chunk) and the per-chunk output
-kernel. Backward (`chunk_bwd`) recomputes the boundary states (nothing of size T*K*V is kept between
+Forward = four launches: the in-chunk cumulative log-decays of both states (the only kernel that
+reads the gates), the chunk-level state pass (both states at every chunk boundary), the intra-chunk
+score kernel (the mixed causal score block of every chunk) and the per-chunk output kernel. Backward
+(`chunk_bwd`) recomputes the decays and the boundary states (nothing of size T*K*V is kept between
 forward and backward; the [T, H, chunk] score block is), runs the reverse state pass, then the dA/dv,
 intra-chunk dq/dk and dq/dk/dg kernels. Inputs are read in place when their token axis has a stride
 (column views of one merged projection), and gate logits are turned into log-decays at the load.
@@ -17,6 +18,7 @@ from .chunk_bwd import chunk_backward
 from .chunk_fwd import chunk_output
 from .chunk_scores import chunk_scores
 from .common import SUB_CHUNK, Gates, dot_dtype, flat_tokens
+from .decays import chunk_decays
 from .layout import ChunkLayout
 from .states import backward_states, forward_states
 
@@ -43,9 +45,11 @@ class ChunkDSLAFunction(torch.autograd.Function):
         g1f, g2f = flat_gates(g1, g2)
         init = (init1.contiguous(), init2.contiguous()) if init1 is not None else None
         dt = dot_dtype(q)
-        h1, h2, final = forward_states(kf, vf, g1f, g2f, gates, layout, H, init, output_final_state, dt)
-        A = chunk_scores(qf, kf, g1f, g2f, gates, mixf, scale, layout, dt)
-        o = chunk_output(qf, vf, g1f, g2f, gates, mixf, h1, h2, A, scale, layout, q.dtype)
+        b1, b2 = chunk_decays(g1f, g2f, gates, layout)
+        h1, h2, final = forward_states(kf, vf, b1, b2, layout, init, output_final_state, dt)
+        A = chunk_scores(qf, kf, b1, b2, mixf, scale, layout, dt)
+        o = chunk_output(qf, vf, b1, b2, mixf, h1, h2, A, scale, layout, q.dtype)
+        del b1, b2  # recomputed by the backward: two fp32 copies of the gates are not kept
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(qf, kf, vf, g1f, g2f, mix, A, init[0] if init else None, init[1] if init else None)
         ctx.layout, ctx.scale, ctx.shape, ctx.gates = layout, scale, q.shape, gates
@@ -62,17 +66,18 @@ class ChunkDSLAFunction(torch.autograd.Function):
         mixf = mix_table(mix, H)
         dt = dot_dtype(qf)
         init = (init1, init2) if init1 is not None else None
-        h1, h2, _ = forward_states(kf, vf, g1f, g2f, gates, layout, H, init, False, dt)
+        b1, b2 = chunk_decays(g1f, g2f, gates, layout)
+        h1, h2, _ = forward_states(kf, vf, b1, b2, layout, init, False, dt)
         dfinal = None
         if dfinal1 is not None or dfinal2 is not None:
             zero = lambda: qf.new_zeros(layout.num_seqs, H, K, V, dtype=torch.float32)  # noqa: E731
             dfinal = (dfinal1.contiguous() if dfinal1 is not None else zero(),
                       dfinal2.contiguous() if dfinal2 is not None else zero())
         dof = do.contiguous().view(-1, H, V)
-        dh1, dh2, dinit = backward_states(qf, g1f, g2f, gates, dof, mixf, scale, layout, dfinal,
+        dh1, dh2, dinit = backward_states(qf, b1, b2, dof, mixf, scale, layout, dfinal,
                                           init is not None and any(ctx.needs_input_grad[6:8]), dt)
-        dq, dk, dv, dg1, dg2, dmix = chunk_backward(qf, kf, vf, g1f, g2f, gates, dof, mixf, A, h1, h2, dh1, dh2,
-                                                    scale, layout)
+        dq, dk, dv, dg1, dg2, dmix = chunk_backward(qf, kf, vf, b1, b2, g1f, g2f, gates, dof, mixf, A, h1, h2,
+                                                    dh1, dh2, scale, layout)
         if HK != H:  # GQA: a key/value head gets the sum over the query heads that read it
             dk = dk.view(-1, HK, H // HK, K).sum(2)
             dv = dv.view(-1, HK, H // HK, V).sum(2)

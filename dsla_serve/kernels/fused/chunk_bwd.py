@@ -23,12 +23,13 @@ from .common import Gates
 from .layout import ChunkLayout
 
 
-def chunk_backward(q, k, v, g1, g2, gates: Gates, do, mix, A, h1, h2, dh1, dh2, scale: float, layout: ChunkLayout):
+def chunk_backward(q, k, v, b1, b2, g1, g2, gates: Gates, do, mix, A, h1, h2, dh1, dh2, scale: float,
+                   layout: ChunkLayout):
     """Gradients of the chunked DSLA.
 
     Args:
         q, g1, g2: [B*T, H, K]; k: [B*T, HK, K]; v: [B*T, HK, V] (any token strides; g as `gates`
-            says); do: [B*T, H, V] contiguous; mix: [H, 2] fp32; A: [B*T, H, chunk] the forward's
+            says); b1, b2: [B*T, H, K] fp32 cumulative log2-decays (`chunk_decays`); do: [B*T, H, V] contiguous; mix: [H, 2] fp32; A: [B*T, H, chunk] the forward's
             scores; h1, h2, dh1, dh2: [NB, H, K, V] boundary states and their gradients.
     Returns:
         dq [B*T, H, K] in q's dtype; dk_h [B*T, H, K], dv_h [B*T, H, V] per query head (q's dtype
@@ -36,8 +37,8 @@ def chunk_backward(q, k, v, g1, g2, gates: Gates, do, mix, A, h1, h2, dh1, dh2, 
     """
     H, HK = q.shape[1], k.shape[1]
     grad_dtype = q.dtype if HK == H else torch.float32
-    dA, dv = chunk_dv(k, v, g1, g2, gates, do, A, dh1, dh2, layout, grad_dtype)
-    dq_part, dk_part, z1, z2, dmix_intra = chunk_dqk_intra(q, k, g1, g2, gates, mix, dA, scale, layout)
-    dq, dk, dg1, dg2, dmix = chunk_dqkg(q, k, v, g1, g2, gates, do, mix, h1, h2, dh1, dh2, dq_part, dk_part,
-                                        z1, z2, scale, layout, grad_dtype)
+    dA, dv = chunk_dv(k, v, b1, b2, do, A, dh1, dh2, layout, grad_dtype)
+    dq_part, dk_part, z1, z2, dmix_intra = chunk_dqk_intra(q, k, b1, b2, mix, dA, scale, layout)
+    dq, dk, dg1, dg2, dmix = chunk_dqkg(q, k, v, b1, b2, g1, g2, gates, do, mix, h1, h2, dh1, dh2, dq_part,
+                                        dk_part, z1, z2, scale, layout, grad_dtype)
     return dq, dk, dv, dg1, dg2, dmix + dmix_intra

@@ -1,7 +1,8 @@
 """Backward through the boundary states, and the finish: dq, dk, dg1, dg2 for one chunk of one head.
 
 Per state i, with S_i the state at the chunk's start, dS_i the gradient of the state at its end, b_i the
-in-chunk inclusive cumulative log2-decay and B_i its last value (every exponent <= 0):
+in-chunk inclusive cumulative log2-decay (`chunk_decays`) and B_i its value at the chunk's last token
+(every exponent <= 0):
 
     dqr_i,t  = s 2^b_i,t (S_i do_t)                    (the read-out's part of dq, raw: without m_i)
     dk_i,s   = 2^(B_i - b_i,s) (dS_i v_s)              (the state update's part of dk)
@@ -13,7 +14,7 @@ where dqr and dk in dg are the whole gradients (this kernel's parts plus the int
 the chunk's total decay from every later token (the identity needs only the chunk's start state).
 One program per (K tile, chunk, head): 64-row tensor-core products over V tiles ([V, K]-tiles of the
 states are transposed loads), the reverse sum as one masked matmul (`row_sums`). For gate logits
-dg is multiplied by d logsigmoid(x) * scale / dx.
+dg is multiplied by d logsigmoid(x) * scale / dx (the only read of the gates themselves).
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, Gates, chunk_coords, gate_grad_factor, load_gate, pow2, row_sums
+from .common import Gates, chunk_coords, gate_grad_factor, pow2, row_sums
 from .layout import ChunkLayout
 
 
 @triton.jit
 def _dqkg_kernel(
-    q, k, v, g1, g2, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2, dq, dk, dg1, dg2, dmix_part,
+    q, k, v, b1, b2, g1, g2, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2, dq, dk, dg1, dg2, dmix_part,
     cu_seqlens, chunk_indices, boundary_offsets, T, scale, s_q, s_k, s_v, s_g, gate_scale,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
+    IS_VARLEN: tl.constexpr, GATE_LOGITS: tl.constexpr,
 ):
     i_k, i_c, hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hk = hq // (H // HK)
@@ -76,22 +77,19 @@ def _dqkg_kernel(
         cs1 += tl.sum(s1.to(tl.float32) * d1.to(tl.float32), axis=0)
         cs2 += tl.sum(s2.to(tl.float32) * d2.to(tl.float32), axis=0)
 
-    gq = tok[:, None] * s_g + hq * K + o_k[None, :]
-    b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
-    b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
-    incl = rows[:, None] >= rows[None, :]  # [t, s]: s <= t
-    b1 = row_sums(incl, b_g1, ONE_PIECE) * LOG2E
-    b2 = row_sums(incl, b_g2, ONE_PIECE) * LOG2E
-    tot1 = tl.sum(b_g1, axis=0) * LOG2E
-    tot2 = tl.sum(b_g2, axis=0) * LOG2E
-    dq1 = (scale * tl.exp2(b1)) * sd1
-    dq2 = (scale * tl.exp2(b2)) * sd2
-    dk1 = tl.exp2(tot1[None, :] - b1) * vd1
-    dk2 = tl.exp2(tot2[None, :] - b2) * vd2
+    out = (tok * H + hq)[:, None] * K + o_k[None, :]
+    e1 = tl.load(b1 + out, mask=m_tk, other=0.0)
+    e2 = tl.load(b2 + out, mask=m_tk, other=0.0)
+    last = ((bos + tl.minimum(c * BT + BT, length) - 1) * H + hq) * K + o_k  # the chunk's last token
+    tot1 = tl.load(b1 + last, mask=m_k, other=0.0)
+    tot2 = tl.load(b2 + last, mask=m_k, other=0.0)
+    dq1 = (scale * tl.exp2(e1)) * sd1
+    dq2 = (scale * tl.exp2(e2)) * sd2
+    dk1 = tl.exp2(tot1[None, :] - e1) * vd1  # rows past the end: vd = 0, factor <= 1
+    dk2 = tl.exp2(tot2[None, :] - e2) * vd2
 
     b_q = tl.load(q + tok[:, None] * s_q + hq * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + tok[:, None] * s_k + hk * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-    out = (tok * H + hq)[:, None] * K + o_k[None, :]
     b_dq = tl.load(dq_part + out, mask=m_tk, other=0.0) + m1 * dq1 + m2 * dq2
     tl.store(dq + out, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     b_dk = tl.load(dk_part + out, mask=m_tk, other=0.0) + dk1 + dk2
@@ -102,9 +100,10 @@ def _dqkg_kernel(
     x2 = tl.load(z2 + out, mask=m_tk, other=0.0) + m2 * b_q * dq2 - b_k * dk2
     carry1 = tl.exp2(tot1) * cs1 + tl.sum(b_k * dk1, axis=0)
     carry2 = tl.exp2(tot2) * cs2 + tl.sum(b_k * dk2, axis=0)
-    b_dg1 = carry1[None, :] + row_sums(after_or_at, x1, False)
-    b_dg2 = carry2[None, :] + row_sums(after_or_at, x2, False)
+    b_dg1 = carry1[None, :] + row_sums(after_or_at, x1)
+    b_dg2 = carry2[None, :] + row_sums(after_or_at, x2)
     if GATE_LOGITS:
+        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
         b_dg1 = b_dg1 * gate_grad_factor(g1 + gq, m_tk, gate_scale)
         b_dg2 = b_dg2 * gate_grad_factor(g2 + gq, m_tk, gate_scale)
     tl.store(dg1 + out, b_dg1.to(dg1.dtype.element_ty), mask=m_tk)
@@ -119,12 +118,13 @@ def _dqkg_kernel(
 TUNING = {"bk": 32, "bv": 64, "num_warps": 4, "num_stages": 2}
 
 
-def chunk_dqkg(q, k, v, g1, g2, gates: Gates, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2, scale: float,
-               layout: ChunkLayout, dk_dtype):
+def chunk_dqkg(q, k, v, b1, b2, g1, g2, gates: Gates, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2,
+               scale: float, layout: ChunkLayout, dk_dtype):
     """dq, dk (per query head), dg1, dg2 and the states' dmix partial sums.
 
     Args:
-        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K]; v: [B*T, HK, V] (any token strides; g as `gates` says);
+        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K]; v: [B*T, HK, V] (any token strides; g as `gates` says,
+            read only for the gate-logit factor of dg); b1, b2: [B*T, H, K] fp32 cumulative log2-decays;
             do: [B*T, H, V] contiguous; mix: [H, 2] fp32; h1, h2 / dh1, dh2: [NB, H, K, V] boundary
             states and their gradients; dq_part, dk_part, z1, z2: `chunk_bwd_intra`'s outputs.
     Returns:
@@ -142,8 +142,9 @@ def chunk_dqkg(q, k, v, g1, g2, gates: Gates, do, mix, h1, h2, dh1, dh2, dq_part
     dmix_part = g1.new_empty(layout.num_chunks, H, nk, 2, dtype=torch.float32)
     cu, ci, boffs, T = layout.kernel_args()
     _dqkg_kernel[(nk, layout.num_chunks, H)](
-        q, k, v, g1, g2, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2, dq, dk, dg1, dg2, dmix_part,
+        q, k, v, b1, b2, g1, g2, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2, dq, dk, dg1, dg2, dmix_part,
         cu, ci, boffs, T, scale, q.stride(0), k.stride(0), v.stride(0), g1.stride(0), gates.scale,
-        H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv, IS_VARLEN=layout.is_varlen, **gates.meta(),
+        H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv, IS_VARLEN=layout.is_varlen,
+        GATE_LOGITS=gates.logits,
         num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"])
     return dq, dk, dg1, dg2, dmix_part.sum(dim=(0, 2))

@@ -4,8 +4,8 @@
     dv_s     = sum_t A[t, s] do_t + sum_i (k_s * 2^(B_i - b_i,s)) dS_i
 
 with A the mixed score block (`chunk_scores`, kept by the forward), dS_i the gradient of state i at the
-chunk's end boundary (`states.backward_states`), b_i the in-chunk inclusive cumulative log2-decay and
-B_i its last value (every exponent <= 0). A^T is a transposed load (no matmul result is transposed);
+chunk's end boundary (`states.backward_states`), b_i the in-chunk inclusive cumulative log2-decay
+(`chunk_decays`) and B_i its value at the chunk's last token (every exponent <= 0). A^T is a transposed load (no matmul result is transposed);
 the decayed keys are 64-row tensor-core products over K tiles, as in `chunk_fwd`.
 """
 
@@ -14,17 +14,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, Gates, chunk_coords, load_gate, pow2, row_sums
+from .common import chunk_coords, pow2
 from .layout import ChunkLayout
 
 
 @triton.jit
 def _dv_kernel(
-    k, v, g1, g2, do, A, dh1, dh2, dA, dv,
-    cu_seqlens, chunk_indices, boundary_offsets, T, s_k, s_v, s_g, gate_scale,
+    k, v, b1, b2, do, A, dh1, dh2, dA, dv,
+    cu_seqlens, chunk_indices, boundary_offsets, T, s_k, s_v,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_c, hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     hk = hq // (H // HK)
@@ -38,7 +38,7 @@ def _dv_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    after = rows[None, :] > rows[:, None]  # [s, r]: r after s, for the decay from s to the chunk end
+    last = (bos + tl.minimum(c * BT + BT, length) - 1) * H * K + hq * K  # the chunk's last token
     end = ((boff + c + 1) * H + hq) * K * V
 
     b_do = tl.load(do + (tok * H + hq)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(dt)
@@ -49,11 +49,11 @@ def _dv_kernel(
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k + tok[:, None] * s_k + hk * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
-        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
-        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
-        k1 = (b_k * tl.exp2(row_sums(after, b_g1, ONE_PIECE) * LOG2E)).to(dt)
-        k2 = (b_k * tl.exp2(row_sums(after, b_g2, ONE_PIECE) * LOG2E)).to(dt)
+        bq = (tok * H + hq)[:, None] * K + o_k[None, :]
+        tot1 = tl.load(b1 + last + o_k, mask=m_k, other=0.0)
+        tot2 = tl.load(b2 + last + o_k, mask=m_k, other=0.0)
+        k1 = (b_k * tl.exp2(tot1[None, :] - tl.load(b1 + bq, mask=m_tk, other=0.0))).to(dt)
+        k2 = (b_k * tl.exp2(tot2[None, :] - tl.load(b2 + bq, mask=m_tk, other=0.0))).to(dt)
         so = end + o_k[:, None] * V + o_v[None, :]
         m_kv = m_k[:, None] & m_v[None, :]
         b_dv += tl.dot(k1, tl.load(dh1 + so, mask=m_kv, other=0.0).to(dt))
@@ -80,25 +80,26 @@ def _dv_kernel(
 TUNING = {"bk": 32, "bv": 64, "num_warps": 4, "num_stages": 2}
 
 
-def chunk_dv(k, v, g1, g2, gates: Gates, do, A, dh1, dh2, layout: ChunkLayout, dv_dtype):
+def chunk_dv(k, v, b1, b2, do, A, dh1, dh2, layout: ChunkLayout, dv_dtype):
     """dA and dv of every chunk.
 
     Args:
-        k: [B*T, HK, K]; v: [B*T, HK, V]; g1, g2: [B*T, H, K] (any token strides; g as `gates` says).
+        k: [B*T, HK, K]; v: [B*T, HK, V] (any token strides); b1, b2: [B*T, H, K] fp32 cumulative
+            log2-decays (`chunk_decays`).
         do: [B*T, H, V] contiguous; A: [B*T, H, chunk] scores; dh1, dh2: [NB, H, K, V] state gradients.
     Returns:
         dA [B*T, H, chunk] in the state dtype (zeros above the diagonal) and dv [B*T, H, V] per query
         head in `dv_dtype`.
     """
-    TT, H, K = g1.shape
+    TT, H, K = b1.shape
     HK, V = k.shape[1], v.shape[2]
     BT = layout.chunk_size
-    dA = g1.new_empty(TT, H, BT, dtype=dh1.dtype)
-    dv = g1.new_empty(TT, H, V, dtype=dv_dtype)
+    dA = b1.new_empty(TT, H, BT, dtype=dh1.dtype)
+    dv = b1.new_empty(TT, H, V, dtype=dv_dtype)
     bk, bv = min(TUNING["bk"], pow2(K)), min(TUNING["bv"], pow2(V))
     cu, ci, boffs, T = layout.kernel_args()
     _dv_kernel[(triton.cdiv(V, bv), layout.num_chunks, H)](
-        k, v, g1, g2, do, A, dh1, dh2, dA, dv, cu, ci, boffs, T, k.stride(0), v.stride(0), g1.stride(0),
-        gates.scale, H=H, HK=HK, K=K, V=V, BT=BT, BK=bk, BV=bv, IS_VARLEN=layout.is_varlen, **gates.meta(),
+        k, v, b1, b2, do, A, dh1, dh2, dA, dv, cu, ci, boffs, T, k.stride(0), v.stride(0),
+        H=H, HK=HK, K=K, V=V, BT=BT, BK=bk, BV=bv, IS_VARLEN=layout.is_varlen,
         num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"])
     return dA, dv

@@ -7,11 +7,12 @@ log2-decay):
     dk_i,s  = s m_i sum_{t >= s} dA[t, s] q_t 2^(b_i,t - b_i,s)
 
 One single-warp program per (16-row sub-chunk, K tile, chunk, head) computes both for its rows, as
-16-row tensor-core products with every decay factor bounded, like the forward's `chunk_scores`:
-- another sub-chunk j: reference = b at the row before the later of the two sub-chunks, so both
-  factors are <= 1 (the decay of the sub-chunks in between is carried as a per-channel sum);
-- its own sub-chunk: reference at the middle row (each exponent spans at most 8 tokens of decay);
-  dA is already causal.
+16-row tensor-core products with every decay factor bounded by a reference row r, like the forward's
+`chunk_scores` (b read from `chunk_decays`):
+- dq from earlier sub-chunks: r = the last row before the program's sub-chunk; dk from later ones:
+  r = the program's last row; so both factors 2^(b_t - b_r) and 2^(b_r - b_s) are <= 1;
+- its own sub-chunk: r = the middle row (each exponent spans at most 8 tokens of decay); dA is
+  already causal.
 It writes, per element of its rows (fp32, [B*T, H, K]): dq_part = sum_i m_i dqr_i, dk_part =
 sum_i dk_i, and z_i = m_i q dqr_i - k dk_i (the terms of dg_i's reverse sum), plus the dmix partial
 sums sum q dqr_i; `chunk_bwd_dqkg` adds the state parts and finishes.
@@ -23,17 +24,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, SUB_CHUNK, Gates, chunk_coords, load_gate, pow2
+from .common import SUB_CHUNK, chunk_coords, pow2
 from .layout import ChunkLayout
 
 
 @triton.jit
 def _dqk_intra_kernel(
-    q, k, g1, g2, mix, dA, dq, dk, z1, z2, dmix_part,
-    cu_seqlens, chunk_indices, boundary_offsets, T, scale, s_q, s_k, s_g, gate_scale,
+    q, k, b1, b2, mix, dA, dq, dk, z1, z2, dmix_part,
+    cu_seqlens, chunk_indices, boundary_offsets, T, scale, s_q, s_k,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    IS_VARLEN: tl.constexpr, DOT_BF16: tl.constexpr, GATE_LOGITS: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_BF16: tl.constexpr,
 ):
     i_p, i_c, hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NK = tl.cdiv(K, BK)
@@ -52,46 +53,43 @@ def _dqk_intra_kernel(
     m_i = t_i < length
     tok_i = bos + t_i
     m_ik = m_i[:, None] & m_k[None, :]
-    gi = tok_i[:, None] * s_g + hq * K + o_k[None, :]
-    gl1 = load_gate(g1 + gi, m_ik, gate_scale, GATE_LOGITS) * LOG2E
-    gl2 = load_gate(g2 + gi, m_ik, gate_scale, GATE_LOGITS) * LOG2E
-    c1 = tl.cumsum(gl1, axis=0)  # inclusive, inside the sub-chunk
-    c2 = tl.cumsum(gl2, axis=0)
-    tot1 = tl.sum(gl1, axis=0)
-    tot2 = tl.sum(gl2, axis=0)
-    mid1 = tl.sum(tl.where((r == BC // 2 - 1)[:, None], c1, 0.0), axis=0)
-    mid2 = tl.sum(tl.where((r == BC // 2 - 1)[:, None], c2, 0.0), axis=0)
-    da_rows = dA + (tok_i * H + hq) * BT  # row t of dA holds dA[t, s] for the chunk's s
     out = (tok_i * H + hq)[:, None] * K + o_k[None, :]
+    e1 = tl.load(b1 + out, mask=m_ik, other=0.0)  # b at the program's rows
+    e2 = tl.load(b2 + out, mask=m_ik, other=0.0)
+    # reference rows (module doc), never past the sequence's last token
+    last = length - 1 - c * BT
+    at_mid = ((bos + c * BT + tl.minimum(i_i * BC + BC // 2 - 1, last)) * H + hq) * K + o_k
+    at_before = ((bos + c * BT + tl.minimum(i_i * BC - 1, last)) * H + hq) * K + o_k
+    at_end = ((bos + c * BT + tl.minimum(i_i * BC + BC - 1, last)) * H + hq) * K + o_k
+    mid1 = tl.load(b1 + at_mid, mask=m_k, other=0.0)
+    mid2 = tl.load(b2 + at_mid, mask=m_k, other=0.0)
+    m_pre = m_k & ((o_k * 0 + i_i) > 0)  # the first sub-chunk has no row before it
+    pre1 = tl.load(b1 + at_before, mask=m_pre, other=0.0)
+    pre2 = tl.load(b2 + at_before, mask=m_pre, other=0.0)
+    end1 = tl.load(b1 + at_end, mask=m_k, other=0.0)
+    end2 = tl.load(b2 + at_end, mask=m_k, other=0.0)
+    da_rows = dA + (tok_i * H + hq) * BT  # row t of dA holds dA[t, s] for the chunk's s
 
-    # dq from the keys of earlier sub-chunks j (walking back from i - 1): reference r = b at the row
-    # before sub-chunk i; key side 2^(r - b_s) = 2^(suffix of j after s + sub-chunks between), query
-    # side 2^(b_t - r) = 2^c_t.
+    # dq from the keys of earlier sub-chunks j: key side 2^(b_pre - b_s), query side 2^(b_t - b_pre)
     dq1 = tl.zeros([BC, BK], dtype=tl.float32)
     dq2 = tl.zeros([BC, BK], dtype=tl.float32)
-    between1 = tl.zeros([BK], dtype=tl.float32)
-    between2 = tl.zeros([BK], dtype=tl.float32)
-    for jj in range(0, i_i):
-        j = i_i - 1 - jj
+    for j in range(0, i_i):
         tok_j = bos + c * BT + j * BC + r
         m_jk = ((c * BT + j * BC + r) < length)[:, None] & m_k[None, :]
         kj = tl.load(k + tok_j[:, None] * s_k + hk * K + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
-        gj = tok_j[:, None] * s_g + hq * K + o_k[None, :]
-        gj1 = load_gate(g1 + gj, m_jk, gate_scale, GATE_LOGITS) * LOG2E
-        gj2 = load_gate(g2 + gj, m_jk, gate_scale, GATE_LOGITS) * LOG2E
-        totj1 = tl.sum(gj1, axis=0)
-        totj2 = tl.sum(gj2, axis=0)
-        kf1 = (kj * tl.exp2(totj1[None, :] - tl.cumsum(gj1, axis=0) + between1[None, :])).to(dt)
-        kf2 = (kj * tl.exp2(totj2[None, :] - tl.cumsum(gj2, axis=0) + between2[None, :])).to(dt)
+        bj = (tok_j * H + hq)[:, None] * K + o_k[None, :]
+        kf1 = (kj * tl.exp2(tl.where(m_jk, pre1[None, :] - tl.load(b1 + bj, mask=m_jk, other=0.0), 0.0))).to(dt)
+        kf2 = (kj * tl.exp2(tl.where(m_jk, pre2[None, :] - tl.load(b2 + bj, mask=m_jk, other=0.0), 0.0))).to(dt)
         a = tl.load(da_rows[:, None] + j * BC + r[None, :], mask=m_i[:, None], other=0.0).to(dt)
         dq1 = tl.dot(a, kf1, dq1)
         dq2 = tl.dot(a, kf2, dq2)
-        between1 += totj1
-        between2 += totj2
+    # the program's own sub-chunk: reference at the middle row (rows past the end: exponent 0)
+    up1 = tl.where(m_ik, e1 - mid1[None, :], 0.0)
+    up2 = tl.where(m_ik, e2 - mid2[None, :], 0.0)
     b_k = tl.load(k + tok_i[:, None] * s_k + hk * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
     a = tl.load(da_rows[:, None] + i_i * BC + r[None, :], mask=m_i[:, None], other=0.0).to(dt)  # diagonal
-    dq1 = (dq1 * tl.exp2(c1) + tl.exp2(c1 - mid1[None, :]) * tl.dot(a, (b_k * tl.exp2(mid1[None, :] - c1)).to(dt)))
-    dq2 = (dq2 * tl.exp2(c2) + tl.exp2(c2 - mid2[None, :]) * tl.dot(a, (b_k * tl.exp2(mid2[None, :] - c2)).to(dt)))
+    dq1 = dq1 * tl.exp2(tl.where(m_ik, e1 - pre1[None, :], 0.0)) + tl.exp2(up1) * tl.dot(a, (b_k * tl.exp2(-up1)).to(dt))
+    dq2 = dq2 * tl.exp2(tl.where(m_ik, e2 - pre2[None, :], 0.0)) + tl.exp2(up2) * tl.dot(a, (b_k * tl.exp2(-up2)).to(dt))
     dq1 = dq1 * scale
     dq2 = dq2 * scale
     tl.store(dq + out, m1 * dq1 + m2 * dq2, mask=m_ik)
@@ -102,35 +100,28 @@ def _dqk_intra_kernel(
     zq1 = (m1 * b_q) * dq1  # dg's query terms; dq1, dq2 are not needed past here
     zq2 = (m2 * b_q) * dq2
 
-    # dk from the queries of later sub-chunks j: reference r = b at the row before sub-chunk j; query
-    # side 2^(b_t - r) = 2^(c_j,t), key side 2^(r - b_s) = 2^(suffix of i after s + sub-chunks between).
+    # dk from the queries of later sub-chunks j: query side 2^(b_t - b_end), key side 2^(b_end - b_s)
     dk1 = tl.zeros([BC, BK], dtype=tl.float32)
     dk2 = tl.zeros([BC, BK], dtype=tl.float32)
-    between1 = tl.zeros([BK], dtype=tl.float32)
-    between2 = tl.zeros([BK], dtype=tl.float32)
     for j in range(i_i + 1, BT // BC):
         t_j = c * BT + j * BC + r
         m_j = t_j < length
         tok_j = bos + t_j
         m_jk = m_j[:, None] & m_k[None, :]
         qj = tl.load(q + tok_j[:, None] * s_q + hq * K + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
-        gj = tok_j[:, None] * s_g + hq * K + o_k[None, :]
-        gj1 = load_gate(g1 + gj, m_jk, gate_scale, GATE_LOGITS) * LOG2E
-        gj2 = load_gate(g2 + gj, m_jk, gate_scale, GATE_LOGITS) * LOG2E
-        qf1 = (qj * tl.exp2(tl.cumsum(gj1, axis=0) + between1[None, :])).to(dt)
-        qf2 = (qj * tl.exp2(tl.cumsum(gj2, axis=0) + between2[None, :])).to(dt)
+        bj = (tok_j * H + hq)[:, None] * K + o_k[None, :]
+        qf1 = (qj * tl.exp2(tl.where(m_jk, tl.load(b1 + bj, mask=m_jk, other=0.0) - end1[None, :], 0.0))).to(dt)
+        qf2 = (qj * tl.exp2(tl.where(m_jk, tl.load(b2 + bj, mask=m_jk, other=0.0) - end2[None, :], 0.0))).to(dt)
         a_t = tl.load(dA + (tok_j * H + hq)[None, :] * BT + i_i * BC + r[:, None], mask=m_j[None, :],
                       other=0.0).to(dt)  # [s, t] = dA[t, s]
         dk1 = tl.dot(a_t, qf1, dk1)
         dk2 = tl.dot(a_t, qf2, dk2)
-        between1 += tl.sum(gj1, axis=0)
-        between2 += tl.sum(gj2, axis=0)
     a_t = tl.load(dA + (tok_i * H + hq)[None, :] * BT + i_i * BC + r[:, None], mask=m_i[None, :],
                   other=0.0).to(dt)  # diagonal, transposed
-    dk1 = (dk1 * tl.exp2(tot1[None, :] - c1)
-           + tl.exp2(mid1[None, :] - c1) * tl.dot(a_t, (b_q * tl.exp2(c1 - mid1[None, :])).to(dt))) * (scale * m1)
-    dk2 = (dk2 * tl.exp2(tot2[None, :] - c2)
-           + tl.exp2(mid2[None, :] - c2) * tl.dot(a_t, (b_q * tl.exp2(c2 - mid2[None, :])).to(dt))) * (scale * m2)
+    dk1 = (dk1 * tl.exp2(tl.where(m_ik, end1[None, :] - e1, 0.0))
+           + tl.exp2(-up1) * tl.dot(a_t, (b_q * tl.exp2(up1)).to(dt))) * (scale * m1)
+    dk2 = (dk2 * tl.exp2(tl.where(m_ik, end2[None, :] - e2, 0.0))
+           + tl.exp2(-up2) * tl.dot(a_t, (b_q * tl.exp2(up2)).to(dt))) * (scale * m2)
     tl.store(dk + out, dk1 + dk2, mask=m_ik)
     tl.store(z1 + out, zq1 - b_k * dk1, mask=m_ik)
     tl.store(z2 + out, zq2 - b_k * dk2, mask=m_ik)
@@ -143,26 +134,26 @@ def _dqk_intra_kernel(
 TUNING = {"bk": 16, "num_warps": 1, "num_stages": 2}
 
 
-def chunk_dqk_intra(q, k, g1, g2, gates: Gates, mix, dA, scale: float, layout: ChunkLayout):
+def chunk_dqk_intra(q, k, b1, b2, mix, dA, scale: float, layout: ChunkLayout):
     """Intra-chunk parts of dq, dk and dg's terms.
 
     Args:
-        q, g1, g2: [B*T, H, K]; k: [B*T, HK, K] (any token strides; g as `gates` says); mix: [H, 2]
-            fp32; dA: [B*T, H, chunk] (`chunk_dv`).
+        q: [B*T, H, K]; k: [B*T, HK, K] (any token strides); b1, b2: [B*T, H, K] fp32 cumulative
+            log2-decays (`chunk_decays`); mix: [H, 2] fp32; dA: [B*T, H, chunk] (`chunk_dv`).
     Returns:
         dq_part, dk_part, z1, z2: [B*T, H, K] fp32 (see the module doc); dmix_part [H, 2] fp32.
     """
-    TT, H, K = g1.shape
+    TT, H, K = b1.shape
     HK = k.shape[1]
     BT = layout.chunk_size
-    parts = [g1.new_empty(TT, H, K, dtype=torch.float32) for _ in range(4)]
+    parts = [torch.empty_like(b1) for _ in range(4)]
     bk = min(TUNING["bk"], pow2(K))
     programs = (BT // SUB_CHUNK) * triton.cdiv(K, bk)
-    dmix_part = g1.new_empty(layout.num_chunks, H, programs, 2, dtype=torch.float32)
+    dmix_part = b1.new_empty(layout.num_chunks, H, programs, 2, dtype=torch.float32)
     cu, ci, boffs, T = layout.kernel_args()
     _dqk_intra_kernel[(programs, layout.num_chunks, H)](
-        q, k, g1, g2, mix, dA, *parts, dmix_part, cu, ci, boffs, T, scale, q.stride(0), k.stride(0), g1.stride(0),
-        gates.scale, H=H, HK=HK, K=K, BT=BT, BC=SUB_CHUNK, BK=bk, IS_VARLEN=layout.is_varlen,
-        DOT_BF16=dA.dtype == torch.bfloat16, GATE_LOGITS=gates.logits,
+        q, k, b1, b2, mix, dA, *parts, dmix_part, cu, ci, boffs, T, scale, q.stride(0), k.stride(0),
+        H=H, HK=HK, K=K, BT=BT, BC=SUB_CHUNK, BK=bk, IS_VARLEN=layout.is_varlen,
+        DOT_BF16=dA.dtype == torch.bfloat16,
         num_warps=TUNING["num_warps"], num_stages=TUNING["num_stages"])
     return (*parts, dmix_part.sum(dim=(0, 2)))

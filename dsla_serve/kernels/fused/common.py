@@ -7,16 +7,16 @@ Conventions of every kernel in this package:
 - g1/g2 are read by `load_gate`: log-decays as given, or gate logits x whose log-decay
   logsigmoid(x) * scale is computed in fp32 at the load (`Gates`). Log-decays are scaled to base 2
   (times log2(e)) so every decay is one `exp2`.
-- Decay sums over tokens are matmuls with 0/1 masks (`row_sums`, `col_sums`) on the tensor cores:
-  one bf16 product when g holds bf16 values, else three (g split into bf16 pieces that add up to its
-  fp32 value), so fp32 log-decays keep fp32 sums without the slow fp32 ("ieee") product.
-- SUB_CHUNK rows share one reference point, so an exponent spans at most 8 tokens: exact for
-  per-token log-decays down to about -11 (fp32 range), far beyond logsigmoid(.)/16 gates.
+- The gates are read once per pass, by `decays.chunk_decays` (chunked kernels: in-chunk cumulative
+  log2-decays in fp32, which every other chunk kernel reads) or by the recurrent kernels.
+- A decay between two tokens of one chunk is 2^(b_t - b_s), split at a reference row r into
+  2^(b_t - b_r) * 2^(b_r - b_s): both <= 1 across sub-chunks; within one SUB_CHUNK r is its middle
+  row, so an exponent spans at most 8 tokens: exact for per-token log-decays down to about -11 (fp32
+  range), far beyond logsigmoid(.)/16 gates.
 - "Dot dtype" is the element type of the boundary-state buffers: bf16 for bf16 inputs on CUDA, fp32
   otherwise (fp16 states could overflow). Matmul operands are cast to it, accumulation is fp32.
-  Under TRITON_INTERPRET=1 it is always fp32, and so are the pieces of `row_sums` (holding bf16
-  values): triton's interpreter multiplies the raw bit patterns of bf16 operands in `tl.dot`
-  (seen with triton 3.9).
+  Under TRITON_INTERPRET=1 it is always fp32, and so are the bf16 pieces of `row_sums`: triton's
+  interpreter multiplies the raw bit patterns of bf16 operands in `tl.dot` (seen with triton 3.9).
 """
 
 from __future__ import annotations
@@ -39,22 +39,16 @@ class Gates:
 
     logits: g1/g2 hold gate logits x; the log-decay is logsigmoid(x) * scale.
     scale: 1 / gate_logit_normalizer (1.0 for log-decays).
-    one_piece: the log-decays' values are exact in bf16 (bf16 log-decays), so a decay sum is one
-        bf16 product; otherwise three (`row_sums`).
     """
 
     logits: bool
     scale: float
-    one_piece: bool
 
     @staticmethod
     def of(g: torch.Tensor, gate_logit_normalizer: float | None) -> "Gates":
         if gate_logit_normalizer is None:
-            return Gates(False, 1.0, g.dtype == torch.bfloat16)
-        return Gates(True, 1.0 / float(gate_logit_normalizer), False)
-
-    def meta(self) -> dict:
-        return dict(GATE_LOGITS=self.logits, ONE_PIECE=self.one_piece)
+            return Gates(False, 1.0)
+        return Gates(True, 1.0 / float(gate_logit_normalizer))
 
 
 def flat_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -136,56 +130,23 @@ def _piece(x):
 
 
 @triton.jit
-def _piece_sums(a, b, ONE_PIECE: tl.constexpr, B_SPLIT: tl.constexpr):
-    """a @ b in fp32, where one factor (b if B_SPLIT, else a) holds arbitrary fp32 values and the other
-    0, 1 or -1: one bf16 product if the values are exact in bf16 (ONE_PIECE), else the values split
-    into three bf16 pieces hi + mid + lo (8 significant bits each: the fp32 value exactly), three
-    products accumulated in fp32 from the smallest."""
-    if B_SPLIT:
-        x = b.to(tl.float32)
-        w = _piece(a)
-    else:
-        x = a.to(tl.float32)
-        w = _piece(b)
-    hi = x.to(tl.bfloat16).to(tl.float32)
-    if ONE_PIECE:
-        if B_SPLIT:
-            acc = tl.dot(w, _piece(hi))
-        else:
-            acc = tl.dot(_piece(hi), w)
-    else:
-        rest = x - hi
-        mid = rest.to(tl.bfloat16).to(tl.float32)
-        lo = rest - mid
-        if B_SPLIT:
-            acc = tl.dot(w, _piece(lo))
-            acc = tl.dot(w, _piece(mid), acc)
-            acc = tl.dot(w, _piece(hi), acc)
-        else:
-            acc = tl.dot(_piece(lo), w)
-            acc = tl.dot(_piece(mid), w, acc)
-            acc = tl.dot(_piece(hi), w, acc)
-    return acc
-
-
-@triton.jit
-def row_sums(weights, g, ONE_PIECE: tl.constexpr):
+def row_sums(weights, g):
     """[BT, BK] fp32 tile whose row t is sum_s weights[t, s] * g[s, :], computed as a matmul.
 
-    `weights` holds 0, 1 or -1 (a bool mask works too): prefix, suffix and reference sums of
-    log-decays (or of any fp32 values, ONE_PIECE=False) need no scan and no cross-thread reduction.
+    `weights` holds 0, 1 or -1 (a bool mask works too), so prefix and suffix sums need no scan and no
+    cross-thread reduction. g's fp32 values are split into three bf16 pieces hi + mid + lo (8
+    significant bits each: the fp32 value exactly), three tensor-core products accumulated in fp32
+    from the smallest, so the sums keep fp32 precision without the slow fp32 ("ieee") product.
     """
-    return _piece_sums(weights, g, ONE_PIECE, True)
-
-
-@triton.jit
-def col_sums(g_t, weights_t, ONE_PIECE: tl.constexpr):
-    """`row_sums` for a transposed tile: [BK, BC] fp32 whose column s is sum_u g_t[:, u] * weights_t[u, s].
-
-    g_t is [BK, BU] (values with the token axis last), weights_t [BU, BC] of 0, 1 or -1; the result is
-    already in the layout of a matmul's right-hand operand, so nothing is transposed.
-    """
-    return _piece_sums(g_t, weights_t, ONE_PIECE, False)
+    x = g.to(tl.float32)
+    w = _piece(weights)
+    hi = x.to(tl.bfloat16).to(tl.float32)
+    rest = x - hi
+    mid = rest.to(tl.bfloat16).to(tl.float32)
+    lo = rest - mid
+    acc = tl.dot(w, _piece(lo))
+    acc = tl.dot(w, _piece(mid), acc)
+    return tl.dot(w, _piece(hi), acc)
 
 
 def dot_dtype(x: torch.Tensor) -> torch.dtype:

@@ -1,9 +1,9 @@
 """Chunk-level state passes: both DSLA states at every chunk boundary, forward and backward.
 
 Forward: S_i <- diag(2^B_i) S_i + (k * 2^(B_i - b_i))^T v over each chunk (b_i the in-chunk cumulative
-log2-decay, B_i its last value; every exponent <= 0; B_i - b_i is one masked matmul, `row_sums`).
+log2-decay, `chunk_decays`; B_i its value at the chunk's last token; every exponent <= 0).
 One program owns a [BK, BV] tile of both states of one (sequence, query head), so k, v and the two
-gates are read once for both states.
+decays are read once for both states.
 
 Backward: the gradient with respect to the state at each boundary, walking chunks in reverse:
 dS_i <- diag(2^B_i) dS_i + (scale * m_i * q * 2^b_i)^T do. Boundary j holds dL/d(state at boundary j);
@@ -16,18 +16,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, Gates, load_gate, pow2, row_sums, seq_coords
+from .common import pow2, seq_coords
 from .layout import ChunkLayout
 
 
 @triton.jit
 def _forward_states_kernel(
-    k, v, g1, g2, h1, h2, init1, init2, final1, final2,
-    cu_seqlens, boundary_offsets, T, s_k, s_v, s_g, gate_scale,
+    k, v, b1, b2, h1, h2, init1, init2, final1, final2,
+    cu_seqlens, boundary_offsets, T, s_k, s_v,
     H: tl.constexpr, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr,
-    GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, hq = i_nh // H, i_nh % H
@@ -47,7 +46,6 @@ def _forward_states_kernel(
         s2 = tl.zeros([BK, BV], dtype=tl.float32)
 
     rows = tl.arange(0, BT)
-    after = rows[None, :] > rows[:, None]  # [s, r]: r after s, for the decay from s to the chunk end
     for c in range(0, nt):
         h_off = ((boff + c) * H + hq) * K * V
         tl.store(h1 + h_off + state_off, s1.to(dt), mask=m_kv)
@@ -60,13 +58,16 @@ def _forward_states_kernel(
         b_k = tl.load(k + tok[:, None] * s_k + hk * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_v = tl.load(v + tok[:, None] * s_v + hk * V + o_v[None, :],
                       mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
-        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
-        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
-        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
-        k1 = (b_k * tl.exp2(row_sums(after, b_g1, ONE_PIECE) * LOG2E)).to(dt)
-        k2 = (b_k * tl.exp2(row_sums(after, b_g2, ONE_PIECE) * LOG2E)).to(dt)
-        s1 = s1 * tl.exp2(tl.sum(b_g1, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k1), b_v)
-        s2 = s2 * tl.exp2(tl.sum(b_g2, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(k2), b_v)
+        bq = (tok * H + hq)[:, None] * K + o_k[None, :]
+        e1 = tl.load(b1 + bq, mask=m_tk, other=0.0)
+        e2 = tl.load(b2 + bq, mask=m_tk, other=0.0)
+        last = (bos + tl.minimum(c * BT + BT, length) - 1) * H * K + hq * K + o_k  # the chunk's last token
+        tot1 = tl.load(b1 + last, mask=o_k < K, other=0.0)
+        tot2 = tl.load(b2 + last, mask=o_k < K, other=0.0)
+        k1 = (b_k * tl.exp2(tot1[None, :] - e1)).to(dt)  # rows past the end: k = 0, factor <= 1
+        k2 = (b_k * tl.exp2(tot2[None, :] - e2)).to(dt)
+        s1 = s1 * tl.exp2(tot1)[:, None] + tl.dot(tl.trans(k1), b_v)
+        s2 = s2 * tl.exp2(tot2)[:, None] + tl.dot(tl.trans(k2), b_v)
 
     h_off = ((boff + nt) * H + hq) * K * V
     tl.store(h1 + h_off + state_off, s1.to(dt), mask=m_kv)
@@ -79,12 +80,11 @@ def _forward_states_kernel(
 
 @triton.jit
 def _backward_states_kernel(
-    q, g1, g2, do, mix, dh1, dh2, dfinal1, dfinal2, dinit1, dinit2,
-    cu_seqlens, boundary_offsets, T, scale, s_q, s_g, gate_scale,
+    q, b1, b2, do, mix, dh1, dh2, dfinal1, dfinal2, dinit1, dinit2,
+    cu_seqlens, boundary_offsets, T, scale, s_q,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DFINAL: tl.constexpr, STORE_DINIT: tl.constexpr, IS_VARLEN: tl.constexpr,
-    GATE_LOGITS: tl.constexpr, ONE_PIECE: tl.constexpr,
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, hq = i_nh // H, i_nh % H
@@ -105,7 +105,6 @@ def _backward_states_kernel(
         ds2 = tl.zeros([BK, BV], dtype=tl.float32)
 
     rows = tl.arange(0, BT)
-    tril = rows[:, None] >= rows[None, :]
     for cc in range(0, nt):
         c = nt - 1 - cc
         h_off = ((boff + c + 1) * H + hq) * K * V
@@ -119,13 +118,12 @@ def _backward_states_kernel(
         b_q = tl.load(q + tok[:, None] * s_q + hq * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_do = tl.load(do + (tok * H + hq)[:, None] * V + o_v[None, :],
                        mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
-        gq = tok[:, None] * s_g + hq * K + o_k[None, :]
-        b_g1 = load_gate(g1 + gq, m_tk, gate_scale, GATE_LOGITS)
-        b_g2 = load_gate(g2 + gq, m_tk, gate_scale, GATE_LOGITS)
-        q1 = (b_q * tl.exp2(row_sums(tril, b_g1, ONE_PIECE) * LOG2E) * w1).to(dt)
-        q2 = (b_q * tl.exp2(row_sums(tril, b_g2, ONE_PIECE) * LOG2E) * w2).to(dt)
-        ds1 = ds1 * tl.exp2(tl.sum(b_g1, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q1), b_do)
-        ds2 = ds2 * tl.exp2(tl.sum(b_g2, axis=0) * LOG2E)[:, None] + tl.dot(tl.trans(q2), b_do)
+        bq = (tok * H + hq)[:, None] * K + o_k[None, :]
+        last = (bos + tl.minimum(c * BT + BT, length) - 1) * H * K + hq * K + o_k  # the chunk's last token
+        q1 = (b_q * tl.exp2(tl.load(b1 + bq, mask=m_tk, other=0.0)) * w1).to(dt)
+        q2 = (b_q * tl.exp2(tl.load(b2 + bq, mask=m_tk, other=0.0)) * w2).to(dt)
+        ds1 = ds1 * tl.exp2(tl.load(b1 + last, mask=o_k < K, other=0.0))[:, None] + tl.dot(tl.trans(q1), b_do)
+        ds2 = ds2 * tl.exp2(tl.load(b2 + last, mask=o_k < K, other=0.0))[:, None] + tl.dot(tl.trans(q2), b_do)
 
     h_off = (boff * H + hq) * K * V
     tl.store(dh1 + h_off + state_off, ds1.to(dt), mask=m_kv)
@@ -148,20 +146,19 @@ def _state_tiles(K: int, V: int, tuning: dict) -> tuple[int, int]:
     return min(tuning["bk"], pow2(K)), min(tuning["bv"], pow2(V))
 
 
-def forward_states(k, v, g1, g2, gates: Gates, layout: ChunkLayout, H: int, initial_state, store_final: bool,
-                   dtype):
+def forward_states(k, v, b1, b2, layout: ChunkLayout, initial_state, store_final: bool, dtype):
     """States at every chunk boundary.
 
     Args:
-        k: [B*T, HK, K]; v: [B*T, HK, V]; g1, g2: [B*T, H, K] (natural-log decays or gate logits, as
-            `gates` says; any token strides, g1 and g2 alike).
+        k: [B*T, HK, K]; v: [B*T, HK, V] (any token strides); b1, b2: [B*T, H, K] fp32 cumulative
+            log2-decays (`chunk_decays`).
         initial_state: None or a pair of [N, H, K, V] fp32.
         dtype: element type of the boundary buffers (the dot dtype).
     Returns:
         h1, h2 [NB, H, K, V] in `dtype`, and final (s1, s2) [N, H, K, V] fp32 if store_final else None.
     """
     HK, K = k.shape[1], k.shape[2]
-    V = v.shape[2]
+    H, V = b1.shape[1], v.shape[2]
     N = layout.num_seqs
     h1 = k.new_empty(layout.num_boundaries, H, K, V, dtype=dtype)
     h2 = torch.empty_like(h1)
@@ -174,23 +171,20 @@ def forward_states(k, v, g1, g2, gates: Gates, layout: ChunkLayout, H: int, init
     fin = final if final is not None else (None, None)
     grid = (triton.cdiv(K, bk), triton.cdiv(V, bv), N * H)
     _forward_states_kernel[grid](
-        k, v, g1, g2, h1, h2, init[0], init[1], fin[0], fin[1], cu, boffs, T,
-        k.stride(0), v.stride(0), g1.stride(0), gates.scale,
+        k, v, b1, b2, h1, h2, init[0], init[1], fin[0], fin[1], cu, boffs, T, k.stride(0), v.stride(0),
         H=H, HK=HK, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_INIT=initial_state is not None, STORE_FINAL=store_final, IS_VARLEN=layout.is_varlen,
-        **gates.meta(),
         num_warps=FORWARD_TUNING["num_warps"], num_stages=FORWARD_TUNING["num_stages"],
     )
     return h1, h2, final
 
 
-def backward_states(q, g1, g2, gates: Gates, do, mix, scale: float, layout: ChunkLayout, dfinal, want_dinit: bool,
-                    dtype):
+def backward_states(q, b1, b2, do, mix, scale: float, layout: ChunkLayout, dfinal, want_dinit: bool, dtype):
     """Gradients with respect to the states at every chunk boundary.
 
     Args:
-        q, g1, g2: [B*T, H, K] (any token strides; g as `gates` says); do: [B*T, H, V] contiguous;
-            mix: [H, 2] fp32.
+        q: [B*T, H, K] (any token stride); b1, b2: [B*T, H, K] fp32 cumulative log2-decays
+            (`chunk_decays`); do: [B*T, H, V] contiguous; mix: [H, 2] fp32.
         dfinal: None or a pair of [N, H, K, V] gradients of the final states.
     Returns:
         dh1, dh2 [NB, H, K, V] in `dtype`, and (dinit1, dinit2) [N, H, K, V] fp32 if want_dinit else None.
@@ -209,11 +203,9 @@ def backward_states(q, g1, g2, gates: Gates, do, mix, scale: float, layout: Chun
     dini = dinit if dinit is not None else (None, None)
     grid = (triton.cdiv(K, bk), triton.cdiv(V, bv), N * H)
     _backward_states_kernel[grid](
-        q, g1, g2, do, mix, dh1, dh2, dfin[0], dfin[1], dini[0], dini[1], cu, boffs, T, scale,
-        q.stride(0), g1.stride(0), gates.scale,
+        q, b1, b2, do, mix, dh1, dh2, dfin[0], dfin[1], dini[0], dini[1], cu, boffs, T, scale, q.stride(0),
         H=H, K=K, V=V, BT=layout.chunk_size, BK=bk, BV=bv,
         HAS_DFINAL=dfinal is not None, STORE_DINIT=want_dinit, IS_VARLEN=layout.is_varlen,
-        **gates.meta(),
         num_warps=BACKWARD_TUNING["num_warps"], num_stages=BACKWARD_TUNING["num_stages"],
     )
     return dh1, dh2, dinit
