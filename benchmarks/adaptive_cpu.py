@@ -75,15 +75,9 @@ def policy(variant: str, port: int, artifact: str, deep: int) -> dict:
 def burst_trace(quiet: float, burst: float, seed: int = 0) -> list:
     """Quiet and burst phases of Poisson arrivals (`quiet`, `burst` requests/s), 20 s each: quiet, burst,
     quiet, burst, quiet; about 100 s and 60 x quiet + 40 x burst requests."""
-    from dsla_serve.bench.arrivals import Arrival, gamma
+    from dsla_serve.bench.arrivals import phases
 
-    out, start = [], 0.0
-    for phase, (rate, seconds) in enumerate([(quiet, 20), (burst, 20), (quiet, 20), (burst, 20), (quiet, 20)]):
-        for a in gamma(rate, 1.0, int(rate * seconds * 3), seed + phase):
-            if a.at < seconds:
-                out.append(Arrival(start + a.at))
-        start += seconds
-    return out
+    return phases([(quiet, 20), (burst, 20), (quiet, 20), (burst, 20), (quiet, 20)], seed)
 
 
 def machine() -> str:

@@ -2,6 +2,7 @@
 
     poisson(rate=4, count=200, seed=0)            exponential gaps, mean 1 / rate
     gamma(rate=4, cv=3, count=200, seed=0)        gamma gaps of the same mean; cv > 1 is bursty
+    phases([(0.5, 20), (8, 20)], seed=0)          Poisson phases back to back: (rate, seconds) each
     read_trace("burst.jsonl")                     {"t": 0.52, "prompt_tokens": 200, "output_tokens": 64} a line
 
 A trace fixes lengths per request; the synthetic processes leave them to the workload's distributions
@@ -41,6 +42,19 @@ def gamma(rate: float, cv: float, count: int, seed: int = 0) -> list[Arrival]:
     for _ in range(count):
         out.append(Arrival(at))
         at += rng.gammavariate(shape, 1.0 / (shape * rate))
+    return out
+
+
+def phases(segments: list[tuple[float, float]], seed: int = 0) -> list[Arrival]:
+    """Poisson arrivals in phases back to back, `segments` = [(rate requests/s, seconds), ...]: phase i
+    draws from `poisson(rate, ., seed + i)` and keeps what falls within its seconds (a burst trace:
+    quiet and busy phases alternating)."""
+    out, start = [], 0.0
+    for i, (rate, seconds) in enumerate(segments):
+        for a in gamma(rate, 1.0, int(rate * seconds * 3), seed + i):
+            if a.at < seconds:
+                out.append(Arrival(start + a.at))
+        start += seconds
     return out
 
 

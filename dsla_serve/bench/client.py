@@ -1,4 +1,4 @@
-"""One streamed completion request, timed as the client sees it.
+"""One streamed completion request, timed as the client sees it (its `Result`: result.py).
 
     result = await send(http, "/v1/completions", body, timeout_s=120)
     result.ttft_s, result.tpot_s, result.e2e_s, result.output_tokens, result.error, result.depth
@@ -14,29 +14,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import httpx
 
-
-@dataclass(frozen=True)
-class Result:
-    """One request's outcome. Times in seconds from when it was sent; `late_s`: how far behind its
-    scheduled time it was sent (the client's own lag)."""
-
-    sent_at: float
-    e2e_s: float
-    ttft_s: float | None = None
-    tpot_s: float | None = None
-    prompt_tokens: int | None = None
-    output_tokens: int = 0
-    depth: int | None = None
-    error: str | None = None
-    late_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+from .result import Result
 
 
 def _depth(fingerprint: str | None) -> int | None:

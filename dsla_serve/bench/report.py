@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..policies import SLO
-from .client import Result
+from .result import Result
 
 PERCENTILES = (50, 90, 95, 99)
 

@@ -23,7 +23,7 @@ from ..policies import SLO
 from .arrivals import Arrival
 from .client import Result, send
 from .report import Summary, summarize
-from .workload import Corpus, Lengths
+from .workload import Corpus, Lengths, plan_requests
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,15 @@ async def run_once(config: BenchConfig, corpus: Corpus, arrivals: list[Arrival],
     """Send every arrival on schedule (within `duration_s`) and summarise what came back."""
     from tqdm.auto import tqdm
 
-    rng = random.Random(config.seed)
-    planned = [(a, corpus.prompt(a.prompt_tokens or config.prompt_tokens.draw(rng), rng),
-                a.output_tokens or config.output_tokens.draw(rng)) for a in arrivals if a.at <= config.duration_s]
+    planned = plan_requests(arrivals, corpus, config.prompt_tokens, config.output_tokens, config.seed,
+                            config.duration_s)
     results: list[Result] = []
     bar = tqdm(total=len(planned), desc=f"{label} @ {rate:g}/s" if rate else label, unit="req", disable=not progress,
                leave=False)
     async with config.client() as http:
         tasks = []
         start = time.monotonic()
-        for i, (arrival, prompt, max_tokens) in enumerate(planned):
+        for i, (arrival, prompt, max_tokens) in enumerate((p.arrival, p.prompt, p.max_tokens) for p in planned):
             delay = start + arrival.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -4,6 +4,7 @@
     corpus = Corpus.from_files(["book.txt"], tokenize)  # token ids through the endpoint's /tokenize
     prompt = corpus.prompt(n_tokens, rng)               # n consecutive corpus tokens (ids, or text when
                                                         # the endpoint cannot tokenize: ~4 characters a token)
+    planned = plan_requests(arrivals, corpus, lengths, Lengths.parse(32), seed=0)   # what each arrival sends
 
 Prompts as token ids have exactly the length asked for on any OpenAI-compatible server that accepts
 token-id prompts (vLLM, DSLA-Serve); the text fallback is approximate, and the report gives the lengths
@@ -17,6 +18,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .arrivals import Arrival
 
 CHARS_PER_TOKEN = 4  # the text fallback's guess
 TOKENIZE_CHUNK_CHARS = 200_000
@@ -89,3 +92,23 @@ class Corpus:
         chars = tokens * CHARS_PER_TOKEN
         start = rng.randrange(len(self.text))
         return "".join(self.text[(start + i) % len(self.text)] for i in range(chars))
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """What one arrival sends: its prompt (token ids, or text) and the output tokens it asks for."""
+
+    arrival: Arrival
+    prompt: list[int] | str
+    max_tokens: int
+
+
+def plan_requests(arrivals: list[Arrival], corpus: Corpus, prompt_tokens: Lengths, output_tokens: Lengths,
+                  seed: int, duration_s: float = math.inf) -> list[PlannedRequest]:
+    """The requests of the arrivals up to `duration_s`, in order: lengths from the arrival (a trace's) or
+    drawn from the distributions, prompts cut from the corpus, all from one generator seeded `seed`, so
+    the same arrivals and seed send the same requests to every server."""
+    rng = random.Random(seed)
+    return [PlannedRequest(a, corpus.prompt(a.prompt_tokens or prompt_tokens.draw(rng), rng),
+                           a.output_tokens or output_tokens.draw(rng))
+            for a in arrivals if a.at <= duration_s]

@@ -18,6 +18,7 @@ from ray.serve import Application
 
 from ..policies import Policy, load_policy
 from ..replicas.deployment import ReplicaDeployment, ReplicaSpec
+from .cadence import replica_queue, report_every_s
 from .control_plane.policy_actor import PolicyActor, pool_deployment_name
 from .frontend.ingress import Ingress
 
@@ -35,17 +36,6 @@ def policy_args(policy: Policy) -> dict[str, Any]:
     return policy.model_dump(mode="json")
 
 
-def replica_queue(policy: Policy, pool_name: str) -> int:
-    """Requests one replica's engine lets wait: the queue cap, plus one batch of slack.
-
-    The ingress enforces `http.queue_cap` across pools (it knows every request in flight); the engine's
-    own cap is a backstop. The slack covers the moment after a batch finishes, when the ingress has
-    already released those requests and sends new ones while the engine has not yet admitted its
-    waiting ones into the freed slots.
-    """
-    return policy.http.queue_cap + policy.pool(pool_name).max_concurrent_requests
-
-
 def replica_spec(policy: Policy, pool_name: str) -> ReplicaSpec:
     """What the replicas of a pool serve: the policy's model and artifact, the pool's limits."""
     pool, model = policy.pool(pool_name), policy.model
@@ -56,7 +46,7 @@ def replica_spec(policy: Policy, pool_name: str) -> ReplicaSpec:
         max_num_seqs=pool.max_concurrent_requests, max_queue=replica_queue(policy, pool.name),
         # a replica on a fraction of a GPU plans its cache in its share of the memory
         gpu_memory_fraction=GPU_MEMORY_FRACTION * (gpus if 0 < gpus < 1 else 1.0),
-        report_every_s=min(max(policy.controller.interval_s / 2, 0.1), 2.0))
+        report_every_s=report_every_s(policy))
 
 
 def pool_options(policy: Policy, pool_name: str) -> dict[str, Any]:

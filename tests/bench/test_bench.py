@@ -118,3 +118,27 @@ def test_bench_reports_percentiles_attainment_goodput_errors_and_depth(server, t
         assert 0.3 < run["mean_depth"] < 0.7 and set(run["depths"]) == {"0", "1"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http_429:queue_full 3" in capsys.readouterr().out
+
+
+def test_phases_are_poisson_segments_back_to_back():
+    from dsla_serve.bench.arrivals import phases
+
+    arrivals = phases([(1.0, 10), (50.0, 2), (1.0, 10)], seed=3)
+    times = [a.at for a in arrivals]
+    assert times == sorted(times) and times[-1] < 22
+    busy = sum(10 <= t < 12 for t in times)
+    assert busy > 60 and busy > 3 * sum(t < 10 for t in times)  # 100 expected in the burst, 10 before it
+    assert phases([(1.0, 10), (50.0, 2), (1.0, 10)], seed=3) == arrivals
+
+
+def test_planned_requests_are_the_same_for_the_same_seed():
+    from dsla_serve.bench.workload import Corpus, plan_requests
+
+    corpus = Corpus(list(range(1000)), "")
+    arrivals = [Arrival(0.0), Arrival(1.0, 7, 3), Arrival(5.0)]
+    plan = plan_requests(arrivals, corpus, Lengths.parse("uniform:10:20"), Lengths.parse(4), seed=1, duration_s=2)
+    assert [p.arrival.at for p in plan] == [0.0, 1.0]
+    assert 10 <= len(plan[0].prompt) <= 20 and plan[0].max_tokens == 4
+    assert len(plan[1].prompt) == 7 and plan[1].max_tokens == 3
+    assert plan == plan_requests(arrivals, corpus, Lengths.parse("uniform:10:20"), Lengths.parse(4), seed=1,
+                                 duration_s=2)

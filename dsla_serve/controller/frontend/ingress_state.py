@@ -20,6 +20,7 @@ from typing import Any
 
 from ...model.loading import load_tokenizer
 from ...policies import Policy
+from ..cadence import routing_every_s
 from ..messages import Arrival, Observation
 from .metrics import IngressMetrics
 from .prompt_sample import ServedPromptSample, write_prompts_jsonl
@@ -46,7 +47,7 @@ class IngressState:
         self.api_key = read_api_key(policy)
         self.tokenizer = None
         self.events: list[Arrival | Observation] = []
-        self.routing_every_s = min(max(policy.controller.interval_s / 2, 0.1), 1.0)
+        self.routing_every_s = routing_every_s(policy)
         self.routing_error: str | None = None
         self.prompt_sample = prompt_sample_of(policy, seed)
         self._tasks: list[asyncio.Task] = []
