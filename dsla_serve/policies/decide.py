@@ -223,6 +223,7 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
     wait_back, waived, why_wait = _wait_to_move_back(state, ctl, rate)
 
     new_by_tier, new_replicas, acted, fit_note = by_tier, replicas, False, ""
+    deciding = False
     if level == UNKNOWN:
         action = f"holding: too few samples ({_cause(signals, carrying, UNKNOWN)})"
     elif level == NEUTRAL:
@@ -234,7 +235,7 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
     elif level == LOW and now - low_since < wait_back:
         action = f"holding: pressure low for {now - low_since:.0f} of the {wait_back:.0f} s needed ({why_wait})"
     else:
-        deeper = level == HIGH
+        deciding, deeper = True, level == HIGH
         new_by_tier, moved = shift(by_tier, ctl.traffic_step, deeper)
         shifted = split(policy, new_by_tier, tiers, depth_targets, replicas)
         new_replicas, fit_note = bound_to_cluster(
@@ -246,6 +247,15 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
                    if shifted[n] > 0 and n in observed and observed[n].replicas < replicas[n]]
         if deeper and not grew and not pending:  # shedding drained pools alone is left for when pressure is low
             new_replicas = replicas
+
+    weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
+    new_replicas = ensure_serving(policy, new_replicas, weights)
+    # targets the cluster cannot place (held ones too: initial_replicas, or a cluster that shrank)
+    new_replicas, fitted = bound_to_cluster(policy, new_replicas, weights, depth_targets, resources)
+    weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
+    effective, cut = gate(policy, weights, observed, state.depth_targets, depth_targets, new_replicas, floor)
+    new_replicas = ensure_serving(policy, new_replicas, effective)
+    if deciding:  # what the decision does, from the targets it ends with (a pool still serving keeps a replica)
         parts = [f"moved {moved:.0%} of traffic {'deeper' if deeper else 'shallower'}"] if moved > EPS else []
         parts += [s for s in [_replica_moves(replicas, new_replicas)] if s]
         if deeper and not grew and parts:
@@ -257,14 +267,6 @@ def decide(metrics: Iterable[PoolMetrics] | Mapping[str, PoolMetrics], policy: P
             f"every pool below {1 - ctl.hysteresis:.0%} of target for {now - low_since:.0f} s, {why_wait}"
         acted = bool(parts)
         action = f"pressure {level} ({cause}): " + ("; ".join(parts) if parts else idle)
-
-    weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
-    new_replicas = ensure_serving(policy, new_replicas, weights)
-    # targets the cluster cannot place (held ones too: initial_replicas, or a cluster that shrank)
-    new_replicas, fitted = bound_to_cluster(policy, new_replicas, weights, depth_targets, resources)
-    weights = split(policy, new_by_tier, tiers, depth_targets, new_replicas)
-    effective, cut = gate(policy, weights, observed, state.depth_targets, depth_targets, new_replicas, floor)
-    new_replicas = ensure_serving(policy, new_replicas, effective)
     reason_parts = notes + [action] + [n for n in dict.fromkeys([fit_note, fitted]) if n]
     if cut:
         reason_parts.append(f"no traffic to {', '.join(cut)} beyond floor {floor} until it reconfigures")
