@@ -118,6 +118,14 @@ def _dqkg_kernel(
 TUNING = {"bk": 32, "bv": 64, "num_warps": 4, "num_stages": 2}
 
 
+def value_tile(V: int) -> int:
+    """The V tile: TUNING's, but at most half the padded V, so the loop over V runs at least twice.
+    With a single iteration (bk 32 < K = V = 64) triton 3.6 on sm_90 miscompiles this kernel: an
+    illegal memory access with 2 stages, wrong dg with 1 (H100, 2026-12-07); bv 32 or bk 64 at the same
+    shape agree with the PyTorch form (benchmarks/RESULTS.md)."""
+    return max(16, min(TUNING["bv"], pow2(V) // 2))
+
+
 def chunk_dqkg(q, k, v, b1, b2, g1, g2, gates: Gates, do, mix, h1, h2, dh1, dh2, dq_part, dk_part, z1, z2,
                scale: float, layout: ChunkLayout, dk_dtype):
     """dq, dk (per query head), dg1, dg2 and the states' dmix partial sums.
@@ -137,7 +145,7 @@ def chunk_dqkg(q, k, v, b1, b2, g1, g2, gates: Gates, do, mix, h1, h2, dh1, dh2,
     dk = g1.new_empty(TT, H, K, dtype=dk_dtype)
     dg1 = g1.new_empty(TT, H, K, dtype=g1.dtype)
     dg2 = g1.new_empty(TT, H, K, dtype=g2.dtype)
-    bk, bv = min(TUNING["bk"], pow2(K)), min(TUNING["bv"], pow2(V))
+    bk, bv = min(TUNING["bk"], pow2(K)), value_tile(V)
     nk = triton.cdiv(K, bk)
     dmix_part = g1.new_empty(layout.num_chunks, H, nk, 2, dtype=torch.float32)
     cu, ci, boffs, T = layout.kernel_args()
