@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -16,20 +15,6 @@ from .recurrent import recurrent_dsla_torch, recurrent_dsla_pool_torch
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-# Head dims whose Triton backward has run on a GPU. At head dim 64 (SmolLM2, Llama-3.2-1B) the backward's
-# dq/dk/dg kernel hits an illegal memory access on H100 and H200 (benchmarks/RESULTS.md), which the
-# interpreter's bounds do not show; until it is fixed, training at other head dims on a GPU takes the
-# PyTorch form. Inference (no gradients) keeps the Triton kernels at every head dim.
-TRITON_BACKWARD_HEAD_DIMS = (128,)
-
-log = logging.getLogger(__name__)
-_warned: set = set()
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
 
 def _triton_wanted(x: torch.Tensor) -> bool:
     if os.environ.get("DSLA_BACKEND", "auto") == "torch":
@@ -45,27 +30,13 @@ def _triton_wanted(x: torch.Tensor) -> bool:
     return True
 
 
-def chunk_backend(q, k, v, g1, g2, mix) -> str:
-    """"triton" or "torch": the backend `chunk_dsla` takes for these inputs."""
-    if not _triton_wanted(q):
-        return "torch"
-    if q.is_cuda and q.shape[-1] not in TRITON_BACKWARD_HEAD_DIMS and _needs_grad(q, k, v, g1, g2, mix):
-        if q.shape[-1] not in _warned:
-            _warned.add(q.shape[-1])
-            log.warning("chunk_dsla: training at head dim %d uses the PyTorch form on the GPU (the Triton "
-                        "backward runs at head dims %s)", q.shape[-1], TRITON_BACKWARD_HEAD_DIMS)
-        return "torch"
-    return "triton"
-
-
 def chunk_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,
                cu_seqlens=None, gate_logit_normalizer=None):
     """Chunked DSLA for prefill and training. Shapes as `naive_dsla`; with `cu_seqlens` ([N+1] int,
     packed sequences, B = 1) states are [N, H, K, V]. With `gate_logit_normalizer` (tau), g1/g2 are
     gate logits x and the log-decays logsigmoid(x) / tau (computed in fp32; the Triton kernels do it at
     their loads, and read views with a token stride in place)."""
-    triton = chunk_backend(q, k, v, g1, g2, mix) == "triton"
-    if triton:
+    if _triton_wanted(q):
         from .triton_ops import chunk_dsla_triton
         return chunk_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens,
                                  gate_logit_normalizer=gate_logit_normalizer)

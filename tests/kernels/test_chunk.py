@@ -150,24 +150,17 @@ def test_public_dispatch_uses_torch_backend_on_cpu():
     assert torch.equal(o, o_t) and torch.equal(s[0], s_t[0]) and torch.equal(s[1], s_t[1])
 
 
-def test_training_on_the_gpu_takes_the_triton_backward_only_at_verified_head_dims(monkeypatch):
-    """Head dim 64 faults in the Triton backward on H100/H200: gradients there go through PyTorch."""
-    from types import SimpleNamespace
+def test_the_dqkg_kernel_loops_over_v_at_least_twice():
+    """A single iteration of the dq/dk/dg kernel's V loop miscompiled on sm_90 (triton 3.6; head dim 64:
+    an illegal access, or wrong dg): its value tile is at most half the padded V, from 32 up."""
+    import triton
 
-    from dsla_serve.kernels import dispatch
+    from dsla_serve.kernels.fused.chunk_bwd_dqkg import value_tile
+    from dsla_serve.kernels.fused.common import pow2
 
-    monkeypatch.setattr(dispatch, "_triton_wanted", lambda q: True)
-
-    def tensors(head_dim, requires_grad, cuda=True):
-        t = SimpleNamespace(is_cuda=cuda, shape=(1, 8, 2, head_dim), requires_grad=requires_grad)
-        return [t, t, t, t, t, SimpleNamespace(requires_grad=False)]
-
-    assert dispatch.chunk_backend(*tensors(128, True)) == "triton"
-    assert dispatch.chunk_backend(*tensors(64, True)) == "torch"
-    assert dispatch.chunk_backend(*tensors(64, False)) == "triton"  # inference keeps the kernels
-    with torch.no_grad():
-        assert dispatch.chunk_backend(*tensors(64, True)) == "triton"
-    assert dispatch.chunk_backend(*tensors(64, True, cuda=False)) == "triton"  # the interpreter's tests
+    for v in (32, 48, 64, 80, 96, 128, 256):
+        assert triton.cdiv(pow2(v), value_tile(v)) >= 2, v
+    assert value_tile(64) == 32 and value_tile(128) == 64
 
 
 def _bad(change):
