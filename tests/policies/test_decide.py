@@ -537,16 +537,7 @@ def test_a_pool_still_serving_keeps_its_replica_and_the_decision_says_no_move():
     """At low load a pool that carries all the traffic with one replica (min_replicas 0) keeps it: the
     decision then reports no replica move and is not a change (a reported '1->0' used to restart the
     cooldown every few intervals while nothing moved)."""
-    policy = parse_policy("""
-model: {path: org/base}
-artifact: /srv/artifact
-pools:
-  - {name: accurate, depth: 0, min_replicas: 0, max_replicas: 2, initial_replicas: 1, max_concurrent_requests: 4}
-  - {name: fast, depth: 4, min_replicas: 1, max_replicas: 2, initial_replicas: 1, max_concurrent_requests: 4}
-slo: {ttft_p95_ms: 3000, tpot_p95_ms: 400}
-quality: {max_ppl_ratio: 1.3}
-controller: {interval_s: 1, window_s: 15, cooldown_s: 5, hysteresis: 0.2, min_samples: 5, traffic_step: 0.25}
-""")
+    policy = TWO_POOLS
     state = initial_state(policy, ALL_PASS)
     assert state.weights["accurate"] == 1.0 and state.replica_targets == {"accurate": 1, "fast": 1}
     history = run(state, 40, lambda s, t: snapshot(s, ttft=50.0, rate=0.5, running=0, policy=policy), policy=policy)
