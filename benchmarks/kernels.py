@@ -158,7 +158,7 @@ def layer_inputs(twin, B, T, form, seed=0):
         else:
             q, k, v, g1, g2 = twin.project(x)
             assert g1.dtype == torch.float32 and q.dtype == torch.bfloat16
-    return dict(q=q, k=k, v=v, g1=g1, g2=g2, mix=twin.mix().detach()), kw
+    return dict(q=q, k=k, v=v, g1=g1, g2=g2, mix=twin.readout_mix().detach()), kw
 
 
 def forward_backward(fn, x, init, dout, dfinal, **kw):
@@ -555,7 +555,7 @@ def time_layer_gates() -> list[dict]:
         twin = dsla_layer(rank)
         merged = merge_linears(twin.projection_linears())
         qkv = merge_linears([twin.q_proj, twin.k_proj, twin.v_proj])
-        mix, tau = twin.mix().detach(), twin.gate_logit_normalizer
+        mix, tau = twin.readout_mix().detach(), twin.gate_logit_normalizer
         gate_params = sum(p.numel() for g in twin.gates() for p in g.parameters())
         for N in LAYER_TOKENS:
             x = torch.randn(N, twin.hidden_size, device=DEVICE, dtype=torch.bfloat16)

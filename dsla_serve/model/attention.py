@@ -113,10 +113,20 @@ class DSLAAttention(nn.Module):
         """[H, 2] non-negative read-out weights (softmax of the learned logits)."""
         return torch.softmax(self.mix_logits.float(), dim=-1)
 
-    def read_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """o [..., H, V] per-head outputs -> [..., hidden]: W_o (output_scale * o) in `dtype`."""
-        o = o * self.output_scale.to(o.dtype)[:, None]
+    def readout_mix(self) -> torch.Tensor:
+        """[H, 2] fp32: the weights the DSLA ops read the two states with, `mix()` times each head's
+        `output_scale`. The ops are linear in their mix, so the gain costs nothing there, where scaling
+        their output would be one more pass over [tokens, H, V]."""
+        m = self.mix()
+        return m.expand(self.num_heads, 2) * self.output_scale.float()[:, None]
+
+    def project_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """o [..., H, V] of an op given `readout_mix()` -> [..., hidden]: W_o o in `dtype`."""
         return self.o_proj(o.flatten(-2).to(dtype))
+
+    def read_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """o [..., H, V] per-head outputs computed without the gain -> [..., hidden]: W_o (output_scale * o)."""
+        return self.project_out(o * self.output_scale.to(o.dtype)[:, None], dtype)
 
     @property
     def gate_logit_normalizer(self) -> float:
@@ -182,8 +192,8 @@ class DSLAAttention(nn.Module):
             l1, l2 = (x.masked_fill(~keep, float("inf")) for x in (l1, l2))
         state = get_dsla_state(cache, self.layer_idx) if cache is not None else None
         op = recurrent_dsla if state is not None and T <= RECURRENT_MAX_TOKENS else chunk_dsla
-        o, new_state = op(q, k, v, l1, l2, self.mix(), initial_state=state, output_final_state=cache is not None,
-                          gate_logit_normalizer=self.gate_logit_normalizer)
+        o, new_state = op(q, k, v, l1, l2, self.readout_mix(), initial_state=state,
+                          output_final_state=cache is not None, gate_logit_normalizer=self.gate_logit_normalizer)
         if cache is not None:
             set_dsla_state(cache, self.layer_idx, new_state, T)
-        return self.read_out(o, hidden_states.dtype), None
+        return self.project_out(o, hidden_states.dtype), None

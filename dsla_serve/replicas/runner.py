@@ -189,7 +189,7 @@ class ModelRunner:
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
         q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i))  # [1, N, heads, D]
-        mix = twin.mix()
+        mix = twin.readout_mix()
         tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
         P, N = batch.num_prefill_tokens, x.shape[0]
@@ -208,4 +208,4 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return twin.read_out(o, x.dtype)
+        return twin.project_out(o, x.dtype)

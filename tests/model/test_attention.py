@@ -111,10 +111,11 @@ def test_forward_is_the_dsla_spec():
     with torch.no_grad():
         twin.gate_history.up.weight.normal_(0, 0.3)
         twin.mix_logits.normal_()
+        twin.output_scale.uniform_(0.5, 2.0)  # the per-head gain, folded into the op's read-out weights
     x = torch.randn(2, 9, 64)
     q, k, v, g1, g2 = twin.project(x)
     o, _ = naive_dsla(q, k, v, g1, g2, twin.mix())
-    expected = twin.o_proj(o.reshape(2, 9, -1))
+    expected = twin.o_proj((o * twin.output_scale[:, None]).reshape(2, 9, -1))
     out, weights = twin(x)
     assert weights is None
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
