@@ -304,6 +304,22 @@ def test_gate_logits_are_turned_into_log_decays_at_the_load(ops, dtype, tol):
     assert rel(step, wo[:, :1]) < tol
 
 
+def test_head_dim_64_with_the_default_launch_tiles(ops):
+    """SmolLM2's head shape (head dim 64, three query heads per key/value head) at the launch settings
+    in force: two K tiles and two V iterations in the dq/dk/dg kernel (`value_tile`), 64-token chunks
+    with a ragged last one, gate logits, an initial state and a final-state gradient."""
+    B, T, H, HK, K, V = 1, 100, 3, 1, 64, 64
+    x = logit_inputs(B, T, H, HK, K, V, torch.float32, seed=41)
+    g = torch.Generator().manual_seed(42)
+    init = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, V, generator=g))
+    dout = torch.randn(B, T, H, V, generator=g)
+    dfinal = (torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, V, generator=g))
+    got = run_with_grads(ops.chunk_dsla_triton, x, init, dout, dfinal, gate_logit_normalizer=16.0)
+    want = run_with_grads(naive_dsla, f64(x), f64(init), f64(dout), f64(dfinal), gate_logit_normalizer=16.0)
+    for name in want:
+        assert rel(got[name], want[name]) < TOL32, name
+
+
 def test_views_with_a_token_stride_are_read_in_place(ops):
     """q/k/v/g1/g2 as column views of one [B, T, width] projection output (the engine's merged GEMM):
     the same outputs and gradients as contiguous copies."""
