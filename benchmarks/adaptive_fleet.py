@@ -2,7 +2,7 @@
 with the same cache budget, started and stopped as a policy's replica targets ask (no Ray).
 
     fleet = Fleet(EngineFactory(model, max_model_len=4224, budget_bytes=8 << 30), slots=2)
-    fleet.arrange(policy, depths, warm_prompt)        # the policy's initial replicas (not measured)
+    fleet.arrange(policy, depths)                     # the policy's initial replicas (not measured)
     fleet.scale(policy, decision.replica_targets, decision.depth_targets)
     fleet.pick("fast")                                # the replica a request of pool `fast` goes to
 
@@ -29,13 +29,10 @@ import torch
 
 from dsla_serve.controller.cadence import replica_queue
 from dsla_serve.policies import Policy
-from dsla_serve.replicas import Engine, SamplingParams
+from dsla_serve.replicas import Engine
 from dsla_serve.replicas.messages import ReplicaReport
 from dsla_serve.replicas.model_source import cache_spec
 from dsla_serve.replicas.planner import plan_memory
-
-
-WARM_REQUESTS = 3  # concurrent requests of a new engine's warm-up (more than one: packed prefill)
 
 
 @dataclass
@@ -114,11 +111,13 @@ class Fleet:
         return min(self.serving(pool), key=Replica.load, default=None)
 
     def start(self, policy: Policy, pool: str, depth: int) -> Replica:
-        """Build a replica of `pool` at `depth` in a free place (timed)."""
+        """Build a replica of `pool` at `depth` in a free place and warm it up as a Serve replica does
+        before it serves (`Engine.warm_up`); timed together."""
         if len(self.replicas) >= self.slots:
             raise RuntimeError(f"no free place: {self.slots} replicas already")
         t = time.monotonic()
         engine = self.factory.build(depth, policy.pool(pool).max_concurrent_requests, replica_queue(policy, pool))
+        engine.warm_up()
         self._ids += 1
         replica = Replica(f"{pool}-{self._ids}", pool, engine, engine.max_depth)
         self.replicas.append(replica)
@@ -156,13 +155,10 @@ class Fleet:
             while len(self.serving(pool.name)) < targets[pool.name] and len(self.replicas) < self.slots:
                 self.start(policy, pool.name, depths[pool.name])
 
-    def arrange(self, policy: Policy, depths: dict[str, int], warm_prompt: list[int]) -> None:
+    def arrange(self, policy: Policy, depths: dict[str, int]) -> None:
         """Before a run, not measured: the policy's initial replicas. Engines already at a pool's depth
-        and concurrency are kept (renamed into it), the others dropped; missing ones are built and warmed
-        up with `WARM_REQUESTS` concurrent requests of `warm_prompt`: kernels compiled for one and for
-        several packed prefill segments (the packed form is its own compiled variant: left to the first
-        run, it stalled that run's loop for 4.25 s on the H100), decode graphs of the small batches
-        captured."""
+        and concurrency are kept (renamed into it), the others dropped; missing ones are built (`start`:
+        warmed up, so the first run does not compile what later runs find compiled)."""
         wanted = [(p.name, depths[p.name]) for p in policy.pools for _ in range(p.initial_replicas)]
         if len(wanted) > self.slots:
             raise ValueError(f"the policy starts {len(wanted)} replicas on {self.slots} places")
@@ -183,11 +179,6 @@ class Fleet:
         spare.clear()  # the engines not kept go with their last reference
         free_memory()
         for pool, depth in build:
-            replica = self.start(policy, pool, depth)
-            params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-            replica.engine.generate([warm_prompt], params, use_tqdm=False)
-            n = min(WARM_REQUESTS, replica.engine.max_num_seqs)  # lengths that do not fill prefill chunks evenly
-            replica.engine.generate([warm_prompt[:max(1, len(warm_prompt) * (n - i) // n - 7)] for i in range(n)],
-                                    params, use_tqdm=False)
+            self.start(policy, pool, depth)
         self.events.clear()
         self.clock_zero = time.monotonic()

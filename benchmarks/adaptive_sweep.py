@@ -11,7 +11,6 @@ deadline cuts whole rates; a run whose `seconds + drain` would pass the deadline
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -158,7 +157,6 @@ def sweep(args, source, env: dict, deadline: float) -> dict:
           f"{args.budget_gib:g} GiB cache: {slots[0]} sequences at depth 0, {slots[source.deep]} at depth "
           f"{source.deep}", flush=True)
     fleet = Fleet(factory, args.places)
-    warm = corpus.prompt(Lengths.parse(args.prompt_tokens).draw(random.Random(0)), random.Random(1))
     resources = {"GPU": 1.0}
     summaries: list[Summary] = []
     for name, rate, planned, seconds in plans:
@@ -171,7 +169,7 @@ def sweep(args, source, env: dict, deadline: float) -> dict:
                 continue
             policy = policies[variant]
             depths = {p.name: p.depth for p in policy.pools}
-            fleet.arrange(policy, depths, warm)
+            fleet.arrange(policy, depths)
             control = PolicyControl(policy, time.monotonic(), artifact_reader=quality_reader(source))
             run = serve(fleet, policy, control, planned, label=label, rate=rate, seconds=seconds, drain_s=args.drain,
                         resources=resources, deadline=deadline, progress=not args.no_progress)

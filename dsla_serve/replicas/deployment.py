@@ -111,6 +111,7 @@ class ReplicaDeployment:
                         max_model_len=spec.max_model_len, max_queue=spec.max_queue,
                         seed=hash(self.replica_id) % (2**31), gpu_memory_fraction=spec.gpu_memory_fraction)
         engine.set_depth(min(depth, engine.max_depth), wait=True)
+        log.info("pool %s replica %s warmed up in %.1f s", spec.pool, self.replica_id, engine.warm_up())
         return engine
 
     # ------------------------------------------------------------------------------------------

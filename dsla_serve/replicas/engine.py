@@ -407,6 +407,21 @@ class Engine:
                     bar.update(1)
         return results  # type: ignore[return-value]
 
+    def warm_up(self) -> float:
+        """Before serving: run what the first requests would otherwise wait for (on a GPU, compiling the
+        kernels): one short prompt alone, then prompts of different lengths packed into one prefill step
+        (several segments are their own compiled kernel variant), each with a few decode steps, at the
+        depth served. The latency figures start afresh afterwards. Returns the seconds it took."""
+        started = time.perf_counter()
+        n = max(1, min(16, self.max_model_len - 3))
+        prompt = [t % self.vocab_size for t in range(1, n + 1)]
+        params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+        self.generate([prompt], params, use_tqdm=False)
+        if self.max_num_seqs > 1:
+            self.generate([prompt, prompt[: max(1, n // 2)]], params, use_tqdm=False)
+        self.metrics = EngineMetrics()
+        return time.perf_counter() - started
+
     # ----------------------------------------------------------------------------------------------
     # stepping
     # ----------------------------------------------------------------------------------------------

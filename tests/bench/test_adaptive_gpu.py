@@ -53,24 +53,3 @@ def test_the_sweep_serves_every_variant_and_adapts_under_overload(tmp_path, caps
     assert overloaded["mean_depth"] > runs["adaptive", "4"]["mean_depth"]
     assert "goals:" in capsys.readouterr().out
 
-
-def test_a_new_replica_is_warmed_up_with_packed_prefill_segments(monkeypatch):
-    """The warm-up runs the packed (varlen) prefill, its own compiled kernel variant: left to the first
-    measured run it stalled that run's loop on the GPU."""
-    import dsla_serve.replicas.runner as runner
-    from benchmarks.adaptive_fleet import EngineFactory, Fleet
-    from benchmarks.adaptive_sweep import build_policy
-
-    packed = []
-    real = runner.chunk_dsla
-
-    def recording(*a, cu_seqlens=None, **kw):
-        packed.append(cu_seqlens is not None and cu_seqlens.numel() > 2)
-        return real(*a, cu_seqlens=cu_seqlens, **kw)
-
-    monkeypatch.setattr(runner, "chunk_dsla", recording)
-    args = parse_args(ARGS + ["--prefill-chunk", "32"])
-    factory = EngineFactory(tiny_converted(), 84, int(0.0002 * 2**30), prefill_chunk_tokens=32)
-    policy = build_policy("static-deep", args, {0: factory.slots_at(0), 4: factory.slots_at(4)}, artifact=None, deep=4)
-    Fleet(factory, args.places).arrange(policy, {p.name: p.depth for p in policy.pools}, list(range(3, 63)))
-    assert any(packed), "the warm-up never prefilled several segments in one step"
