@@ -51,7 +51,7 @@ def phases(segments: list[tuple[float, float]], seed: int = 0) -> list[Arrival]:
     quiet and busy phases alternating)."""
     out, start = [], 0.0
     for i, (rate, seconds) in enumerate(segments):
-        for a in gamma(rate, 1.0, int(rate * seconds * 3), seed + i):
+        for a in poisson(rate, int(rate * seconds * 3), seed + i):
             if a.at < seconds:
                 out.append(Arrival(start + a.at))
         start += seconds

@@ -95,13 +95,13 @@ async def run_once(config: BenchConfig, corpus: Corpus, arrivals: list[Arrival],
     async with config.client() as http:
         tasks = []
         start = time.monotonic()
-        for i, (arrival, prompt, max_tokens) in enumerate((p.arrival, p.prompt, p.max_tokens) for p in planned):
-            delay = start + arrival.at - time.monotonic()
+        for i, request in enumerate(planned):
+            delay = start + request.arrival.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            late = max(0.0, time.monotonic() - start - arrival.at)
-            task = asyncio.create_task(send(http, "/v1/completions", config.body(prompt, max_tokens, config.seed + i),
-                                            config.timeout_s, late))
+            late = max(0.0, time.monotonic() - start - request.arrival.at)
+            body = config.body(request.prompt, request.max_tokens, config.seed + i)
+            task = asyncio.create_task(send(http, "/v1/completions", body, config.timeout_s, late))
             task.add_done_callback(lambda t: (results.append(t.result()), bar.update(1)))
             tasks.append(task)
         await asyncio.gather(*tasks)

@@ -16,6 +16,7 @@ from .recurrent import recurrent_dsla_torch, recurrent_dsla_pool_torch
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+
 def _triton_wanted(x: torch.Tensor) -> bool:
     if os.environ.get("DSLA_BACKEND", "auto") == "torch":
         return False

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import Gates, chunk_coords, gate_grad_factor, pow2, row_sums
+from .common import Gates, chunk_coords, chunk_totals, gate_grad_factor, pow2, row_sums
 from .layout import ChunkLayout
 
 
@@ -80,9 +80,7 @@ def _dqkg_kernel(
     out = (tok * H + hq)[:, None] * K + o_k[None, :]
     e1 = tl.load(b1 + out, mask=m_tk, other=0.0)
     e2 = tl.load(b2 + out, mask=m_tk, other=0.0)
-    last = ((bos + tl.minimum(c * BT + BT, length) - 1) * H + hq) * K + o_k  # the chunk's last token
-    tot1 = tl.load(b1 + last, mask=m_k, other=0.0)
-    tot2 = tl.load(b2 + last, mask=m_k, other=0.0)
+    tot1, tot2 = chunk_totals(b1, b2, bos, c, length, hq, o_k, H, K, BT)
     dq1 = (scale * tl.exp2(e1)) * sd1
     dq2 = (scale * tl.exp2(e2)) * sd2
     dk1 = tl.exp2(tot1[None, :] - e1) * vd1  # rows past the end: vd = 0, factor <= 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_coords, pow2
+from .common import chunk_coords, chunk_totals, pow2
 from .layout import ChunkLayout
 
 
@@ -38,7 +38,6 @@ def _dv_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    last = (bos + tl.minimum(c * BT + BT, length) - 1) * H * K + hq * K  # the chunk's last token
     end = ((boff + c + 1) * H + hq) * K * V
 
     b_do = tl.load(do + (tok * H + hq)[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(dt)
@@ -50,8 +49,7 @@ def _dv_kernel(
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k + tok[:, None] * s_k + hk * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         bq = (tok * H + hq)[:, None] * K + o_k[None, :]
-        tot1 = tl.load(b1 + last + o_k, mask=m_k, other=0.0)
-        tot2 = tl.load(b2 + last + o_k, mask=m_k, other=0.0)
+        tot1, tot2 = chunk_totals(b1, b2, bos, c, length, hq, o_k, H, K, BT)
         k1 = (b_k * tl.exp2(tot1[None, :] - tl.load(b1 + bq, mask=m_tk, other=0.0))).to(dt)
         k2 = (b_k * tl.exp2(tot2[None, :] - tl.load(b2 + bq, mask=m_tk, other=0.0))).to(dt)
         so = end + o_k[:, None] * V + o_v[None, :]

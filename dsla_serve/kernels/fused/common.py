@@ -99,6 +99,14 @@ def seq_coords(n, cu_seqlens, boundary_offsets, T, BT: tl.constexpr, IS_VARLEN: 
 
 
 @triton.jit
+def chunk_totals(b1, b2, bos, c, length, hq, o_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr):
+    """[BK] each: B_1, B_2, the cumulative log2-decays `decays.chunk_decays` wrote at chunk c's last token
+    (the chunk's total decay; a ragged last chunk ends at the sequence's end), 0 for channels past K."""
+    at = ((bos + tl.minimum(c * BT + BT, length) - 1) * H + hq) * K + o_k
+    return tl.load(b1 + at, mask=o_k < K, other=0.0), tl.load(b2 + at, mask=o_k < K, other=0.0)
+
+
+@triton.jit
 def load_gate(ptrs, mask, scale, GATE_LOGITS: tl.constexpr):
     """fp32 natural-log decays at `ptrs`, 0 where ~mask: the values as stored, or for gate logits x
     logsigmoid(x) * scale = (min(x, 0) - log1p(exp(-|x|))) * scale, with log1p in Goldberg's form

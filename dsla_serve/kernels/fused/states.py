@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import pow2, seq_coords
+from .common import chunk_totals, pow2, seq_coords
 from .layout import ChunkLayout
 
 
@@ -61,9 +61,7 @@ def _forward_states_kernel(
         bq = (tok * H + hq)[:, None] * K + o_k[None, :]
         e1 = tl.load(b1 + bq, mask=m_tk, other=0.0)
         e2 = tl.load(b2 + bq, mask=m_tk, other=0.0)
-        last = (bos + tl.minimum(c * BT + BT, length) - 1) * H * K + hq * K + o_k  # the chunk's last token
-        tot1 = tl.load(b1 + last, mask=o_k < K, other=0.0)
-        tot2 = tl.load(b2 + last, mask=o_k < K, other=0.0)
+        tot1, tot2 = chunk_totals(b1, b2, bos, c, length, hq, o_k, H, K, BT)
         k1 = (b_k * tl.exp2(tot1[None, :] - e1)).to(dt)  # rows past the end: k = 0, factor <= 1
         k2 = (b_k * tl.exp2(tot2[None, :] - e2)).to(dt)
         s1 = s1 * tl.exp2(tot1)[:, None] + tl.dot(tl.trans(k1), b_v)
@@ -119,11 +117,11 @@ def _backward_states_kernel(
         b_do = tl.load(do + (tok * H + hq)[:, None] * V + o_v[None, :],
                        mask=m_t[:, None] & (o_v[None, :] < V), other=0.0).to(dt)
         bq = (tok * H + hq)[:, None] * K + o_k[None, :]
-        last = (bos + tl.minimum(c * BT + BT, length) - 1) * H * K + hq * K + o_k  # the chunk's last token
+        tot1, tot2 = chunk_totals(b1, b2, bos, c, length, hq, o_k, H, K, BT)
         q1 = (b_q * tl.exp2(tl.load(b1 + bq, mask=m_tk, other=0.0)) * w1).to(dt)
         q2 = (b_q * tl.exp2(tl.load(b2 + bq, mask=m_tk, other=0.0)) * w2).to(dt)
-        ds1 = ds1 * tl.exp2(tl.load(b1 + last, mask=o_k < K, other=0.0))[:, None] + tl.dot(tl.trans(q1), b_do)
-        ds2 = ds2 * tl.exp2(tl.load(b2 + last, mask=o_k < K, other=0.0))[:, None] + tl.dot(tl.trans(q2), b_do)
+        ds1 = ds1 * tl.exp2(tot1)[:, None] + tl.dot(tl.trans(q1), b_do)
+        ds2 = ds2 * tl.exp2(tot2)[:, None] + tl.dot(tl.trans(q2), b_do)
 
     h_off = (boff * H + hq) * K * V
     tl.store(dh1 + h_off + state_off, ds1.to(dt), mask=m_kv)
