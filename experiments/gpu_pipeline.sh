@@ -6,8 +6,12 @@
 #      checked against tests/reference.py's FINGERPRINT (both printed);
 #   2. phase A: run `order` (the default retrieval_delta order measured on the model) and run `timing`
 #      (one layer at the claim's settings) side by side, the base model's evaluation beside them;
-#      if DeepSpeed fails there, the whole claim runs with `training.optimizer: adamw` (logged);
-#   3. the steps per layer sized from `timing`'s measured tokens/s so that the conversions end by
+#      ORDER_LIST=0,27,... makes `order` convert in that list instead (one layer, one step: seconds
+#      instead of 30 probes), for a lease that reuses an order measured before;
+#      if `timing` fails, the claim runs with the PyTorch DSLA form (DSLA_BACKEND=torch), and if that
+#      fails too, with `training.optimizer: adamw` (each fallback logged);
+#   3. the steps per layer sized from `timing`'s steady tokens/s (its first step, with the kernel
+#      compiles, left out) so that the conversions end by
 #      TARGET_END_S seconds after this script started (clamped to [MIN_STEPS, MAX_STEPS]);
 #   4. phase B: the six runs in parallel, in `order`'s order, each evaluated when it ends; conversions
 #      still running at TARGET_END_S + SLACK_S are interrupted and evaluated at the depths they published.
@@ -60,22 +64,40 @@ PY
 fi
 
 override='{}'
+phase_a_override='{}'   # the order run's fixed list (ORDER_LIST); a run's own settings win over it
+[ -n "${ORDER_LIST:-}" ] && phase_a_override="{\"order\": {\"method\": \"list\", \"layers\": [$ORDER_LIST]}}"
 phase_a_deadline=(); [ -n "${PHASE_A_DEADLINE_S:-}" ] && \
   phase_a_deadline=(--deadline-min "$(python3 -c "print(max(0.2, ($PHASE_A_DEADLINE_S - $SECONDS) / 60))")")
-log "phase A: runs $ORDER_RUNS (order, timing) and the base model's evaluation"
-python3 -m experiments.driver "$CONFIG" --out "$RUNS" --runs "$ORDER_RUNS" --workers 2 "${device_args[@]}" \
-  "${phase_a_deadline[@]}" > "$RUNS/phase-a.log" 2>&1
+phase_a() {  # $1: the log's name; $2: the optimiser override merged over the order list
+  local merged
+  merged=$(python3 -c "import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))" \
+    "$phase_a_override" "$2")
+  if [ "$1" != phase-a.log ]; then  # a retry: the failed attempt's partial artifacts would be resumed
+    for r in ${ORDER_RUNS//,/ }; do rm -rf "${RUNS:?}/runs/$r"; done
+  fi
+  python3 -m experiments.driver "$CONFIG" --out "$RUNS" --runs "$ORDER_RUNS" --workers 2 --override "$merged" \
+    "${device_args[@]}" "${phase_a_deadline[@]}" > "$RUNS/$1" 2>&1
+}
 timing_ok() { python3 -c "import json,sys; m=json.load(open('$RUNS/runs/$TIMING_RUN/artifact/manifest.json')); sys.exit(0 if m['layers'] else 1)" 2>/dev/null; }
+log "phase A: runs $ORDER_RUNS (order, timing) and the base model's evaluation${ORDER_LIST:+; order list $ORDER_LIST}"
+phase_a phase-a.log '{}'
+if ! timing_ok; then
+  log "phase A failed with the Triton kernels (DSLA_BACKEND=${DSLA_BACKEND:-auto}); tail of the timing log:"
+  tail -n 15 "$RUNS/runs/$TIMING_RUN/convert.log"
+  export DSLA_BACKEND=torch
+  log "retrying phase A with DSLA_BACKEND=torch (the rest of the claim keeps it)"
+  phase_a phase-a-torch.log '{}'
+fi
 if ! timing_ok; then
   log "phase A failed with the default optimiser (DeepSpeed); tail of the timing log:"
   tail -n 15 "$RUNS/runs/$TIMING_RUN/convert.log"
   override='{"training": {"optimizer": "adamw"}}'
   log "retrying phase A with $override"
-  python3 -m experiments.driver "$CONFIG" --out "$RUNS" --runs "$ORDER_RUNS" --workers 2 --override "$override" \
-    "${device_args[@]}" > "$RUNS/phase-a-adamw.log" 2>&1
+  phase_a phase-a-adamw.log "$override"
   timing_ok || fail "phase A (see $RUNS/runs/$TIMING_RUN/convert.log)"
 fi
-log "order: $(python3 -c "import json; m=json.load(open('$RUNS/runs/order/artifact/manifest.json')); print(m['metadata']['order']['method'], m['order'])" 2>/dev/null)"
+log "DSLA backend: ${DSLA_BACKEND:-auto}, optimiser override: $override"
+log "order: $(python3 -c "import json; m=json.load(open('$RUNS/runs/${ORDER_RUNS%%,*}/artifact/manifest.json')); print(m['metadata']['order']['method'], m['order'])" 2>/dev/null)"
 if [ -z "$PHASE_B_RUNS" ]; then  # phase A only (a lease too short for the claim's conversions)
   python3 -m experiments.driver "$CONFIG" --out "$RUNS" --report-only > /dev/null 2>&1
   log "phase A only (PHASE_B_RUNS is empty)"
@@ -87,14 +109,16 @@ steps=$(python3 - "$RUNS/runs/$TIMING_RUN/artifact/manifest.json" "$SECONDS" <<P
 import json, sys
 m = json.load(open(sys.argv[1]))["layers"][0]["metrics"]
 now = float(sys.argv[2])
-s_step = m["train_tokens"] / m["steps"] / m["train_tokens_per_s"]  # seconds per step, measured beside the order run
+rate = m.get("train_tokens_per_s_steady") or m["train_tokens_per_s"]  # without the first step's compiles
+s_step = m["train_tokens"] / m["steps"] / rate  # seconds per step, measured beside the order run
 # Phase B: six processes share the GPU (each ~2x slower than beside one other), the longest run converts
 # $LONGEST layers, 15 of them beside the others and the rest alone; 30 s of start-up, 5 s per layer of
 # calibration, validation and engine set-up.
 available = $TARGET_END_S - now - 30 - 5 * $LONGEST
 steps = int(available / (s_step * (2 * 15 + 0.7 * ($LONGEST - 15))))
 print(max($MIN_STEPS, min($MAX_STEPS, steps)))
-print(f"timing: {s_step:.3f} s per step beside the order run ({m['train_tokens_per_s']:.0f} tokens/s); "
+print(f"timing: {s_step:.3f} s per step beside the order run ({rate:.0f} tokens/s steady, "
+      f"{m['train_tokens_per_s']:.0f} with the first step); "
       f"{available:.0f} s available -> {steps} steps", file=sys.stderr)
 PY
 ) || fail "sizing"

@@ -69,7 +69,8 @@ class BatchSchedule:
 class FitResult:
     """Mean loss of each optimiser step (averaged over micro-batches and processes) and timings.
 
-    `seconds` covers the whole fit (engine set-up included); `loop_seconds` the optimiser steps only;
+    `seconds` covers the whole fit (engine set-up included); `loop_seconds` the optimiser steps only,
+    `first_step_seconds` the first of them (kernel compiles and allocator warm-up land there);
     `tokens` counts the training tokens of all processes (the student's, once per token).
     """
 
@@ -77,11 +78,20 @@ class FitResult:
     stopped: bool = False
     seconds: float = 0.0
     loop_seconds: float = 0.0
+    first_step_seconds: float = 0.0
     tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
+    @property
+    def steady_tokens_per_second(self) -> float | None:
+        """Tokens/s of the steps after the first (what more steps cost); None below two steps."""
+        rest = self.loop_seconds - self.first_step_seconds
+        if self.steps < 2 or rest <= 0:
+            return None
+        return self.tokens * (self.steps - 1) / self.steps / rest
 
     @property
     def steps(self) -> int:
@@ -156,6 +166,8 @@ def fit_layer(model: torch.nn.Module, layer_idx: int, depth: int, train: torch.T
                 # one host sync per step (not per micro-batch), then the mean over processes
                 loss = dist.all_reduce_sum([float(total) / training.grad_accumulation])[0] / dist.world_size
                 result.losses.append(loss)
+                if step == 0:
+                    result.first_step_seconds = time.perf_counter() - loop_start
                 if on_step is not None:
                     on_step(step, loss)
     finally:

@@ -354,7 +354,7 @@ class Trainer:
                    "train_loss_last": fit.losses[-1] if fit.losses else None,
                    "seconds": fit.seconds + time.perf_counter() - start, "steps": fit.steps,
                    "train_tokens": fit.tokens, "train_tokens_per_s": fit.tokens_per_second,
-                   "world_size": dist.world_size}
+                   "train_tokens_per_s_steady": fit.steady_tokens_per_second, "world_size": dist.world_size}
         if self.episodes is not None and self.episodes.held_out:
             metrics["val_answer_kl"] = answer_divergence(model, depth, self.episodes.held_out, dist=dist)
             metrics["seconds"] = fit.seconds + time.perf_counter() - start

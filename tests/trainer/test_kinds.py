@@ -25,6 +25,8 @@ def test_a_baseline_kind_is_trained_published_and_refused_as_another_kind(corpus
     assert {layer_kind(t) for t in dsla_layers(model).values()} == {kind}
     metrics = summary.layers[0].metrics
     assert metrics["steps"] == 8
+    # steady tokens/s: the 7 steps after the first, over their own time (the fit's loop ran them)
+    assert metrics["train_tokens_per_s_steady"] > 0
     if kind == "swa":  # a 64-token window over 32-token rows is the softmax attention itself: nothing to fit
         assert metrics["train_loss_first"] < 1e-6 and metrics["ppl_ratio"] == pytest.approx(1.0, abs=1e-5)
     else:
