@@ -3,8 +3,9 @@
     python benchmarks/engine.py [--out DIR] [--timeout SECONDS] [--tiny]
 
 The model is built directly on the GPU (LlamaConfig: hidden 4096, 32 layers, 32 heads, ffn 11008,
-vocab 32000), every layer converted to DSLA with order = range(32) (default DSLAConfig, random-init
-gates: speed does not depend on the weights' values), then served at several depths:
+vocab 32000), every layer converted to DSLA with order = range(32) (default DSLAConfig, or low-rank gates
+with --gate-rank; random-init gates: speed does not depend on the weights' values), then served at
+several depths:
 
 (a) decode at batch 1, prompt 512: median ms per decode step (CUDA graph) against the weight-bandwidth
     floor = bytes of the weights one step reads / measured device copy bandwidth (read + write bytes
@@ -50,7 +51,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from dsla_serve.model import convert, dsla_layers, set_depth  # noqa: E402
+from dsla_serve.model import DSLAConfig, convert, dsla_layers, set_depth  # noqa: E402
 from dsla_serve.replicas import Engine, SamplingParams  # noqa: E402
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -74,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-hf", action="store_true", help="skip (c)")
     p.add_argument("--prefill-depths", default=None, help="depths of (d) (default 0 and all layers)")
     p.add_argument("--sections", default="a,b,c,d", help="which of (a) (b) (c) (d) to run (default all)")
+    p.add_argument("--gate-rank", type=int, default=None,
+                   help="convert with low-rank gate projections of this rank (DSLAConfig.gate_rank; default full rank)")
     return p.parse_args(argv)
 
 
@@ -156,7 +159,7 @@ def copy_bandwidth(device) -> float | None:
     return 2 * 2 * n / statistics.median(times)
 
 
-def build_model(shape: dict, max_len: int, device):
+def build_model(shape: dict, max_len: int, device, gate_rank: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**shape, max_position_embeddings=max_len, tie_word_embeddings=False, bos_token_id=1,
@@ -173,7 +176,7 @@ def build_model(shape: dict, max_len: int, device):
         finally:
             torch.set_default_dtype(default)
     model.eval()
-    convert(model, range(config.num_hidden_layers))
+    convert(model, range(config.num_hidden_layers), DSLAConfig(gate_rank=gate_rank))
     sync(device)
     print(f"model built and converted in {time.monotonic() - t:.1f} s", flush=True)
     return model
@@ -501,7 +504,7 @@ def main(argv=None) -> int:
     bench = Bench(args, device)
     bw = copy_bandwidth(device)
     bench.results["copy_bandwidth_tb_s"] = round(bw / 1e12, 3) if bw else None
-    model = build_model(shape, max(prompts) + new_tokens + 64, device)
+    model = build_model(shape, max(prompts) + new_tokens + 64, device, args.gate_rank)
 
     sections = set(args.sections.split(","))
     if tiny:
