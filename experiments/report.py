@@ -92,8 +92,9 @@ def _table(teacher: dict | None, runs: dict, names: list[str], campaign: Campaig
 
 
 def distillation(runs: dict) -> dict:
-    """{run: {layers, steps, tokens_per_step, tokens_per_s, minutes_per_layer, minutes, order, method}} from the
-    manifests (the trainer's own per-layer timings: tokens/s over the optimiser steps, seconds with validation)."""
+    """{run: {layers, steps, tokens_per_step, tokens_per_s, tokens_per_s_steady, minutes_per_layer, minutes, order,
+    method}} from the manifests (the trainer's own per-layer timings: tokens/s over the optimiser steps, and
+    without each layer's first step where the manifests have it; seconds with validation)."""
     out = {}
     for name, r in runs.items():
         m = r["manifest"]
@@ -104,6 +105,8 @@ def distillation(runs: dict) -> dict:
         out[name] = {"layers": len(layers), "steps": steps,
                      "tokens_per_step": round(layers[0]["train_tokens"] / max(steps, 1)),
                      "tokens_per_s": round(statistics.mean(x["train_tokens_per_s"] for x in layers)),
+                     "tokens_per_s_steady": round(statistics.mean(steady)) if (steady := [
+                         x["train_tokens_per_s_steady"] for x in layers if x.get("train_tokens_per_s_steady")]) else None,
                      "minutes_per_layer": round(statistics.mean(x["seconds"] for x in layers) / 60, 2),
                      "minutes": round(sum(x["seconds"] for x in layers) / 60, 2),
                      "ppl_ratio_by_depth": [round(x["ppl_ratio"], 4) for x in layers],
@@ -213,10 +216,12 @@ def write_report(campaign: Campaign, out: Path) -> Path:
     targets = check_targets(teacher, runs, campaign, num_layers) if num_layers else []
     md += [f"| {t['target']} | {t['run']} | {t['status']} | {t['detail']} |" for t in targets] + [""]
     md += ["## Distillation", "", "| run | kind | order | layers | steps / layer | tokens / step | tokens/s | "
-           "min / layer | min | ppl ratio by depth (trainer's validation) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "tokens/s after step 1 | min / layer | min | ppl ratio by depth (trainer's validation) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, d in dist.items():
         md.append(f"| {name} | {d['layer_kind']} | {d['method']} {d['order']} | {d['layers']} | {d['steps']} | "
-                  f"{d['tokens_per_step']} | {d['tokens_per_s']} | {d['minutes_per_layer']} | {d['minutes']} | "
+                  f"{d['tokens_per_step']} | {d['tokens_per_s']} | {d['tokens_per_s_steady'] or '-'} | "
+                  f"{d['minutes_per_layer']} | {d['minutes']} | "
                   f"{', '.join(map(str, d['ppl_ratio_by_depth']))} |")
     notes = {n: r.get("note") for n, r in driver.get("runs", {}).items() if r.get("note")}
     md += [""] + [f"- `{n}`: {note}" for n, note in notes.items()] + [""]

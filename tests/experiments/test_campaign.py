@@ -72,6 +72,7 @@ def test_the_driver_converts_and_evaluates_each_run_in_a_shared_order_and_resume
     assert json.loads((out / "teacher" / "results.json").read_text())["runs"][0]["depth"] == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distillation"]["dsla_s0"]["layers"] == 2 and summary["distillation"]["gla_s0"]["layer_kind"] == "gla"
+    assert summary["distillation"]["dsla_s0"]["tokens_per_s_steady"] > 0  # 3 steps a layer: the last two timed
     assert {t["status"] for t in summary["targets"]} <= {"met", "missed", "not measured"}
     assert "| base model | 0 |" in (out / "summary.md").read_text()
     before = (out / "runs" / "dsla_s0" / "eval" / "results.json").stat().st_mtime_ns
