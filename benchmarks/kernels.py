@@ -938,8 +938,8 @@ def main(argv=None) -> int:
                     help="skip the sweep if the rest took longer than this many seconds")
     ap.add_argument("--skip-fla", action="store_true", help="do not compare with flash-linear-attention")
     ap.add_argument("--prefill-only", action="store_true", help="leave out the decode timings")
-    ap.add_argument("--prefill-shapes", default=None,
-                    help="BxT,... of the prefill timings (default " + ",".join(f"{b}x{t}" for b, t in PREFILL_SHAPES) + ")")
+    default_shapes = ",".join(f"{b}x{t}" for b, t in PREFILL_SHAPES)
+    ap.add_argument("--prefill-shapes", default=None, help=f"BxT,... of the prefill timings (default {default_shapes})")
     ap.add_argument("--no-small-checks", action="store_true",
                     help="skip the small-shape checks against naive_dsla (keep those at the benchmark shapes)")
     args = ap.parse_args(argv)

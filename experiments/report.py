@@ -102,11 +102,12 @@ def distillation(runs: dict) -> dict:
             continue
         layers = [e["metrics"] for e in m["layers"]]
         steps = layers[0]["steps"]
+        # without each layer's first step: manifests written before the trainer recorded it lack the field
+        steady = [x["train_tokens_per_s_steady"] for x in layers if x.get("train_tokens_per_s_steady")]
         out[name] = {"layers": len(layers), "steps": steps,
                      "tokens_per_step": round(layers[0]["train_tokens"] / max(steps, 1)),
                      "tokens_per_s": round(statistics.mean(x["train_tokens_per_s"] for x in layers)),
-                     "tokens_per_s_steady": round(statistics.mean(steady)) if (steady := [
-                         x["train_tokens_per_s_steady"] for x in layers if x.get("train_tokens_per_s_steady")]) else None,
+                     "tokens_per_s_steady": round(statistics.mean(steady)) if steady else None,
                      "minutes_per_layer": round(statistics.mean(x["seconds"] for x in layers) / 60, 2),
                      "minutes": round(sum(x["seconds"] for x in layers) / 60, 2),
                      "ppl_ratio_by_depth": [round(x["ppl_ratio"], 4) for x in layers],

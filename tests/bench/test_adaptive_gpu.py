@@ -52,4 +52,3 @@ def test_the_sweep_serves_every_variant_and_adapts_under_overload(tmp_path, caps
     assert any("deeper" in d for d in overloaded["decisions"]), overloaded["decisions"]
     assert overloaded["mean_depth"] > runs["adaptive", "4"]["mean_depth"]
     assert "goals:" in capsys.readouterr().out
-

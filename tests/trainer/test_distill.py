@@ -13,5 +13,6 @@ def test_steady_rate_leaves_the_first_step_out():
 
 
 def test_steady_rate_needs_two_steps():
-    assert FitResult(losses=[1.0], loop_seconds=2.0, first_step_seconds=2.0, tokens=1000).steady_tokens_per_second is None
+    one_step = FitResult(losses=[1.0], loop_seconds=2.0, first_step_seconds=2.0, tokens=1000)
+    assert one_step.steady_tokens_per_second is None
     assert FitResult().steady_tokens_per_second is None

@@ -20,6 +20,8 @@ def test_convert_publishes_a_verified_layer_of_the_real_model(reference_artifact
     artifact.verify()
     metrics = artifact.entries[0].metrics
     assert metrics["steps"] == 4 and 1.0 <= metrics["ppl_ratio"] < 1.5 and metrics["teacher_ppl"] < 100
+    # the rate of steps 2-4 over their own time, recorded beside the whole loop's
+    assert metrics["train_tokens_per_s_steady"] > 0 and metrics["train_tokens_per_s"] > 0
     # the layer file holds that layer's DSLA parameters only: no embedding (tied to the output) is saved
     tensors = load_file(path / "layer_3.safetensors")
     assert tensors and not any("embed" in n or "lm_head" in n for n in tensors)
