@@ -156,7 +156,7 @@ def test_shorthands_and_the_layer_kind(tmp_path):
     data = config_dict(tmp_path, tmp_path / "out")
     data.update(data=["texts", "more.txt"], order="entropy", layer_kind="gla")
     cfg = parse_config(data, base_dir=tmp_path)
-    assert cfg.data.paths == [tmp_path / "texts", tmp_path / "more.txt"] and cfg.data.seq_len == 256
+    assert cfg.data.paths == [tmp_path / "texts", tmp_path / "more.txt"] and cfg.data.seq_len == 2048
     assert cfg.order.method == "entropy" and cfg.layer_kind == "gla"
     assert CONFIG_KINDS == LAYER_KINDS
     assert parse_config(config_dict(tmp_path, tmp_path / "o")).training.optimizer == "deepspeed"  # the default
