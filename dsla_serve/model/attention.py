@@ -44,7 +44,15 @@ class GateProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., hidden] -> [..., out_features]."""
-        return self.up(x if self.down is None else self.down(x))
+        return self.up(x) if self.down is None else self.expand(self.down(x))
+
+    def expand(self, code: torch.Tensor) -> torch.Tensor:
+        """Low rank: code [..., r] (the `down` output, possibly a column view of a wider GEMM's output)
+        -> logits [..., out_features], bias included, in one addmm. `self.up(code)` on a column view
+        does the product and then the bias add as a second pass over the logits (F.linear fuses
+        the bias only for contiguous inputs): 29 ms of a 4 x 8k depth-32 prefill on an H100."""
+        flat = code.reshape(-1, code.shape[-1])  # a view when rows have one stride (column views do)
+        return torch.addmm(self.up.bias, flat, self.up.weight.t()).view(*code.shape[:-1], -1)
 
 
 class DSLAAttention(nn.Module):
@@ -154,7 +162,7 @@ class DSLAAttention(nn.Module):
     def _heads(self, q, k, v, *codes):
         B, T = q.shape[:2]
         D = self.head_dim
-        logits = [c if g.down is None else g.up(c) for g, c in zip(self.gates(), codes)]
+        logits = [c if g.down is None else g.expand(c) for g, c in zip(self.gates(), codes)]
         l1 = logits[0].view(B, T, self.num_heads, D)
         l2 = logits[1].view(B, T, self.num_heads, D) if len(logits) > 1 else l1
         return (q.view(B, T, self.num_heads, D), k.view(B, T, self.num_kv_heads, D),

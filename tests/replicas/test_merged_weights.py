@@ -50,3 +50,26 @@ def test_a_dsla_layer_merges_qkv_and_gates_and_its_qkv_stay_a_view():
     assert bias is not None and not bias[:nqkv].any() and bias[nqkv:].any()
     qkv, none = merge_linears([twin.q_proj, twin.k_proj, twin.v_proj])
     assert none is None and qkv.data_ptr() == weight.data_ptr() and qkv.shape[0] == nqkv
+
+
+def test_low_rank_gates_merge_their_down_projections_and_expand_from_the_column_views():
+    """Low-rank gates: the merged GEMM holds each gate's `down`; `split_projection` expands those
+    column views (bias included, one addmm each, reading the view in place) to what `project` gives."""
+    from dsla_serve.model import DSLAAttention, DSLAConfig
+
+    from ..model.helpers import tiny
+
+    twin = DSLAAttention(tiny().model.layers[1].self_attn, DSLAConfig(gate_rank=8, gate_init_std=0.1))
+    x = torch.randn(2, 5, twin.hidden_size)
+    with torch.no_grad():
+        want = twin.project(x, gate_logits=True)
+        weight, bias = merge_linears(twin.projection_linears())
+        y = torch.nn.functional.linear(x, weight, bias)
+        got = twin.split_projection(y)
+        code = y[..., -8:]  # the recency gate's down output, a column view
+        assert code.reshape(-1, 8).data_ptr() == code.data_ptr()  # expand reads it without a copy
+        torch.testing.assert_close(twin.gate_recency.expand(code), twin.gate_recency(x))
+    assert weight.shape[0] == twin.q_proj.out_features + 2 * twin.k_proj.out_features + 2 * 8
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(got[3], got[4])  # two gates, each from its own columns
