@@ -450,6 +450,14 @@ def bench(fn, rep_ms: float = 200) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
 
 
+def timed(row: dict, key: str, fn, rep_ms: float = 200) -> None:
+    """row[key] = bench(fn), logged at once with the wall time it took (compiles and autotuning
+    included), so a run stopped by its time limit still shows what it measured and what was slow."""
+    t0 = time.time()
+    row[key] = bench(fn, rep_ms)
+    log(f"    B={row['B']} T={row['T']} {key}: {row[key]:.3f} ms ({time.time() - t0:.0f} s wall)")
+
+
 def measure_ceilings() -> dict:
     src = torch.randn(2**28, device=DEVICE)  # 1 GiB
     dst = torch.empty_like(src)
@@ -489,13 +497,13 @@ def time_prefill(skip_fla: bool) -> list[dict]:
         x = make_inputs(B, T, H, H, D, D, torch.bfloat16, seed=11)
         dout = torch.randn(B, T, H, D, device=DEVICE, dtype=torch.bfloat16)
         row = dict(B=B, T=T)
-        row["dsla_bf16g_fwd_ms"] = bench(lambda: chunk_dsla(*x.values(), output_final_state=True))
+        timed(row, "dsla_bf16g_fwd_ms", lambda: chunk_dsla(*x.values(), output_final_state=True))
         for form, key in (("engine", "engine"), ("fp32 g", "fp32g")):
             ins, kw = layer_inputs(twin, B, T, form)
             if form == "engine":  # the runner's call: initial states gathered from the pool, final states back
                 kw["initial_state"] = tuple(torch.zeros(B, H, D, D, device=DEVICE) for _ in range(2))
             with torch.no_grad():
-                row[f"dsla_{key}_fwd_ms"] = bench(lambda: chunk_dsla(*ins.values(), output_final_state=True, **kw))
+                timed(row, f"dsla_{key}_fwd_ms", lambda: chunk_dsla(*ins.values(), output_final_state=True, **kw))
             del ins
         for form, key in (("train", "train"), ("fp32 g", "fp32g")):
             ins, kw = layer_inputs(twin, B, T, form)
@@ -505,7 +513,7 @@ def time_prefill(skip_fla: bool) -> list[dict]:
                 o, _ = chunk_dsla(*leaves.values(), **kw)
                 return torch.autograd.grad(o, list(leaves.values()), dout)
 
-            row[f"dsla_{key}_fwd_bwd_ms"] = bench(fwd_bwd, rep_ms=400)
+            timed(row, f"dsla_{key}_fwd_bwd_ms", fwd_bwd, rep_ms=400)
             del ins, leaves
             torch.cuda.empty_cache()
 
@@ -513,8 +521,8 @@ def time_prefill(skip_fla: bool) -> list[dict]:
         qg, kg, vg = (t.detach().requires_grad_() for t in (qt, kt, vt))
         dt = dout.transpose(1, 2)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            row["sdpa_fwd_ms"] = bench(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
-            row["sdpa_fwd_bwd_ms"] = bench(lambda: torch.autograd.grad(
+            timed(row, "sdpa_fwd_ms", lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
+            timed(row, "sdpa_fwd_bwd_ms", lambda: torch.autograd.grad(
                 F.scaled_dot_product_attention(qg, kg, vg, is_causal=True), [qg, kg, vg], dt), rep_ms=600)
 
         if fla is not None:
@@ -531,8 +539,8 @@ def time_prefill(skip_fla: bool) -> list[dict]:
                 o2, _ = chunk_gla(ins[0], ins[1], ins[2], ins[4], output_final_state=True)
                 return torch.autograd.grad([o1, o2], ins, [dout, dout])
 
-            row["gla2_fwd_ms"] = bench(gla_twice)
-            row["gla2_fwd_bwd_ms"] = bench(gla_twice_fwd_bwd, rep_ms=400)
+            timed(row, "gla2_fwd_ms", gla_twice)
+            timed(row, "gla2_fwd_bwd_ms", gla_twice_fwd_bwd, rep_ms=400)
             del leaves
         rows.append(row)
         log(f"  prefill B={B} T={T}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("ms")))
