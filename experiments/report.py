@@ -116,6 +116,31 @@ def distillation(runs: dict) -> dict:
     return out
 
 
+def layer_costs(dist: dict) -> dict:
+    """{run: {layer: cost}}: what each layer added in its run's chain, from the trainer's validation ratios
+    r_n (converted model / depth-0 perplexity after n layers): cost of the n-th layer = r_n / r_(n-1) - 1
+    (r_0 = 1). Layers converted late are costed with more layers before them; the ratios multiply."""
+    out = {}
+    for name, d in dist.items():
+        ratios = [1.0] + d["ppl_ratio_by_depth"]
+        out[name] = {layer: ratios[i + 1] / ratios[i] - 1 for i, layer in enumerate(d["order"])}
+    return out
+
+
+def _cost_table(costs: dict) -> list[str]:
+    """One row per layer (in the longest run's order), one column per run with more than one layer."""
+    names = [n for n, c in costs.items() if len(c) > 1]
+    if not names:
+        return []
+    longest = max(names, key=lambda n: len(costs[n]))
+    md = ["| layer | position | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for pos, layer in enumerate(costs[longest]):
+        md.append(f"| {layer} | {pos + 1} | " + " | ".join(
+            f"{100 * costs[n][layer]:+.1f}%" if layer in costs[n] else "" for n in names) + " |")
+    md.append("| median | | " + " | ".join(f"{100 * statistics.median(costs[n].values()):+.1f}%" for n in names) + " |")
+    return md
+
+
 def _spread(values: list[float]) -> float:
     return max(values) - min(values) if len(values) > 1 else 0.0
 
@@ -224,10 +249,17 @@ def write_report(campaign: Campaign, out: Path) -> Path:
                   f"{d['tokens_per_step']} | {d['tokens_per_s']} | {d['tokens_per_s_steady'] or '-'} | "
                   f"{d['minutes_per_layer']} | {d['minutes']} | "
                   f"{', '.join(map(str, d['ppl_ratio_by_depth']))} |")
+    costs = layer_costs(dist)
+    table = _cost_table(costs)
+    if table:
+        md += ["", "What each layer cost where its run converted it (trainer's validation perplexity ratio after the "
+               "layer / before it, minus 1):", ""] + table
     notes = {n: r.get("note") for n, r in driver.get("runs", {}).items() if r.get("note")}
     md += [""] + [f"- `{n}`: {note}" for n, note in notes.items()] + [""]
     summary = {"base_model": campaign.base_model, "num_layers": num_layers, "teacher": teacher, "targets": targets,
-               "distillation": dist, "experiments": {}, "notes": notes}
+               "distillation": dist, "layer_costs": {n: {str(k): round(v, 5) for k, v in c.items()}
+                                                     for n, c in costs.items()},
+               "experiments": {}, "notes": notes}
     for key, exp in campaign.experiments.items():
         md += [f"## {key}: {exp.title}", "", exp.question, ""] + _table(teacher, runs, exp.runs, campaign) + [""]
         summary["experiments"][key] = {n: {d: metrics(ev) for d, ev in runs[n]["evals"].items()}

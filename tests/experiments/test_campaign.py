@@ -106,6 +106,19 @@ def test_the_target_checks_of_issue_19():
     assert {t["status"] for t in check_targets(None, {}, campaign, 4)} == {"not measured"}
 
 
+def test_each_layers_cost_is_its_ratio_over_the_one_before():
+    from experiments.report import _cost_table, layer_costs
+
+    dist = {"a": {"order": [3, 0, 2], "ppl_ratio_by_depth": [1.02, 1.122, 1.122]},
+            "b": {"order": [3, 0], "ppl_ratio_by_depth": [1.05, 1.05]}, "one": {"order": [1], "ppl_ratio_by_depth": [2.0]}}
+    costs = layer_costs(dist)
+    assert costs["a"] == pytest.approx({3: 0.02, 0: 0.1, 2: 0.0}) and costs["b"] == pytest.approx({3: 0.05, 0: 0.0})
+    table = _cost_table(costs)
+    assert table[0] == "| layer | position | a | b |"  # a one-layer run has no chain to cost
+    assert table[3] == "| 0 | 2 | +10.0% | +0.0% |" and table[4] == "| 2 | 3 | +0.0% |  |"
+    assert table[-1] == "| median | | +2.0% | +2.5% |"
+
+
 def test_experiments_hold_no_training_loop_optimiser_or_order_code():
     """experiments/ is a consumer: the product's commands train, order and score."""
     forbidden = re.compile(r"\.backward\(|torch\.optim|AdamW|zero_grad|clip_grad|deepspeed\.initialize|"
