@@ -743,6 +743,15 @@ FORWARD_VARIANTS = [
     ("scores bk32 w2", {"chunk_scores.TUNING": dict(num_warps=2)}),
     ("scores bk32 w4", {"chunk_scores.TUNING": dict(num_warps=4)}),
     ("out bk32", {"chunk_fwd.TUNING": dict(bk=32)}),
+    ("out bv64", {"chunk_fwd.TUNING": dict(bv=64)}),
+    ("out bk32 bv64 stages3", {"chunk_fwd.TUNING": dict(bk=32, bv=64, num_stages=3)}),
+    ("states bv32", {"states.FORWARD_TUNING": dict(bv=32)}),
+    ("states bk64 bv32", {"states.FORWARD_TUNING": dict(bk=64, bv=32)}),
+    ("states bk64 bv64 w8", {"states.FORWARD_TUNING": dict(bk=64, num_warps=8)}),
+    ("states stages3", {"states.FORWARD_TUNING": dict(num_stages=3)}),
+    ("decays bk32", {"decays.TUNING": dict(bk=32)}),
+    ("decays bk128 w8", {"decays.TUNING": dict(bk=128, num_warps=8)}),
+    ("decays w2", {"decays.TUNING": dict(num_warps=2)}),
 ]
 BACKWARD_VARIANTS = [
     ("default", {}),
