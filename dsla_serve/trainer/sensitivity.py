@@ -70,12 +70,14 @@ def calibration_sequences(sequences: torch.Tensor, count: int, seed: int) -> tor
 
 
 @torch.no_grad()
-def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_size: int,
-                      dist: DistContext) -> dict[int, float]:
-    """{layer: mean attention-row entropy in nats} of the unconverted model on `sequences` [N, L].
+def attention_row_means(model: torch.nn.Module, sequences: torch.Tensor, row_statistic, *, batch_size: int,
+                        dist: DistContext) -> dict[int, float]:
+    """{layer: `row_statistic` of the unconverted model's attention rows, averaged over heads, positions
+    and `sequences` [N, L]}. `row_statistic` maps one layer's weights [B, H, T, T] (rows sum to 1 over
+    the causal prefix) to [B, H, T].
 
-    Runs eager attention (the only implementation that materialises the weights [B, H, T, T]) and
-    reduces each layer's weights inside a hook, so only one layer's weights exist at a time.
+    Runs eager attention (the only implementation that materialises the weights) and reduces each
+    layer's weights inside a hook, so only one layer's weights exist at a time.
     """
     layers = decoder_layers(model)
     sums = [0.0] * len(layers)
@@ -83,9 +85,7 @@ def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_
 
     def hook(idx):
         def record(module, args, output):
-            weights = output[1].float()  # [B, H, T, T], rows sum to 1 over the causal prefix
-            row_entropy = -torch.special.xlogy(weights, weights).sum(-1)  # [B, H, T]
-            sums[idx] += float(row_entropy.mean(dim=(1, 2)).sum())
+            sums[idx] += float(row_statistic(output[1].float()).mean(dim=(1, 2)).sum())
         return record
 
     previous = model.config._attn_implementation
@@ -102,6 +102,26 @@ def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_
         model.set_attn_implementation(previous)
     total = dist.all_reduce_sum(sums + [float(mine.shape[0])])
     return {i: total[i] / total[-1] for i in range(len(layers))}
+
+
+def attention_entropy(model: torch.nn.Module, sequences: torch.Tensor, *, batch_size: int,
+                      dist: DistContext) -> dict[int, float]:
+    """{layer: mean attention-row entropy in nats} of the unconverted model on `sequences` [N, L]."""
+    return attention_row_means(model, sequences, lambda w: -torch.special.xlogy(w, w).sum(-1),
+                               batch_size=batch_size, dist=dist)
+
+
+def attention_local_mass(model: torch.nn.Module, sequences: torch.Tensor, window: int, *, batch_size: int,
+                         dist: DistContext) -> dict[int, float]:
+    """{layer: mean share of each attention row on its last `window` keys (the token itself included)}
+    of the unconverted model on `sequences` [N, L]: 1.0 for a layer that a `window`-token sliding
+    window reproduces exactly."""
+    def local(w: torch.Tensor) -> torch.Tensor:
+        T = w.shape[-1]
+        band = torch.ones(T, T, dtype=w.dtype, device=w.device).tril().triu(-(window - 1))
+        return (w * band).sum(-1)
+
+    return attention_row_means(model, sequences, local, batch_size=batch_size, dist=dist)
 
 
 def loss_delta_scores(model: torch.nn.Module, cfg: ConvertConfig, train: torch.Tensor, val: torch.Tensor,

@@ -119,6 +119,21 @@ def test_each_layers_cost_is_its_ratio_over_the_one_before():
     assert table[-1] == "| median | | +2.0% | +2.5% |"
 
 
+def test_locality_prints_each_layers_local_share_beside_its_cost(tmp_path, capsys):
+    from experiments.locality import main as locality_main
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"layer_costs": {"dsla_s0": {"2": 0.1, "0": 0.01, "3": 0.02}}}))
+    out = tmp_path / "locality.json"
+    assert locality_main(["--model", "tiny:llama", "--data", str(REPO / "tests" / "data" / "alice_ch1-2.txt"),
+                          "--seq-len", "64", "--sequences", "3", "--window", "8", "--costs", str(summary),
+                          "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["rows"] == [3, 64] and sorted(got["local_mass"]) == ["0", "1", "2", "3"]
+    assert all(0 < m <= 1 for m in got["local_mass"].values()) and -1 <= got["spearman"] <= 1
+    assert "+10.0%" in capsys.readouterr().out
+
+
 def test_experiments_hold_no_training_loop_optimiser_or_order_code():
     """experiments/ is a consumer: the product's commands train, order and score."""
     forbidden = re.compile(r"\.backward\(|torch\.optim|AdamW|zero_grad|clip_grad|deepspeed\.initialize|"

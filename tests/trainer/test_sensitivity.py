@@ -10,7 +10,7 @@ from dsla_serve.trainer import Trainer
 from dsla_serve.trainer.data import build_dataset
 from dsla_serve.trainer.distributed import init_distributed
 from dsla_serve.trainer.seeds import layer_seed
-from dsla_serve.trainer.sensitivity import attention_entropy, compute_order
+from dsla_serve.trainer.sensitivity import attention_entropy, attention_local_mass, compute_order
 
 from .helpers import tiny_config, tiny_model
 
@@ -47,6 +47,21 @@ def test_entropy_ranks_a_uniform_attention_layer_first():
     assert scores[1] == pytest.approx(uniform, rel=1e-5)
     assert all(scores[i] < scores[1] for i in (0, 2))
     assert model.config._attn_implementation == "sdpa"  # restored after the eager pass
+
+
+def test_local_mass_is_the_share_of_each_row_on_its_last_keys():
+    model, _ = tiny_model()
+    with torch.no_grad():  # uniform rows in layer 1: row t puts min(window, t + 1) / (t + 1) on its window
+        decoder_layers(model)[1].self_attn.q_proj.weight.zero_()
+    ids = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(0))
+    dist = init_distributed("cpu")
+    mass = attention_local_mass(model, ids, 4, batch_size=2, dist=dist)
+    assert mass[1] == pytest.approx(sum(min(4, t + 1) / (t + 1) for t in range(20)) / 20, rel=1e-5)
+    assert all(0 < m <= 1 for m in mass.values())
+    whole = attention_local_mass(model, ids, 20, batch_size=3, dist=dist)  # the window spans every row
+    assert all(m == pytest.approx(1.0, rel=1e-5) for m in whole.values())
+    diagonal = attention_local_mass(model, ids, 1, batch_size=2, dist=dist)[1]  # each row's own key only
+    assert diagonal == pytest.approx(sum(1 / (t + 1) for t in range(20)) / 20, rel=1e-5)
 
 
 def test_entropy_order_follows_the_scores(setup):
