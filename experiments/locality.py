@@ -16,12 +16,12 @@ import argparse
 import json
 from pathlib import Path
 
-from scipy.stats import spearmanr
-
 from dsla_serve.model.loading import load_model_and_tokenizer
 from dsla_serve.trainer.data import pack_documents, read_documents
 from dsla_serve.trainer.distributed import init_distributed
 from dsla_serve.trainer.sensitivity import attention_local_mass
+
+from .report import spearman
 
 
 def main(argv=None) -> int:
@@ -52,9 +52,9 @@ def main(argv=None) -> int:
         cost = f"   {100 * costs[layer]:+6.1f}%" if layer in costs else ""
         print(f"{layer:5d}  {mass[layer]:.3f}{cost}")
     if costs:
-        rho, pval = spearmanr([mass[i] for i in costs], [costs[i] for i in costs])
-        result.update(costs_from=str(args.costs), run=args.run, spearman=round(float(rho), 4), p_value=round(float(pval), 4))
-        print(f"Spearman (local share, cost) over {len(costs)} layers: {rho:.3f} (p = {pval:.3g})")
+        rho = spearman([mass[i] for i in costs], [costs[i] for i in costs])
+        result.update(costs_from=str(args.costs), run=args.run, spearman=round(rho, 4))
+        print(f"Spearman (local share, cost) over {len(costs)} layers: {rho:.3f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -13,6 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from dsla_serve.quality.models import parse_depths
 from dsla_serve.quality.plots import plot_by_depth
 
@@ -139,6 +141,18 @@ def _cost_table(costs: dict) -> list[str]:
             f"{100 * costs[n][layer]:+.1f}%" if layer in costs[n] else "" for n in names) + " |")
     md.append("| median | | " + " | ".join(f"{100 * statistics.median(costs[n].values()):+.1f}%" for n in names) + " |")
     return md
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation of x and y (ties get their mean rank)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        r = np.empty(len(v))
+        r[v.argsort(kind="stable")] = np.arange(len(v))
+        for value in np.unique(v):
+            r[v == value] = r[v == value].mean()
+        return r
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
 def _spread(values: list[float]) -> float:

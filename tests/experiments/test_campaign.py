@@ -119,6 +119,16 @@ def test_each_layers_cost_is_its_ratio_over_the_one_before():
     assert table[-1] == "| median | | +2.0% | +2.5% |"
 
 
+def test_spearman_is_the_correlation_of_ranks():
+    from experiments.report import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [9, 1, 0, -5]) == pytest.approx(-1.0)
+    # 1 - 6 * sum(d^2) / (n (n^2 - 1)) without ties: ranks (1,2,3,4,5) against (2,1,4,3,5): d^2 sums to 4
+    assert spearman([1, 2, 3, 4, 5], [0.2, 0.1, 0.4, 0.3, 0.5]) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    assert spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)  # ties share their mean rank
+
+
 def test_locality_prints_each_layers_local_share_beside_its_cost(tmp_path, capsys):
     from experiments.locality import main as locality_main
 
