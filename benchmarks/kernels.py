@@ -55,6 +55,7 @@ from dsla_serve.kernels.fused import chunk as fused_chunk  # noqa: E402
 from dsla_serve.kernels.fused import (  # noqa: E402
     chunk_bwd_dqkg, chunk_bwd_dv, chunk_bwd_intra, chunk_fwd, chunk_scores, decays, recurrent, states)
 from dsla_serve.kernels.gates import log_decays  # noqa: E402
+from dsla_serve.kernels.inputs import PackedSequences, cu_seqlens_tensor  # noqa: E402
 from dsla_serve.kernels.naive import naive_dsla  # noqa: E402
 from dsla_serve.kernels.recurrent import recurrent_dsla_pool_torch  # noqa: E402
 from dsla_serve.kernels.triton_ops import (  # noqa: E402
@@ -134,7 +135,8 @@ def layer_inputs(twin, B, T, form, seed=0):
     """The kernel arguments a DSLA layer passes for random hidden states x [B, T, hidden].
 
     form "engine": the runner's `dsla_inputs` over one merged GEMM (column views, bf16 gate logits; the
-    B rows packed as one sequence axis with cu_seqlens, as the engine packs prefill segments); "train":
+    B rows packed as one sequence axis, their offsets a `PackedSequences` as the engine's ForwardBatch
+    passes them); "train":
     `project(x, gate_logits=True)` (the layer's forward); "fp32 g": `project(x)` (fp32 log-decays).
     Returns (dict q, k, v, g1, g2, mix; keyword arguments of the op).
     """
@@ -150,7 +152,7 @@ def layer_inputs(twin, B, T, form, seed=0):
             assert not k.is_contiguous() and g1.dtype == torch.bfloat16 and q.shape == (1, B * T, H, D)
             kw["gate_logit_normalizer"] = twin.gate_logit_normalizer
             if B > 1:
-                kw["cu_seqlens"] = torch.arange(0, B * T + 1, T, device=DEVICE, dtype=torch.int32)
+                kw["cu_seqlens"] = PackedSequences.of(range(0, B * T + 1, T), DEVICE)
         elif form == "train":
             q, k, v, g1, g2 = twin.project(x, gate_logits=True)
             assert g1.dtype == torch.bfloat16 and q.is_contiguous()
@@ -386,7 +388,7 @@ def check_model_forms() -> list[dict]:
                 with nan_poisoned_allocations():
                     o, (s1, s2) = chunk_dsla_triton(*x.values(), output_final_state=True, **kw)
                 ro, (r1, r2) = chunk_dsla_torch(*ref_x.values(), output_final_state=True,
-                                                cu_seqlens=kw.get("cu_seqlens"))
+                                                cu_seqlens=cu_seqlens_tensor(kw.get("cu_seqlens")))
             errors = dict(o=rel(o, ro), s1=rel(s1, r1), s2=rel(s2, r2))
         else:
             with nan_poisoned_allocations():
@@ -504,6 +506,10 @@ def time_prefill(skip_fla: bool) -> list[dict]:
                 kw["initial_state"] = tuple(torch.zeros(B, H, D, D, device=DEVICE) for _ in range(2))
             with torch.no_grad():
                 timed(row, f"dsla_{key}_fwd_ms", lambda: chunk_dsla(*ins.values(), output_final_state=True, **kw))
+                if "cu_seqlens" in kw:  # the offsets as a device tensor instead: read back on every call
+                    tensor_kw = {**kw, "cu_seqlens": kw["cu_seqlens"].cu_seqlens}
+                    timed(row, f"dsla_{key}_offsets_tensor_fwd_ms",
+                          lambda: chunk_dsla(*ins.values(), output_final_state=True, **tensor_kw))
             del ins
         for form, key in (("train", "train"), ("fp32 g", "fp32g")):
             ins, kw = layer_inputs(twin, B, T, form)

@@ -7,6 +7,7 @@ the same function as `naive_dsla`, the reference.
 """
 
 from .dispatch import chunk_dsla, recurrent_dsla
+from .inputs import PackedSequences
 from .naive import naive_dsla
 
-__all__ = ["chunk_dsla", "recurrent_dsla", "naive_dsla"]
+__all__ = ["chunk_dsla", "recurrent_dsla", "naive_dsla", "PackedSequences"]

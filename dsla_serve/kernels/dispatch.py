@@ -11,6 +11,7 @@ import torch
 
 from .chunk import chunk_dsla_torch
 from .gates import log_decays
+from .inputs import cu_seqlens_tensor
 from .recurrent import recurrent_dsla_torch, recurrent_dsla_pool_torch
 
 
@@ -34,7 +35,8 @@ def _triton_wanted(x: torch.Tensor) -> bool:
 def chunk_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,
                cu_seqlens=None, gate_logit_normalizer=None):
     """Chunked DSLA for prefill and training. Shapes as `naive_dsla`; with `cu_seqlens` ([N+1] int,
-    packed sequences, B = 1) states are [N, H, K, V]. With `gate_logit_normalizer` (tau), g1/g2 are
+    packed sequences, B = 1; or a `PackedSequences`, which saves the Triton path reading the offsets
+    back from the GPU) states are [N, H, K, V]. With `gate_logit_normalizer` (tau), g1/g2 are
     gate logits x and the log-decays logsigmoid(x) / tau (computed in fp32; the Triton kernels do it at
     their loads, and read views with a token stride in place)."""
     if _triton_wanted(q):
@@ -42,7 +44,8 @@ def chunk_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_fina
         return chunk_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens,
                                  gate_logit_normalizer=gate_logit_normalizer)
     g1, g2 = log_decays(g1, g2, gate_logit_normalizer)
-    return chunk_dsla_torch(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+    return chunk_dsla_torch(q, k, v, g1, g2, mix, scale, initial_state, output_final_state,
+                            cu_seqlens_tensor(cu_seqlens))
 
 
 def recurrent_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_final_state=False,

@@ -8,9 +8,43 @@ states unchanged and its output is simply dropped when the batch is gathered bac
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """N sequences packed on one token axis, described once on the host: pass it as `cu_seqlens` to
+    `chunk_dsla` in place of the [N + 1] tensor. The Triton kernels need the chunk count before they
+    launch, so a `cu_seqlens` tensor on the GPU is read back (the host waits for the GPU) on every call;
+    the engine calls every DSLA layer of a step with the same segments, so it builds one of these per
+    step and the chunk bookkeeping derived from it is made once and kept here (`cache`).
+
+    offsets: (0, o_1, ..., o_N) token offsets on the host; cu_seqlens: the same as an int64 [N + 1]
+    tensor on the device.
+    """
+
+    offsets: tuple[int, ...]
+    cu_seqlens: torch.Tensor
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, offsets: Sequence[int], device: torch.device | str) -> "PackedSequences":
+        offsets = tuple(int(o) for o in offsets)
+        if len(offsets) < 2 or offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
+            raise ValueError(f"PackedSequences: offsets must rise from 0 without decreasing, got {list(offsets)}")
+        return cls(offsets, torch.tensor(offsets, dtype=torch.int64).to(device))
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.offsets) - 1
+
+
+def cu_seqlens_tensor(cu_seqlens):
+    """The [N + 1] tensor of a `cu_seqlens` argument (a tensor, a `PackedSequences` or None)."""
+    return cu_seqlens.cu_seqlens if isinstance(cu_seqlens, PackedSequences) else cu_seqlens
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels import PackedSequences
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -37,7 +39,7 @@ class ForwardBatch:
     kv_pos: torch.Tensor  # [N] int64 position in that slot
     segments: list[Segment]  # S prefill segments (host)
     prefill_state_slots: torch.Tensor | None  # [S] int64 state-pool rows of the segments
-    cu_seqlens: torch.Tensor | None  # [S + 1] int64 when S > 1, else None
+    cu_seqlens: PackedSequences | None  # the S segments' offsets, host and device, when S > 1
     dec_slots: torch.Tensor  # [B] int64 cache slot of each decode row
     dec_lengths: torch.Tensor  # [B] int64 keys visible to each decode row (position + 1)
     dec_state_slots: torch.Tensor  # [B] int64 state-pool row of each decode row
@@ -67,7 +69,7 @@ class ForwardBatch:
         seg_slots = torch.tensor([s.slot for s in segments], dtype=torch.int64).to(device)
         cu = None
         if len(segments) > 1:
-            cu = torch.tensor([0] + [s.offset + s.length for s in segments], dtype=torch.int64).to(device)
+            cu = PackedSequences.of([0] + [s.offset + s.length for s in segments], device)
         dec_slots = dev[2, P:]
         return cls(
             input_ids=dev[0], positions=dev[1], kv_slots=dev[2], kv_pos=dev[1], segments=segments,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dsla_serve.kernels import chunk as chunk_module
-from dsla_serve.kernels import chunk_dsla, naive_dsla
+from dsla_serve.kernels import PackedSequences, chunk_dsla, naive_dsla
 from dsla_serve.kernels.chunk import chunk_dsla_torch
 
 from .utils import (DSLAInputs, assert_close, compare_with_reference, make_inputs, nan_poisoned_allocations,
@@ -148,6 +148,20 @@ def test_public_dispatch_uses_torch_backend_on_cpu():
     o, s = chunk_dsla(*x.args(), initial_state=x.initial_state, output_final_state=True)
     o_t, s_t = chunk_dsla_torch(*x.args(), initial_state=x.initial_state, output_final_state=True)
     assert torch.equal(o, o_t) and torch.equal(s[0], s_t[0]) and torch.equal(s[1], s_t[1])
+
+
+def test_packed_sequences_described_on_the_host_give_what_the_offsets_tensor_gives():
+    torch.manual_seed(0)
+    x = make_inputs(B=1, T=30).to(torch.float32)
+    init = tuple(torch.cat([s, s]) for s in x.initial_state)  # two sequences
+    o, s = chunk_dsla(*x.args(), initial_state=init, output_final_state=True, cu_seqlens=torch.tensor([0, 11, 30]))
+    o_p, s_p = chunk_dsla(*x.args(), initial_state=init, output_final_state=True,
+                          cu_seqlens=PackedSequences.of([0, 11, 30], "cpu"))
+    assert torch.equal(o, o_p) and torch.equal(s[0], s_p[0]) and torch.equal(s[1], s_p[1])
+    packed = PackedSequences.of((0, 11, 30), "cpu")
+    assert packed.num_seqs == 2 and packed.cu_seqlens.tolist() == [0, 11, 30]
+    with pytest.raises(ValueError, match="rise from 0 without decreasing"):
+        PackedSequences.of([0, 12, 8], "cpu")
 
 
 def test_the_dqkg_kernel_loops_over_v_at_least_twice():

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dsla_serve.kernels import PackedSequences
 from dsla_serve.kernels.naive import naive_dsla
 
 if os.environ.get("TRITON_INTERPRET") != "1":
@@ -174,6 +175,11 @@ def test_chunk_varlen_equals_each_sequence_alone(ops):
     dout = torch.randn(1, T, H, V, generator=g)
     dfinal = (torch.randn(N, H, K, V, generator=g), torch.randn(N, H, K, V, generator=g))
     got = run_with_grads(ops.chunk_dsla_triton, x, init, dout, dfinal, chunk_size=16, cu_seqlens=cu)
+    packed = PackedSequences.of(cu.tolist(), "cpu")  # the offsets on the host: the same results
+    for _ in range(2):
+        again = run_with_grads(ops.chunk_dsla_triton, x, init, dout, dfinal, chunk_size=16, cu_seqlens=packed)
+        assert all(torch.equal(again[name], got[name]) for name in got)
+    assert list(packed.cache) == [("chunk layout", 16)]  # built once, kept for the next call
 
     for n in range(N):
         a, b = cu[n].item(), cu[n + 1].item()

@@ -14,7 +14,7 @@ def test_warm_up_runs_a_packed_prefill_and_leaves_the_figures_empty(monkeypatch)
     real = runner.chunk_dsla
 
     def recording(*args, cu_seqlens=None, **kwargs):
-        packed.append(cu_seqlens is not None and cu_seqlens.numel() > 2)
+        packed.append(cu_seqlens is not None and cu_seqlens.num_seqs > 1)
         return real(*args, cu_seqlens=cu_seqlens, **kwargs)
 
     monkeypatch.setattr(runner, "chunk_dsla", recording)

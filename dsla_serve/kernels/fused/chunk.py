@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..inputs import PackedSequences
 from .checks import check_states, check_tensors, mix_table
 from .chunk_bwd import chunk_backward
 from .chunk_fwd import chunk_output
@@ -105,7 +106,8 @@ def chunk_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, outp
         scale: query scale, default K ** -0.5.
         initial_state: optional pair (s1, s2), each [N, H, K, V] fp32; None means zeros.
         output_final_state: also return the final pair of states.
-        cu_seqlens: optional [N + 1] int offsets of packed sequences (B must be 1).
+        cu_seqlens: optional [N + 1] int offsets of packed sequences (B must be 1), or a
+            `PackedSequences` (the offsets already on the host: no read-back from the GPU).
         chunk_size: tokens per chunk (boundary states are kept every chunk_size tokens), a multiple
             of 16; default DEFAULT_CHUNK_SIZE.
         gate_logit_normalizer: None, or tau: g1/g2 are gate logits x and the log-decays are
@@ -124,9 +126,12 @@ def chunk_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, outp
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"{op}: with cu_seqlens the batch size must be 1 (packed sequences), got B={B}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        if isinstance(cu_seqlens, PackedSequences):
+            if cu_seqlens.offsets[-1] != T:
+                raise ValueError(f"{op}: packed sequences end at token {cu_seqlens.offsets[-1]}, not at T={T}")
+        elif cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
             raise ValueError(f"{op}: cu_seqlens must be a 1-D tensor [N + 1], got {tuple(cu_seqlens.shape)}")
-        N = cu_seqlens.numel() - 1
+        N = cu_seqlens.num_seqs if isinstance(cu_seqlens, PackedSequences) else cu_seqlens.numel() - 1
     if initial_state is not None:
         check_states(op, "initial_state", initial_state, N, H, K, V)
     if gate_logit_normalizer is not None and not gate_logit_normalizer > 0:

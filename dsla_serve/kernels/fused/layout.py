@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..inputs import PackedSequences
+
 
 @dataclass(frozen=True)
 class ChunkLayout:
@@ -43,14 +45,25 @@ class ChunkLayout:
         return self.cu_seqlens is not None
 
     @staticmethod
-    def build(batch: int, seq_len: int, chunk_size: int, cu_seqlens: torch.Tensor | None) -> "ChunkLayout":
+    def build(batch: int, seq_len: int, chunk_size: int,
+              cu_seqlens: torch.Tensor | PackedSequences | None) -> "ChunkLayout":
         if cu_seqlens is None:
             per_seq = -(-seq_len // chunk_size)
             return ChunkLayout(batch, seq_len, chunk_size, batch * per_seq, batch * (per_seq + 1),
                                None, None, None)
-        # Packed sequences: the grid needs the chunk count, so the offsets are read once on the host
-        # (prefill/training only; the decode kernels never take this path).
-        offsets = cu_seqlens.detach().to("cpu", torch.int64)
+        if isinstance(cu_seqlens, PackedSequences):  # offsets on the host; one layout per chunk size
+            key = ("chunk layout", chunk_size)
+            if key not in cu_seqlens.cache:
+                cu_seqlens.cache[key] = ChunkLayout._packed(torch.tensor(cu_seqlens.offsets), chunk_size,
+                                                            cu_seqlens.cu_seqlens.device)
+            return cu_seqlens.cache[key]
+        # A tensor of offsets: the grid needs the chunk count, so they are read on the host, which waits
+        # for the GPU (prefill/training only; the decode kernels never take this path).
+        return ChunkLayout._packed(cu_seqlens.detach().to("cpu", torch.int64), chunk_size, cu_seqlens.device)
+
+    @staticmethod
+    def _packed(offsets: torch.Tensor, chunk_size: int, device: torch.device) -> "ChunkLayout":
+        """offsets: [N + 1] int64 on the host."""
         lengths = offsets[1:] - offsets[:-1]
         per_seq = (lengths + chunk_size - 1) // chunk_size
         n = len(lengths)
@@ -59,7 +72,6 @@ class ChunkLayout:
         chunk_in_seq = torch.arange(int(per_seq.sum())) - first_chunk[seq_of_chunk]
         chunk_indices = torch.stack([seq_of_chunk, chunk_in_seq], 1).to(torch.int32)
         boundary_offsets = (first_chunk + torch.arange(n)).to(torch.int32)
-        device = cu_seqlens.device
         return ChunkLayout(
             num_seqs=n,
             seq_len=0,
