@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a field is a tensor, and the cache is per object
 class PackedSequences:
     """N sequences packed on one token axis, described once on the host: pass it as `cu_seqlens` to
     `chunk_dsla` in place of the [N + 1] tensor. The Triton kernels need the chunk count before they

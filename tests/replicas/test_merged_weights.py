@@ -73,3 +73,21 @@ def test_low_rank_gates_merge_their_down_projections_and_expand_from_the_column_
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
     assert not torch.equal(got[3], got[4])  # two gates, each from its own columns
+
+
+def test_low_rank_gates_of_the_reference_model_expand_from_the_merged_output():
+    """The same on SmolLM2-135M-Instruct's layer shape (9 query / 3 KV heads, head dim 64, rank 16)."""
+    from dsla_serve.model import DSLAAttention, DSLAConfig
+
+    from ..reference import load_reference
+
+    model, _ = load_reference()
+    twin = DSLAAttention(model.model.layers[3].self_attn, DSLAConfig(gate_rank=16, gate_init_std=0.02))
+    x = torch.randn(7, twin.hidden_size)
+    with torch.no_grad():
+        want = twin.project(x[None], gate_logits=True)
+        weight, bias = merge_linears(twin.projection_linears())
+        got = twin.split_projection(torch.nn.functional.linear(x, weight, bias)[None])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert got[3].shape == (1, 7, 9, 64) and not torch.equal(got[3], got[4])

@@ -1,8 +1,12 @@
 """The engine on the reference real model in fp32: greedy tokens equal Hugging Face `generate` at depth 0
 and with one converted layer (depth 1), for a chat prompt (BPE, special tokens, GQA groups of 3, tied
-embeddings); EOS from the tokenizer (`<|im_end|>`) ends the answer."""
+embeddings), the two prompts' prefills packed in one step (their offsets one `PackedSequences`); EOS
+from the tokenizer (`<|im_end|>`) ends the answer."""
 
 import torch
+
+import dsla_serve.replicas.runner as runner
+from dsla_serve.kernels import PackedSequences
 
 from dsla_serve.model import DSLAConfig, convert
 from dsla_serve.replicas import Engine, SamplingParams
@@ -14,7 +18,15 @@ from .helpers import hf_greedy
 TOKENS = 10
 
 
-def test_greedy_equals_hf_generate_at_depth_0_and_1():
+def test_greedy_equals_hf_generate_at_depth_0_and_1(monkeypatch):
+    packed = []
+    real = runner.chunk_dsla
+
+    def recording(*args, cu_seqlens=None, **kwargs):
+        packed.append(cu_seqlens)
+        return real(*args, cu_seqlens=cu_seqlens, **kwargs)
+
+    monkeypatch.setattr(runner, "chunk_dsla", recording)
     model, tokenizer = load_reference()
     torch.manual_seed(0)
     convert(model, [3], DSLAConfig())
@@ -27,6 +39,8 @@ def test_greedy_equals_hf_generate_at_depth_0_and_1():
                                use_tqdm=False)
         for prompt, out in zip(prompts, outs):
             assert out.outputs[0].token_ids == hf_greedy(model, depth, prompt, TOKENS), depth
+    lengths = [len(p) for p in prompts]
+    assert any(isinstance(c, PackedSequences) and c.offsets == (0, lengths[0], sum(lengths)) for c in packed)
     engine.set_depth(0, wait=True)
     answer = engine.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=32), use_tqdm=False)[0].outputs[0]
     assert answer.finish_reason == "stop" and answer.text.strip() == "The capital of France is Paris."

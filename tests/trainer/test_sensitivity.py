@@ -64,6 +64,23 @@ def test_local_mass_is_the_share_of_each_row_on_its_last_keys():
     assert diagonal == pytest.approx(sum(1 / (t + 1) for t in range(20)) / 20, rel=1e-5)
 
 
+def test_attention_statistics_of_the_reference_model():
+    """On SmolLM2-135M-Instruct (eager attention through its Hugging Face layers): a window that spans
+    the rows holds all of each row, a 4-key window part of it, and entropies lie within log(T)."""
+    from ..reference import TRAIN_TEXT, load_reference
+
+    model, tokenizer = load_reference()
+    ids = torch.tensor([tokenizer(TRAIN_TEXT.read_text()[:2000])["input_ids"][:48]])
+    dist = init_distributed("cpu")
+    whole = attention_local_mass(model, ids, 48, batch_size=1, dist=dist)
+    assert len(whole) == 30 and all(m == pytest.approx(1.0, abs=1e-5) for m in whole.values())
+    local = attention_local_mass(model, ids, 4, batch_size=1, dist=dist)
+    assert all(0 < m < 1 for m in local.values()) and len(set(round(m, 4) for m in local.values())) > 1
+    entropy = attention_entropy(model, ids, batch_size=1, dist=dist)
+    assert all(0 <= e <= math.log(48) for e in entropy.values())
+    assert model.config._attn_implementation != "eager"  # restored
+
+
 def test_entropy_order_follows_the_scores(setup):
     result = _order(setup, method="entropy", calibration_sequences=4)
     assert sorted(result.scores) == [0, 1, 2]

@@ -129,9 +129,11 @@ def chunk_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, outp
         if isinstance(cu_seqlens, PackedSequences):
             if cu_seqlens.offsets[-1] != T:
                 raise ValueError(f"{op}: packed sequences end at token {cu_seqlens.offsets[-1]}, not at T={T}")
-        elif cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"{op}: cu_seqlens must be a 1-D tensor [N + 1], got {tuple(cu_seqlens.shape)}")
-        N = cu_seqlens.num_seqs if isinstance(cu_seqlens, PackedSequences) else cu_seqlens.numel() - 1
+            N = cu_seqlens.num_seqs
+        else:
+            if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+                raise ValueError(f"{op}: cu_seqlens must be a 1-D tensor [N + 1], got {tuple(cu_seqlens.shape)}")
+            N = cu_seqlens.numel() - 1
     if initial_state is not None:
         check_states(op, "initial_state", initial_state, N, H, K, V)
     if gate_logit_normalizer is not None and not gate_logit_normalizer > 0:
