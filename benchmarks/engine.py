@@ -226,7 +226,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
             times.append(time.perf_counter() - t)
         stream.result()
     ms = 1000 * statistics.median(times[2:])
-    graph_ms = None
+    graph_ms, graph_profile = None, {}
     if engine.graphs is not None and engine.graphs._graphs:  # the captured step alone, without engine overhead
         g = next(iter(engine.graphs._graphs.values()))
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -238,13 +238,29 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
         end.record()
         end.synchronize()
         graph_ms = start.elapsed_time(end) / 50
+        try:  # where the replay's GPU time goes, per step
+            replays = 20
+
+            def replay():
+                for _ in range(replays):
+                    g.graph.replay()
+                sync(bench.device)
+
+            prof = profile_gpu(replay)
+            graph_profile = {"gpu_ms_per_step": round(prof["gpu_ms"] / replays, 3),
+                             "gpu_ms_per_step_by_category": {k: round(v / replays, 3)
+                                                             for k, v in prof["gpu_ms_by_category"].items()},
+                             "top_kernels_ms_per_step": {k: round(v / replays, 3)
+                                                         for k, v in prof["top_kernels_ms"].items()}}
+        except Exception as e:  # noqa: BLE001 - keep the timings above
+            graph_profile = {"profile_error": f"{type(e).__name__}: {e}"[:300]}
     check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
     row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
-           "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
+           "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None, **graph_profile}
     bench.results["decode_b1"].append(row)
     bench.save()
     print("  ", row, flush=True)
@@ -306,7 +322,7 @@ CATEGORIES = (  # kernel name fragments -> category of the prefill profile, firs
                       "_chunk_output_kernel", "_recurrent_kernel")),
     ("softmax attention", ("flash", "fmha", "attention", "_decode_split_kernel", "_combine_kernel")),
     ("fused block kernels", ("_add_rmsnorm_kernel", "_rope_kv_kernel", "_silu_mul_kernel")),
-    ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "splitk", "sm90")),
+    ("GEMM", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "matmul", "splitk", "sm90")),
 )
 
 
@@ -318,7 +334,7 @@ def categorize(name: str) -> str:
     return "other (elementwise, copies, sampling)"
 
 
-def profile_prefill(run) -> dict:
+def profile_gpu(run) -> dict:
     """GPU milliseconds of one run under torch.profiler: in total, per category, the top kernels."""
     from torch.profiler import ProfilerActivity
 
@@ -363,7 +379,7 @@ def prefill_rate(bench: Bench, model, depth: int, prompt_len: int, batch: int, v
     bench.results.setdefault("prefill", []).append(row)
     if profile and bench.device.type == "cuda":
         try:
-            row.update(profile_prefill(lambda: run(seed=3)))
+            row.update(profile_gpu(lambda: run(seed=3)))
         except Exception as e:  # noqa: BLE001 - keep the rate measured above
             row["profile_error"] = f"{type(e).__name__}: {e}"[:300]
     bench.save()
