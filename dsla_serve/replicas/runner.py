@@ -89,6 +89,11 @@ class ModelRunner:
         self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
         self.dsla_proj: dict[int, tuple] = {}  # layer -> merged (weight, bias) of twin.projection_linears()
         self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
+        # layer -> [H, 2] fp32 readout mix: a function of parameters that are fixed while this runner
+        # lives (the engine builds a new one when layers load), so a step does not recompute it (two
+        # kernels per DSLA layer, graph nodes of every decode step)
+        with torch.no_grad():
+            self.readout_mix = {i: twin.readout_mix().detach().contiguous() for i, twin in self.dsla.items()}
         if self.fused:
             for i, layer in enumerate(self.layers):
                 if i in self.dsla:
@@ -189,7 +194,7 @@ class ModelRunner:
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
         q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i))  # [1, N, heads, D]
-        mix = twin.readout_mix()
+        mix = self.readout_mix[i]
         tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
         P, N = batch.num_prefill_tokens, x.shape[0]

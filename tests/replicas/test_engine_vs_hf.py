@@ -1,6 +1,7 @@
 """Greedy outputs of the engine equal Hugging Face `generate` on the same converted model."""
 
 import pytest
+import torch
 
 from dsla_serve.replicas import Engine, SamplingParams
 
@@ -39,3 +40,23 @@ def test_text_prompts_and_tokenizer():
     assert out.prompt_token_ids == engine.tokenizer("Hello")["input_ids"]
     assert len(out.outputs[0].token_ids) == 5
     assert out.outputs[0].text == engine.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True)
+
+
+def test_steps_read_the_readout_mix_computed_when_the_runner_was_built(monkeypatch):
+    """The runner keeps each DSLA layer's readout mix (fixed while it lives) instead of recomputing it in
+    every step; the outputs are still HF's."""
+    model = tiny_converted("llama", seed=4)
+    engine = Engine(model, depth=3, max_model_len=64, max_num_seqs=2)
+    assert set(engine.runner.readout_mix) == set(engine.runner.dsla) and len(engine.runner.dsla) == 3
+    for i, twin in engine.runner.dsla.items():
+        assert torch.equal(engine.runner.readout_mix[i], twin.readout_mix())
+
+        def not_per_step():
+            raise AssertionError("readout_mix() recomputed during a step")
+        monkeypatch.setattr(twin, "readout_mix", not_per_step)
+    prompts = random_prompts(2, seed=6, low=5, high=20)
+    outs = engine.generate(prompts, GREEDY, use_tqdm=False)
+    monkeypatch.undo()
+    for prompt, out in zip(prompts, outs):
+        assert out.outputs[0].finish_reason == "length"
+        assert out.outputs[0].token_ids == hf_greedy(model, 3, prompt, 12)
