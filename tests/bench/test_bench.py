@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from dsla_serve.bench.arrivals import Arrival, gamma, poisson, read_trace, scaled, write_trace
 from dsla_serve.bench.workload import Lengths
 from dsla_serve.cli import main
-from tests.controller.helpers import free_port
+from tests.ports import free_port
 
 TOKEN_S = 0.01  # the fake server's time per token
 SLOW_PROMPT = 50  # prompts this long or longer wait 0.3 s before their first token

@@ -25,9 +25,10 @@ import yaml
 
 from tests.controller.helpers import make_artifact
 from tests.polling import wait_for
+from tests.ports import free_port
 
 from .harness import LocalCluster
-from .workload import Load, corpus, free_port, summary
+from .workload import Load, corpus, summary
 
 pytestmark = pytest.mark.slow
 

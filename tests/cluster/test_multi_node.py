@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from tests.polling import wait_for
+from tests.ports import free_port
 
 from .harness import LocalCluster
-from .workload import corpus, free_port
+from .workload import corpus
 
 BUCKET = "dsla-cluster"
 

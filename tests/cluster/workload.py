@@ -3,7 +3,6 @@ request's outcome (answered, refused with a code, or hung past its deadline)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,12 +10,6 @@ from dataclasses import dataclass, field
 import httpx
 
 WORDS = "the cat sat on a mat while rain fell over old stone walls and the dog ran home past green doors".split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def corpus(folder):

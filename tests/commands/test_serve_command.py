@@ -19,7 +19,8 @@ import httpx
 import ray
 
 from dsla_serve.commands import serve
-from tests.controller.helpers import REPO, free_port, policy_dict, write_policy
+from tests.controller.helpers import REPO, policy_dict, write_policy
+from tests.ports import free_port
 
 RUN_SERVE = ("import sys, argparse; from dsla_serve.commands import serve; "
              "p = argparse.ArgumentParser(); serve.add_arguments(p); sys.exit(serve.run(p.parse_args(sys.argv[1:])))")

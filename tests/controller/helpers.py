@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,12 +12,6 @@ from dsla_serve.replicas.messages import EngineStats, ReplicaReport
 
 REPO = Path(__file__).resolve().parents[2]
 ORDER = [3, 1, 0, 2]  # conversion order of the 4-layer tiny Llama in these tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_artifact(path: Path, ratios: list[float], order: list[int] = ORDER) -> Path:

@@ -20,8 +20,9 @@ import pytest
 
 from dsla_serve.policies import load_policy
 from tests.polling import wait_for
+from tests.ports import free_port
 
-from .helpers import free_port, local_app, make_artifact, policy_dict, ray_env, write_policy
+from .helpers import local_app, make_artifact, policy_dict, ray_env, write_policy
 
 KEY_ENV, KEY = "DSLA_TEST_API_KEY", "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -12,8 +12,9 @@ import ray
 
 from dsla_serve.policies import load_policy
 from tests.polling import wait_for
+from tests.ports import free_port
 
-from .helpers import free_port, local_app, policy_dict, write_policy
+from .helpers import local_app, policy_dict, write_policy
 
 MODEL = "tiny-llama"
 

@@ -14,8 +14,10 @@ import json
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 from ..reference import REFERENCE
-from .helpers import free_port, local_app, policy_dict, write_policy
+from .helpers import local_app, policy_dict, write_policy
 
 pytestmark = pytest.mark.slow
 

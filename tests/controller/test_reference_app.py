@@ -7,8 +7,10 @@ import httpx
 import openai
 import pytest
 
+from tests.ports import free_port
+
 from ..reference import REFERENCE
-from .helpers import free_port, local_app, policy_dict, write_policy
+from .helpers import local_app, policy_dict, write_policy
 
 
 @pytest.fixture(scope="module")
