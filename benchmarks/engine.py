@@ -212,7 +212,8 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
 
 
 def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int):
-    """(a): one request; median wall time of the pure decode steps (each step ends in a host sync)."""
+    """(a): one request; median wall time of the pure decode steps (each step ends in a host sync), and
+    the captured step replayed back to back."""
     engine = Engine(model, depth=depth, max_model_len=prompt_len + steps + 1, max_num_seqs=1,
                     prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
@@ -226,7 +227,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
             times.append(time.perf_counter() - t)
         stream.result()
     ms = 1000 * statistics.median(times[2:])
-    graph_ms, graph_profile = None, {}
+    graph_ms = None
     if engine.graphs is not None and engine.graphs._graphs:  # the captured step alone, without engine overhead
         g = next(iter(engine.graphs._graphs.values()))
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -238,32 +239,40 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
         end.record()
         end.synchronize()
         graph_ms = start.elapsed_time(end) / 50
-        try:  # where the replay's GPU time goes, per step
-            replays = 20
-
-            def replay():
-                for _ in range(replays):
-                    g.graph.replay()
-                sync(bench.device)
-
-            prof = profile_gpu(replay)
-            graph_profile = {"gpu_ms_per_step": round(prof["gpu_ms"] / replays, 3),
-                             "gpu_ms_per_step_by_category": {k: round(v / replays, 3)
-                                                             for k, v in prof["gpu_ms_by_category"].items()},
-                             "top_kernels_ms_per_step": {k: round(v / replays, 3)
-                                                         for k, v in prof["top_kernels_ms"].items()}}
-        except Exception as e:  # noqa: BLE001 - keep the timings above
-            graph_profile = {"profile_error": f"{type(e).__name__}: {e}"[:300]}
     check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
     row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
-           "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None, **graph_profile}
+           "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
     bench.results["decode_b1"].append(row)
     bench.save()
     print("  ", row, flush=True)
+    del engine
+
+
+def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: int, replays: int = 20):
+    """(a)'s profile: GPU ms per captured decode step by kernel category, added to depth's row."""
+    engine = Engine(model, depth=depth, max_model_len=prompt_len + 4, max_num_seqs=1,
+                    prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=True)
+    engine.generate([random_prompts(1, prompt_len, vocab, seed=depth)[0]],
+                    SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)
+    g = next(iter(engine.graphs._graphs.values()))
+
+    def replay():
+        for _ in range(replays):
+            g.graph.replay()
+        sync(bench.device)
+
+    replay()
+    prof = profile_gpu(replay)
+    row = next(r for r in bench.results["decode_b1"] if r["depth"] == depth)
+    row.update({"gpu_ms_per_step": round(prof["gpu_ms"] / replays, 3),
+                "gpu_ms_per_step_by_category": {k: round(v / replays, 3) for k, v in prof["gpu_ms_by_category"].items()},
+                "top_kernels_ms_per_step": {k: round(v / replays, 3) for k, v in prof["top_kernels_ms"].items()}})
+    bench.save()
+    print("   depth", depth, "GPU ms per step:", row["gpu_ms_per_step"], row["gpu_ms_per_step_by_category"], flush=True)
     del engine
 
 
@@ -353,8 +362,9 @@ def profile_gpu(run) -> dict:
             "top_kernels_ms": {k[:90]: round(v, 1) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:15]}}
 
 
-def prefill_rate(bench: Bench, model, depth: int, prompt_len: int, batch: int, vocab: int, profile: bool):
-    """(d): prompt tokens/s of the engine's prefill alone (one new token per request: no decode step)."""
+def prefill_rate(bench: Bench, model, depth: int, prompt_len: int, batch: int, vocab: int, profile: bool = False):
+    """(d): prompt tokens/s of the engine's prefill alone (one new token per request: no decode step);
+    with `profile`, instead one run under torch.profiler, its GPU time added to the row timed before."""
     engine = Engine(model, depth=depth, max_model_len=prompt_len + 1, max_num_seqs=batch, max_queue=batch,
                     prefill_chunk_tokens=bench.args.prefill_chunk, memory_budget_bytes=bench.budget)
     params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
@@ -372,16 +382,19 @@ def prefill_rate(bench: Bench, model, depth: int, prompt_len: int, batch: int, v
         return elapsed
 
     run(seed=1)  # warm-up: kernels compiled and GEMM algorithms chosen at these shapes
-    seconds = run(seed=2)
-    tokens = batch * prompt_len
-    row = {"depth": depth, "prompt": prompt_len, "batch": batch, "tokens": tokens, "seconds": round(seconds, 3),
-           "prompt_tok_s": round(tokens / seconds, 1), "prefill_chunk": bench.args.prefill_chunk}
-    bench.results.setdefault("prefill", []).append(row)
-    if profile and bench.device.type == "cuda":
+    if profile:
+        row = next(r for r in bench.results["prefill"]
+                   if (r["depth"], r["prompt"], r["batch"]) == (depth, prompt_len, batch))
         try:
             row.update(profile_gpu(lambda: run(seed=3)))
-        except Exception as e:  # noqa: BLE001 - keep the rate measured above
+        except Exception as e:  # noqa: BLE001 - keep the rate measured before
             row["profile_error"] = f"{type(e).__name__}: {e}"[:300]
+    else:
+        seconds = run(seed=2)
+        tokens = batch * prompt_len
+        row = {"depth": depth, "prompt": prompt_len, "batch": batch, "tokens": tokens, "seconds": round(seconds, 3),
+               "prompt_tok_s": round(tokens / seconds, 1), "prefill_chunk": bench.args.prefill_chunk}
+        bench.results.setdefault("prefill", []).append(row)
     bench.save()
     print("  ", {k: v for k, v in row.items() if k != "top_kernels_ms"}, flush=True)
     del engine
@@ -466,6 +479,10 @@ def table(results: dict) -> str:
         lines.append(f"{r['depth']:>5} {r['ms_per_token']:>9.2f} {r.get('graph_replay_ms') or '-':>9} "
                      f"{r['weight_gb']:>10.2f} "
                      f"{r['floor_ms'] if r['floor_ms'] is not None else '-':>9} {r['x_floor'] or '-':>8}")
+    for r in results["decode_b1"]:
+        if "gpu_ms_per_step_by_category" in r:
+            lines.append(f"    depth {r['depth']}: GPU {r['gpu_ms_per_step']} ms per captured step: "
+                         + ", ".join(f"{k} {v}" for k, v in r["gpu_ms_per_step_by_category"].items()))
     lines.append("")
     lines.append("(b) engine throughput (largest batch that fits) and (c) HF generate (depth 0)")
     lines.append(f"{'who':>6} {'prompt':>6} {'depth':>5} {'batch':>5} {'new':>4} {'prefill s':>9} {'total s':>8} "
@@ -526,14 +543,15 @@ def main(argv=None) -> int:
     if tiny:
         check_vs_hf(bench, model, depths, vocab)
 
+    layers = model.config.num_hidden_layers
+    prefill_depths = [int(x) for x in (args.prefill_depths or f"0,{layers}").split(",")]
+    prefill_shapes = ((64, 2), (128, 1)) if tiny else ((8192, 4), (32768, 1))
     if "d" in sections:  # (d) first: the prefill figures the kernels issue asks for
-        layers = model.config.num_hidden_layers
-        prefill_depths = [int(x) for x in (args.prefill_depths or f"0,{layers}").split(",")]
-        for p, batch in ((64, 2), (128, 1)) if tiny else ((8192, 4), (32768, 1)):
+        for p, batch in prefill_shapes:
             for d in prefill_depths:
-                if bench.guard(f"(d) prefill depth {d} prompt {p} x {batch}", 3 if tiny else 25):
+                if bench.guard(f"(d) prefill depth {d} prompt {p} x {batch}", 3 if tiny else 20):
                     try:
-                        prefill_rate(bench, model, d, p, batch, vocab, profile=True)
+                        prefill_rate(bench, model, d, p, batch, vocab)
                     except Exception as e:  # noqa: BLE001
                         bench.error(f"(d) depth {d} prompt {p}", e)
                     free()
@@ -569,6 +587,26 @@ def main(argv=None) -> int:
                     hf_generate(bench, model, p, b, args.hf_new_tokens, vocab)
                 except Exception as e:  # noqa: BLE001
                     bench.error(f"(c) prompt {p}", e)
+                free()
+
+    # Profiles last: no timing follows a torch.profiler session (on the H100, batch-1 decode steps timed
+    # after profiles took 0.47-0.70 ms more than their graph, 0.11-0.24 ms in a process that never profiled).
+    if device.type == "cuda":
+        timed = {(r["depth"], r["prompt"], r["batch"]) for r in bench.results.get("prefill", [])}
+        for p, batch in prefill_shapes if "d" in sections else []:
+            for d in prefill_depths:
+                if (d, p, batch) in timed and bench.guard(f"(d) profile depth {d} prompt {p} x {batch}", 10):
+                    try:
+                        prefill_rate(bench, model, d, p, batch, vocab, profile=True)
+                    except Exception as e:  # noqa: BLE001
+                        bench.error(f"(d) profile depth {d} prompt {p}", e)
+                    free()
+        for d in [r["depth"] for r in bench.results["decode_b1"]] if "a" in sections else []:
+            if bench.guard(f"(a) profile depth {d}", 5):
+                try:
+                    profile_decode_b1(bench, model, d, b1_prompt, vocab)
+                except Exception as e:  # noqa: BLE001
+                    bench.error(f"(a) profile depth {d}", e)
                 free()
     bench.results["elapsed_s"] = round(time.monotonic() - bench.t0, 1)
     bench.save()
