@@ -17,9 +17,12 @@ several depths:
     prompt (halved on out-of-memory), with fewer new tokens (--hf-new-tokens, default 32) to cap its
     runtime: its per-step time is timed per token with a logits processor;
 (d) the engine's prefill alone, at depth 0 and at full depth (--prefill-depths): 4 prompts of 8192 and
-    1 of 32768 tokens, one new token each, prompt tokens per second after a warm-up run; then one more
-    run under torch.profiler, whose GPU time is summed per kernel category (GEMMs, softmax attention,
-    DSLA kernels, fused block kernels, the rest) and per kernel: where each millisecond goes.
+    1 of 32768 tokens, one new token each, prompt tokens per second after a warm-up run.
+
+On the GPU, after every timing (a profiler session slows the launches timed after it), (d) runs each
+prefill once more and (a) replays each captured decode step 20 times under torch.profiler: GPU time
+summed per kernel category (GEMMs, softmax attention, DSLA kernels, fused block kernels, the rest) and
+per kernel, where each millisecond goes.
 
 CUDA graphs are required on the GPU: a capture failure fails the run (the engine's fallback to eager
 decoding would otherwise let it pass at a lower speed); every row records `cuda_graphs`.
