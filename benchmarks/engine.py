@@ -19,7 +19,7 @@ several depths:
 (d) the engine's prefill alone, at depth 0 and at full depth (--prefill-depths): 4 prompts of 8192 and
     1 of 32768 tokens, one new token each, prompt tokens per second after a warm-up run.
 
-On the GPU, after every timing (a profiler session slows the launches timed after it), (d) runs each
+On the GPU, after every timing (steps timed after a profiler session were slower), (d) runs each
 prefill once more and (a) replays each captured decode step 20 times under torch.profiler: GPU time
 summed per kernel category (GEMMs, softmax attention, DSLA kernels, fused block kernels, the rest) and
 per kernel, where each millisecond goes.
