@@ -593,7 +593,7 @@ def main(argv=None) -> int:
                 free()
 
     # Profiles last: no timing follows a torch.profiler session (on the H100, batch-1 decode steps timed
-    # after profiles took 0.47-0.70 ms more than their graph; in a process that never profiled, 0.11-0.24 ms).
+    # after profiles took 0.47-0.70 ms more than their graph; in a process that never profiled, 0.11-0.22 ms).
     if device.type == "cuda":
         timed = {(r["depth"], r["prompt"], r["batch"]) for r in bench.results.get("prefill", [])}
         for p, batch in prefill_shapes if "d" in sections else []:
