@@ -214,11 +214,16 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
     return torch.randint(3, vocab, (n, length), generator=g).tolist()
 
 
+def b1_engine(bench: Bench, model, depth: int, max_model_len: int) -> Engine:
+    """(a)'s engine: one sequence, CUDA graphs required on the GPU."""
+    return Engine(model, depth=depth, max_model_len=max_model_len, max_num_seqs=1,
+                  prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
+
+
 def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int):
     """(a): one request; median wall time of the pure decode steps (each step ends in a host sync), and
     the captured step replayed back to back."""
-    engine = Engine(model, depth=depth, max_model_len=prompt_len + steps + 1, max_num_seqs=1,
-                    prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
+    engine = b1_engine(bench, model, depth, prompt_len + steps + 1)
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for warm in (True, False):
         stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
@@ -257,8 +262,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
 
 def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: int, replays: int = 20):
     """(a)'s profile: GPU ms per captured decode step by kernel category, added to depth's row."""
-    engine = Engine(model, depth=depth, max_model_len=prompt_len + 4, max_num_seqs=1,
-                    prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=True)
+    engine = b1_engine(bench, model, depth, prompt_len + 4)
     engine.generate([random_prompts(1, prompt_len, vocab, seed=depth)[0]],
                     SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)
     g = next(iter(engine.graphs._graphs.values()))

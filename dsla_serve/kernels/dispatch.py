@@ -56,7 +56,8 @@ def recurrent_dsla(q, k, v, g1, g2, mix, scale=None, initial_state=None, output_
         return recurrent_dsla_triton(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens,
                                      gate_logit_normalizer=gate_logit_normalizer)
     g1, g2 = log_decays(g1, g2, gate_logit_normalizer)
-    return recurrent_dsla_torch(q, k, v, g1, g2, mix, scale, initial_state, output_final_state, cu_seqlens)
+    return recurrent_dsla_torch(q, k, v, g1, g2, mix, scale, initial_state, output_final_state,
+                                cu_seqlens_tensor(cu_seqlens))
 
 
 def recurrent_dsla_pool(q, k, v, g1, g2, mix, state_pool, slots, scale=None, gate_logit_normalizer=None):

@@ -22,8 +22,8 @@ class PackedSequences:
     the engine calls every DSLA layer of a step with the same segments, so it builds one of these per
     step and the chunk bookkeeping derived from it is made once and kept here (`cache`).
 
-    offsets: (0, o_1, ..., o_N) token offsets on the host; cu_seqlens: the same as an int64 [N + 1]
-    tensor on the device.
+    offsets: (0, o_1, ..., o_N) token offsets on the host; cu_seqlens: the same as an int32 [N + 1]
+    tensor on the device (the kernels' dtype: the chunk layout uses it as it is).
     """
 
     offsets: tuple[int, ...]
@@ -35,7 +35,7 @@ class PackedSequences:
         offsets = tuple(int(o) for o in offsets)
         if len(offsets) < 2 or offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
             raise ValueError(f"PackedSequences: offsets must rise from 0 without decreasing, got {list(offsets)}")
-        return cls(offsets, torch.tensor(offsets, dtype=torch.int64).to(device))
+        return cls(offsets, torch.tensor(offsets, dtype=torch.int32).to(device))
 
     @property
     def num_seqs(self) -> int:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dsla_serve.kernels import naive_dsla, recurrent_dsla
+from dsla_serve.kernels import PackedSequences, naive_dsla, recurrent_dsla
 from dsla_serve.kernels.chunk import chunk_dsla_torch
 from dsla_serve.kernels.dispatch import recurrent_dsla_pool
 from dsla_serve.kernels.recurrent import recurrent_dsla_pool_torch, recurrent_dsla_torch
@@ -72,6 +72,12 @@ def test_varlen_matches_per_sequence_loop():
         return torch.cat(outs, dim=1), (torch.cat(s1), torch.cat(s2))
 
     compare_with_reference(run_recurrent(torch.tensor(bounds)), x, torch.float32, reference=per_sequence_naive)
+    # the offsets described on the host, as chunk_dsla takes them: the same result
+    x32 = x.to(torch.float32)
+    kw = dict(initial_state=x32.initial_state, output_final_state=True)
+    o, (s1, s2) = recurrent_dsla(*x32.args(), cu_seqlens=torch.tensor(bounds), **kw)
+    o_p, (p1, p2) = recurrent_dsla(*x32.args(), cu_seqlens=PackedSequences.of(bounds, "cpu"), **kw)
+    assert torch.equal(o, o_p) and torch.equal(s1, p1) and torch.equal(s2, p2)
 
 
 def test_chunked_prefill_then_recurrent_decode_equals_whole():

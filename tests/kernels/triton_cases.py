@@ -221,6 +221,9 @@ def test_recurrent_matches_naive(ops, varlen):
         cu = torch.tensor([0, T, 2 * T], dtype=torch.int64)
         o, (s1, s2) = ops.recurrent_dsla_triton(*packed.values(), initial_state=init, output_final_state=True,
                                                 cu_seqlens=cu)
+        again = ops.recurrent_dsla_triton(*packed.values(), initial_state=init, output_final_state=True,
+                                          cu_seqlens=PackedSequences.of(cu.tolist(), "cpu"))
+        assert torch.equal(again[0], o) and all(torch.equal(a, b) for a, b in zip(again[1], (s1, s2)))
         o = o.view(B, T, H, V)
         want_o, (w1, w2) = naive_dsla(*x.values(), initial_state=init, output_final_state=True)
     assert rel(o, want_o) < 1e-5 and rel(s1, w1) < 1e-5 and rel(s2, w2) < 1e-5

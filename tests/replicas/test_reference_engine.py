@@ -1,13 +1,13 @@
 """The engine on the reference real model in fp32: greedy tokens equal Hugging Face `generate` at depth 0
 and with one converted layer (depth 1), for a chat prompt (BPE, special tokens, GQA groups of 3, tied
-embeddings), the two prompts' prefills packed in one step (their offsets one `PackedSequences`); EOS
-from the tokenizer (`<|im_end|>`) ends the answer."""
+embeddings), the two prompts' prefills packed in one step (their offsets one `PackedSequences`), the
+converted layer read out with the mix its runner computed once; EOS from the tokenizer (`<|im_end|>`)
+ends the answer."""
 
 import torch
 
 import dsla_serve.replicas.runner as runner
 from dsla_serve.kernels import PackedSequences
-
 from dsla_serve.model import DSLAConfig, convert
 from dsla_serve.replicas import Engine, SamplingParams
 
@@ -39,6 +39,9 @@ def test_greedy_equals_hf_generate_at_depth_0_and_1(monkeypatch):
                                use_tqdm=False)
         for prompt, out in zip(prompts, outs):
             assert out.outputs[0].token_ids == hf_greedy(model, depth, prompt, TOKENS), depth
+    twin = engine.runner.dsla[3]  # depth 1: layer 3 converted, its readout mix computed when the runner was built
+    assert list(engine.runner.readout_mix) == [3]
+    assert torch.equal(engine.runner.readout_mix[3], twin.readout_mix())
     lengths = [len(p) for p in prompts]
     assert any(isinstance(c, PackedSequences) and c.offsets == (0, lengths[0], sum(lengths)) for c in packed)
     engine.set_depth(0, wait=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..inputs import cu_seqlens_tensor
 from .checks import check_states, check_tensors, mix_table
 from .chunk import chunk_dsla_triton, flat_gates
 from .common import Gates, flat_tokens
@@ -28,8 +29,8 @@ def recurrent_dsla_triton(q, k, v, g1, g2, mix, scale=None, initial_state=None, 
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"{op}: with cu_seqlens the batch size must be 1 (packed sequences), got B={B}")
+        cu_seqlens = cu_seqlens_tensor(cu_seqlens).to(torch.int32)
         N = cu_seqlens.numel() - 1
-        cu_seqlens = cu_seqlens.to(torch.int32)
     if initial_state is not None:
         check_states(op, "initial_state", initial_state, N, H, K, V)
         initial_state = tuple(s.contiguous() for s in initial_state)

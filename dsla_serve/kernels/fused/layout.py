@@ -55,15 +55,17 @@ class ChunkLayout:
             key = ("chunk layout", chunk_size)
             if key not in cu_seqlens.cache:
                 cu_seqlens.cache[key] = ChunkLayout._packed(torch.tensor(cu_seqlens.offsets), chunk_size,
-                                                            cu_seqlens.cu_seqlens.device)
+                                                            cu_seqlens.cu_seqlens)
             return cu_seqlens.cache[key]
         # A tensor of offsets: the grid needs the chunk count, so they are read on the host, which waits
         # for the GPU (prefill/training only; the decode kernels never take this path).
-        return ChunkLayout._packed(cu_seqlens.detach().to("cpu", torch.int64), chunk_size, cu_seqlens.device)
+        return ChunkLayout._packed(cu_seqlens.detach().to("cpu", torch.int64), chunk_size,
+                                   cu_seqlens.detach().to(torch.int32))
 
     @staticmethod
-    def _packed(offsets: torch.Tensor, chunk_size: int, device: torch.device) -> "ChunkLayout":
-        """offsets: [N + 1] int64 on the host."""
+    def _packed(offsets: torch.Tensor, chunk_size: int, device_offsets: torch.Tensor) -> "ChunkLayout":
+        """offsets: [N + 1] int64 on the host; device_offsets: the same, int32 on the kernels' device."""
+        device = device_offsets.device
         lengths = offsets[1:] - offsets[:-1]
         per_seq = (lengths + chunk_size - 1) // chunk_size
         n = len(lengths)
@@ -78,7 +80,7 @@ class ChunkLayout:
             chunk_size=chunk_size,
             num_chunks=int(per_seq.sum()),
             num_boundaries=int(per_seq.sum()) + n,
-            cu_seqlens=offsets.to(device=device, dtype=torch.int32),
+            cu_seqlens=device_offsets,
             chunk_indices=chunk_indices.to(device),
             boundary_offsets=boundary_offsets.to(device),
         )
