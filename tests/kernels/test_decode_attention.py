@@ -58,6 +58,15 @@ def test_triton_kernel_matches_torch_form_in_interpreter():
             out = ta.decode_attention_triton(q, k, v, slots, lengths, D ** -0.5, L)
             err = ((out.double() - ref).norm() / ref.norm()).item()
             assert err < (1e-5 if dtype == torch.float32 else 2e-3), (B, H, Hk, D, dtype, err)
+        # short rows under a long static bound (a graph captured for max_model_len): each row's keys are
+        # spread over the splits by its own length, and splits left without keys must not count
+        B, H, Hk, D, P, L = 4, 4, 1, 16, 4, 300  # 4 splits on the pretend 4-SM GPU
+        q = torch.randn(B, H, D, generator=g)
+        k, v = torch.randn(2, P, Hk, L + 1, D, generator=g)
+        slots, lengths = torch.tensor([3, 0, 1, 2]), torch.tensor([1, 64, 70, 300])
+        ref = decode_attention_torch(q.double(), k.double(), v.double(), slots, lengths, D ** -0.5, L)
+        out = ta.decode_attention_triton(q, k, v, slots, lengths, D ** -0.5, L)
+        assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1"}

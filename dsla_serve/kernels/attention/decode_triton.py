@@ -2,9 +2,11 @@
 
 Grid (B, Hk, S): program (b, kv head, split) handles the G = H / Hk query heads that share one key/value
 head (so each key is read once per group, the group padded to 16 rows for tensor-core `tl.dot`) over
-keys [split * split_len, min(+split_len, length)) of row b's slot, with an online softmax, and writes
-a partial output and its log-sum-exp; a second kernel combines the S partials. S is chosen from the static bound `max_len` so that the
-grid fills the GPU; splits past a row's length exit at once. No host synchronisation: graph-safe.
+its share of row b's keys, with an online softmax, and writes a partial output and its log-sum-exp; a
+second kernel combines the S partials. S is chosen from the static bound `max_len` so that the grid fills
+the GPU, and each row's keys are divided among the S splits by its own length (read on the device), so a
+short sequence under a graph captured for a long `max_len` still spreads over every split. Splits with
+no keys exit at once. No host synchronisation: graph-safe.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _NUM_SMS: dict[int, int] = {}
 def _decode_split_kernel(Q, K, Vc, Slots, Lens, Opart, LSEpart,
                          stride_qb, stride_qh, stride_kp, stride_kh, stride_kl, stride_vp, stride_vh, stride_vl,
                          stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
-                         scale, split_len,
+                         scale, splits,
                          G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     b = tl.program_id(0)
@@ -28,6 +30,7 @@ def _decode_split_kernel(Q, K, Vc, Slots, Lens, Opart, LSEpart,
     sp = tl.program_id(2)
     slot = tl.load(Slots + b).to(tl.int64)
     length = tl.load(Lens + b).to(tl.int32)
+    split_len = tl.cdiv(tl.cdiv(length, BLOCK_N), splits) * BLOCK_N  # whole key blocks per split
     start = sp * split_len
     end = tl.minimum(start + split_len, length)
 
@@ -108,8 +111,6 @@ def decode_attention_triton(q, k_cache, v_cache, slots, lengths, scale, max_len)
     blocks = triton.cdiv(max_len, BLOCK_N)
     target = 4 * _num_sms(q.device)
     splits = max(1, min(blocks, triton.cdiv(target, B * Hk)))
-    split_len = triton.cdiv(blocks, splits) * BLOCK_N
-    splits = triton.cdiv(max_len, split_len)
     o_part = torch.empty(B, H, splits, D, device=q.device, dtype=torch.float32)
     lse_part = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
     precision = "ieee" if k_cache.dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
@@ -118,7 +119,7 @@ def decode_attention_triton(q, k_cache, v_cache, slots, lengths, scale, max_len)
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), lse_part.stride(0), lse_part.stride(1),
-        float(scale), split_len,
+        float(scale), splits,
         G=G, BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, PRECISION=precision, num_warps=4, num_stages=3)
     out = torch.empty(B, H, D, device=q.device, dtype=q.dtype)
     _combine_kernel[(B, H)](o_part, lse_part, out, splits, o_part.stride(0), o_part.stride(1), o_part.stride(2),
