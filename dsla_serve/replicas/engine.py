@@ -544,9 +544,10 @@ class Engine:
             to_sample.append((req, r))
             r += 1
         if to_sample:
-            rows = torch.tensor([i for _, i in to_sample], device=logits.device)
-            tokens, logprobs = sample(logits.index_select(0, rows), [q.params for q, _ in to_sample],
-                                      [q.generator for q, _ in to_sample])
+            rows = [i for _, i in to_sample]
+            if rows != list(range(logits.shape[0])):  # (a decode step samples every row, in order)
+                logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
+            tokens, logprobs = sample(logits, [q.params for q, _ in to_sample], [q.generator for q, _ in to_sample])
             for (req, _), token, lp in zip(to_sample, tokens, logprobs):
                 req.append_token(token, lp)
                 changed.append(req)

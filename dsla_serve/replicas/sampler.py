@@ -31,10 +31,10 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
         (tokens, logprobs): B token ids, and for each row either None or {token: log-probability} of
         the `logprobs` most likely tokens plus the chosen one (log_softmax of the raw logits).
     """
-    logits = logits.float()
-    B, V = logits.shape
-    chosen = logits.argmax(dim=-1)
+    chosen = logits.argmax(dim=-1)  # = the argmax of the float32 copy (the cast is exact): no copy for greedy
     sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if sampled or any(p.logprobs is not None for p in params):
+        logits = logits.float()
     if sampled:
         chosen[sampled] = _sample_rows(logits[sampled], [params[i] for i in sampled],
                                        [generators[i] for i in sampled])

@@ -1,0 +1,224 @@
+"""GPU benchmark of a decode step's parts on the Llama-2-7B shape (random bf16 weights): the projections
+and the decode attention, with the weights and caches the engine's runner holds.
+
+    python benchmarks/decode_step.py [--out DIR] [--rows 1,4,16] [--sweep]
+
+1. Checks: `decode_linear` against F.linear in float32 on every projection shape of the model (and the
+   MLP's down projection with the activation at its load), relative RMS error < 1e-2.
+2. Projections: for each kind of projection of a depth-24 runner (softmax q/k/v, the DSLA layers' merged
+   q/k/v/gates, o, the MLP's gate/up, down with its activation, lm_head) one CUDA graph applies it to
+   every layer's weight in turn (as a step does: no weight is in L2 when read), timed replayed; cuBLAS
+   (F.linear, silu_mul first for down) against `decode_linear`, in ms per step and in bytes of weight
+   read per second as a fraction of the measured copy bandwidth. With --sweep, `decode_linear`'s launch
+   settings at each kind, best first.
+3. Decode attention at batch 1 over a 512-token context, all 32 layers' caches, under graphs captured
+   for a static bound of 513, 4097 and 32769 keys (the engine captures for max_model_len).
+
+The whole step (engine.py (a) with --decode-linear triton,cublas) is timed by benchmarks/engine.py.
+Writes decode_step.json under --out (default $OUT or benchmarks/results); one table last. Exits 1 when
+a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # see engine.py
+sys.path.insert(0, str(_HERE.parent))
+sys.path.append(str(_HERE))
+
+from engine import LLAMA2_7B, build_model, copy_bandwidth, environment  # noqa: E402
+
+from dsla_serve.kernels.attention import decode_attention  # noqa: E402
+from dsla_serve.kernels.block import silu_mul  # noqa: E402
+from dsla_serve.kernels.block.linear import LinearConfig, decode_linear, default_config  # noqa: E402
+from dsla_serve.model import set_depth  # noqa: E402
+from dsla_serve.replicas.cache import CachePool  # noqa: E402
+from dsla_serve.replicas.model_source import active_dsla_layers, cache_spec  # noqa: E402
+from dsla_serve.replicas.runner import ModelRunner  # noqa: E402
+
+DEVICE = "cuda"
+DEPTH = 24
+SWEEP = [LinearConfig(n, k, w, s) for n, k, (w, s) in
+         itertools.product((16, 32, 64), (128, 256, 512), ((4, 3), (4, 5), (8, 4)))]
+
+
+def projections(model, runner) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """Kind -> the (weight, bias) a decode step reads for it, layer by layer."""
+    kinds: dict[str, list] = {"q/k/v": list(runner.qkv.values()), "DSLA q/k/v/gates": list(runner.dsla_proj.values()),
+                              "o": [], "gate/up": list(runner.gate_up.values()), "down (+act)": []}
+    for i, layer in enumerate(model.model.layers):
+        o = runner.dsla[i].o_proj if i in runner.dsla else layer.self_attn.o_proj
+        kinds["o"].append((o.weight, o.bias))
+        kinds["down (+act)"].append((layer.mlp.down_proj.weight, layer.mlp.down_proj.bias))
+    kinds["lm_head"] = [(model.lm_head.weight, None)]
+    return {k: v for k, v in kinds.items() if v}
+
+
+def graph_ms(fn, replays: int = 30) -> float:
+    """Median ms of one replay of fn captured in a CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times[3:])
+
+
+def step_fn(kind: str, weights, x: torch.Tensor, how: str, config: LinearConfig | None = None):
+    """One step's worth of the projection `kind` (every layer's weight in turn), by cuBLAS or Triton."""
+    down = kind.startswith("down")
+
+    def run():
+        for w, b in weights:
+            if how == "cublas":
+                inp = silu_mul(x[:, :w.shape[1]], x[:, w.shape[1]:]) if down else x
+                F.linear(inp, w, b)
+            else:
+                decode_linear(x, w, b, silu_mul_input=down, config=config)
+    return run
+
+
+def check(kinds, rows: list[int]) -> list[dict]:
+    out = []
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for kind, weights in kinds.items():
+        w, b = weights[0]
+        down = kind.startswith("down")
+        for m in rows:
+            x = torch.randn(m, w.shape[1] * (2 if down else 1), device=DEVICE, generator=g).bfloat16()
+            inp = (F.silu(x[:, :w.shape[1]].float()).bfloat16().float() * x[:, w.shape[1]:].float()) if down else x.float()
+            ref = F.linear(inp, w.float(), None if b is None else b.float())
+            got = decode_linear(x, w, b, silu_mul_input=down).float()
+            err = ((got - ref).norm() / ref.norm()).item()
+            out.append({"kind": kind, "rows": m, "rel_err": err, "ok": err < 1e-2})
+            print(f"check {kind} rows {m}: rel err {err:.2e} {'ok' if err < 1e-2 else 'FAILED'}", flush=True)
+    return out
+
+
+def time_projections(kinds, rows: list[int], bw: float, sweep: bool) -> list[dict]:
+    out = []
+    for kind, weights in kinds.items():
+        nbytes = sum(w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+                     for w, b in weights)
+        K = weights[0][0].shape[1] * (2 if kind.startswith("down") else 1)
+        for m in rows:
+            x = torch.randn(m, K, device=DEVICE, dtype=torch.bfloat16)
+            row = {"kind": kind, "rows": m, "layers": len(weights), "weight_mb": round(nbytes / 1e6, 1),
+                   "shape": list(weights[0][0].shape), "default_config": default_config(m, *weights[0][0].shape)}
+            for how in ("cublas", "triton"):
+                ms = graph_ms(step_fn(kind, weights, x, how))
+                row[f"{how}_ms"] = round(ms, 4)
+                row[f"{how}_x_copy_bw"] = round(nbytes / (ms * 1e-3) / bw, 3)
+            if sweep and m == rows[0]:
+                trials = []
+                for cfg in SWEEP:
+                    try:
+                        trials.append((graph_ms(step_fn(kind, weights, x, "triton", cfg), replays=15), cfg))
+                    except Exception as e:  # noqa: BLE001 - a setting that does not compile (shared memory)
+                        print(f"  {kind} {cfg}: {type(e).__name__}", flush=True)
+                trials.sort()
+                row["sweep"] = [{"config": cfg._asdict(), "ms": round(ms, 4)} for ms, cfg in trials[:6]]
+            out.append(row)
+            print(row, flush=True)
+    return out
+
+
+def time_attention(model, bw: float, context: int = 512) -> list[dict]:
+    spec = cache_spec(model, 0, 32768)
+    pool = CachePool(spec, 1, torch.device(DEVICE))
+    layers = model.config.num_hidden_layers
+    H, D = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    for i in range(layers):
+        pool.k[i][:, :, :context].normal_()
+        pool.v[i][:, :, :context].normal_()
+    q = torch.randn(1, H, D, device=DEVICE, dtype=torch.bfloat16)
+    slots = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    lengths = torch.full((1,), context, dtype=torch.int64, device=DEVICE)
+    kv_bytes = layers * 2 * context * pool.k[0].shape[1] * D * pool.k[0].element_size()
+    out = []
+    for bound in (context + 1, 4097, 32769):
+        def run():
+            for i in range(layers):
+                decode_attention(q, pool.k[i], pool.v[i], slots, lengths, D ** -0.5, bound)
+        ms = graph_ms(run)
+        row = {"context": context, "static_bound": bound, "ms_per_step": round(ms, 4),
+               "us_per_layer": round(1000 * ms / layers, 2), "kv_x_copy_bw": round(kv_bytes / (ms * 1e-3) / bw, 3)}
+        out.append(row)
+        print(row, flush=True)
+    return out
+
+
+def table(res: dict) -> str:
+    lines = ["", "== decode step parts: " + ", ".join(f"{k} {v}" for k, v in res["env"].items()), "",
+             f"projections, one step (every layer), copy bandwidth {res['copy_bandwidth_tb_s']} TB/s",
+             f"{'kind':>18} {'rows':>4} {'MB':>7} {'cuBLAS ms':>9} {'x bw':>5} {'Triton ms':>9} {'x bw':>5} "
+             f"{'cuBLAS/Triton':>13}"]
+    for r in res["projections"]:
+        lines.append(f"{r['kind']:>18} {r['rows']:>4} {r['weight_mb']:>7.0f} {r['cublas_ms']:>9.4f} "
+                     f"{r['cublas_x_copy_bw']:>5.2f} {r['triton_ms']:>9.4f} {r['triton_x_copy_bw']:>5.2f} "
+                     f"{r['cublas_ms'] / r['triton_ms']:>13.2f}")
+        for t in r.get("sweep", [])[:3]:
+            lines.append(f"{'':>24} sweep {t['config']}: {t['ms']} ms")
+    lines += ["", "decode attention, batch 1, 32 layers",
+              f"{'context':>7} {'bound':>6} {'ms/step':>8} {'us/layer':>8} {'x bw':>5}"]
+    for r in res["attention"]:
+        lines.append(f"{r['context']:>7} {r['static_bound']:>6} {r['ms_per_step']:>8.4f} {r['us_per_layer']:>8.2f} "
+                     f"{r['kv_x_copy_bw']:>5.2f}")
+    lines.append(f"checks: {sum(c['ok'] for c in res['checks'])}/{len(res['checks'])} pass")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(_HERE / "results"), help="output directory")
+    ap.add_argument("--rows", default="1,4,16", help="rows (batch) of the projections (default 1,4,16)")
+    ap.add_argument("--sweep", action="store_true", help="sweep decode_linear's launch settings at the first rows")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("decode_step.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = torch.device(DEVICE)
+    rows = [int(r) for r in args.rows.split(",")]
+    res = {"env": environment(device)}
+    bw = copy_bandwidth(device)
+    res["copy_bandwidth_tb_s"] = round(bw / 1e12, 3)
+    model = build_model(LLAMA2_7B, 32768 + 64, device)
+    set_depth(model, DEPTH)
+    runner = ModelRunner(model, CachePool(cache_spec(model, DEPTH, 64), 1, device), active_dsla_layers(model, DEPTH))
+    kinds = projections(model, runner)
+    with torch.inference_mode():
+        res["checks"] = check(kinds, rows)
+        res["projections"] = time_projections(kinds, rows, bw, args.sweep)
+        res["attention"] = time_attention(model, bw)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode_step.json").write_text(json.dumps(res, indent=1, default=str))
+    print(table(res), flush=True)
+    return 0 if all(c["ok"] for c in res["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
