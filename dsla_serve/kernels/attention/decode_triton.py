@@ -6,7 +6,8 @@ its share of row b's keys, with an online softmax, and writes a partial output a
 second kernel combines the S partials. S is chosen from the static bound `max_len` so that the grid fills
 the GPU, and each row's keys are divided among the S splits by its own length (read on the device), so a
 short sequence under a graph captured for a long `max_len` still spreads over every split. Splits with
-no keys exit at once. No host synchronisation: graph-safe.
+no keys exit at once. When one split per (row, kv head) already fills the GPU (large batches), the
+kernel writes the output itself and the combine pass does not run. No host synchronisation: graph-safe.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def _decode_split_kernel(Q, K, Vc, Slots, Lens, Opart, LSEpart,
                          stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
                          scale, splits,
                          G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr):
+    """DIRECT (one split): Opart is the output [B, H, D] (stride_os unused) and no log-sum-exp is written."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     sp = tl.program_id(2)
@@ -53,23 +55,27 @@ def _decode_split_kernel(Q, K, Vc, Slots, Lens, Opart, LSEpart,
         nmask = n < end
         kv_mask = nmask[:, None] & dmask[None, :]
         k = tl.load(k_base + n[:, None] * stride_kl + d[None, :], mask=kv_mask, other=0.0)  # [N, D]
+        v = tl.load(v_base + n[:, None] * stride_vl + d[None, :], mask=kv_mask, other=0.0)  # [N, D], issued with k
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [G, N] fp32
         s = tl.where(nmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + n[:, None] * stride_vl + d[None, :], mask=kv_mask, other=0.0)  # [N, D]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
     has = l_i > 0.0
     safe_l = tl.where(has, l_i, 1.0)
     o = acc / safe_l[:, None]
-    lse = tl.where(has, m_i + tl.log(safe_l), float("-inf"))
-    tl.store(Opart + b * stride_ob + heads[:, None] * stride_oh + sp * stride_os + d[None, :], o,
-             mask=gmask[:, None] & dmask[None, :])
-    tl.store(LSEpart + b * stride_lb + heads * stride_lh + sp, lse, mask=gmask)
+    omask = gmask[:, None] & dmask[None, :]
+    if DIRECT:
+        tl.store(Opart + b * stride_ob + heads[:, None] * stride_oh + d[None, :], o.to(Opart.dtype.element_ty),
+                 mask=omask)
+    else:
+        lse = tl.where(has, m_i + tl.log(safe_l), float("-inf"))
+        tl.store(Opart + b * stride_ob + heads[:, None] * stride_oh + sp * stride_os + d[None, :], o, mask=omask)
+        tl.store(LSEpart + b * stride_lb + heads * stride_lh + sp, lse, mask=gmask)
 
 
 @triton.jit
@@ -111,18 +117,21 @@ def decode_attention_triton(q, k_cache, v_cache, slots, lengths, scale, max_len)
     blocks = triton.cdiv(max_len, BLOCK_N)
     target = 4 * _num_sms(q.device)
     splits = max(1, min(blocks, triton.cdiv(target, B * Hk)))
-    o_part = torch.empty(B, H, splits, D, device=q.device, dtype=torch.float32)
-    lse_part = torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
+    out = torch.empty(B, H, D, device=q.device, dtype=q.dtype)
+    direct = splits == 1  # the grid fills the GPU without splitting: write the output, no combine pass
+    o_part = out if direct else torch.empty(B, H, splits, D, device=q.device, dtype=torch.float32)
+    lse_part = out if direct else torch.empty(B, H, splits, device=q.device, dtype=torch.float32)
     precision = "ieee" if k_cache.dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
     _decode_split_kernel[(B, Hk, splits)](
         q, k_cache, v_cache, slots, lengths, o_part, lse_part,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        o_part.stride(0), o_part.stride(1), o_part.stride(2), lse_part.stride(0), lse_part.stride(1),
-        float(scale), splits,
-        G=G, BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, PRECISION=precision, num_warps=4, num_stages=3)
-    out = torch.empty(B, H, D, device=q.device, dtype=q.dtype)
-    _combine_kernel[(B, H)](o_part, lse_part, out, splits, o_part.stride(0), o_part.stride(1), o_part.stride(2),
-                            lse_part.stride(0), lse_part.stride(1), out.stride(0), out.stride(1),
-                            D=D, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)
+        o_part.stride(0), o_part.stride(1), 0 if direct else o_part.stride(2), lse_part.stride(0),
+        lse_part.stride(1), float(scale), splits,
+        G=G, BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, PRECISION=precision, DIRECT=direct,
+        num_warps=4, num_stages=3)
+    if not direct:
+        _combine_kernel[(B, H)](o_part, lse_part, out, splits, o_part.stride(0), o_part.stride(1), o_part.stride(2),
+                                lse_part.stride(0), lse_part.stride(1), out.stride(0), out.stride(1),
+                                D=D, BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=4)
     return out
