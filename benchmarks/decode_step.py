@@ -50,7 +50,7 @@ from dsla_serve.replicas.runner import ModelRunner  # noqa: E402
 DEVICE = "cuda"
 DEPTH = 24
 SWEEP = [LinearConfig(n, k, w, s) for n, k, (w, s) in
-         itertools.product((16, 32, 64), (128, 256, 512), ((4, 3), (4, 5), (8, 4)))]
+         itertools.product((16, 32, 64), (128, 256), ((4, 4), (8, 3)))]
 
 
 def projections(model, runner) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
