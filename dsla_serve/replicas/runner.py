@@ -154,7 +154,8 @@ class ModelRunner:
             mlp = layer.mlp
             if i in self.gate_up:
                 gu = self._linear(x, *self.gate_up[i])
-                if 0 < x.shape[0] <= self.small_rows:  # the activation computed at the down projection's load
+                if 0 < x.shape[0] <= self.small_rows and type(mlp.down_proj) is torch.nn.Linear:
+                    # the activation computed at the down projection's load
                     m = self._decode_linear(gu, mlp.down_proj.weight, mlp.down_proj.bias, silu_mul_input=True)
                 else:
                     f = mlp.gate_proj.out_features

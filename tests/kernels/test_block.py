@@ -87,6 +87,8 @@ def test_decode_linear_matches_f_linear():
                 got = decode_linear(gu, w, silu_mul_input=True, config=cfg)
                 assert ((got.double() - ref).norm() / ref.norm()).item() < tol, ("silu", dtype, M, N, K)
         w = torch.randn(8, 32)
+        xs = torch.randn(3, 64, generator=g)[:, ::2]  # a strided input is copied, not misread
+        torch.testing.assert_close(decode_linear(xs, w), F.linear(xs, w), rtol=1e-5, atol=1e-5)
         for bad, kw, what in ((torch.randn(0, 32), {}, "rows"), (torch.randn(17, 32), {}, "rows"),
                               (torch.randn(2, 31), {}, "columns"), (torch.randn(2, 32), {"silu_mul_input": True}, "columns")):
             try:

@@ -66,7 +66,7 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     `input` is x, or with `silu_mul_input` silu(x[:, :K]) * x[:, K:] (K' = 2K, the gated MLP's
     [gate | up] projection output). weight: [N, K] with contiguous rows (an `nn.Linear` weight or a
-    row slice of one); bias: [N] or None. Accumulates in float32, like F.linear.
+    row slice of one); bias: [N] or None; x any strides. Accumulates in float32, like F.linear.
     """
     M = x.shape[0]
     N, K = weight.shape
@@ -75,8 +75,9 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if x.shape[1] != (2 * K if silu_mul_input else K):
         raise ValueError(f"x has {x.shape[1]} columns for a weight of {K} input features"
                          + (" (silu_mul_input: 2 x in_features)" if silu_mul_input else ""))
-    if weight.stride(1) != 1 or x.stride(1) != 1:
-        raise ValueError("decode_linear: weight and x need contiguous rows")
+    if weight.stride(1) != 1:
+        raise ValueError("decode_linear: the weight's rows must be contiguous")
+    x = x if x.stride(1) == 1 else x.contiguous()
     cfg = config or default_config(M, N, K)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
