@@ -78,9 +78,6 @@ def parse_args(argv=None):
     p.add_argument("--skip-hf", action="store_true", help="skip (c)")
     p.add_argument("--prefill-depths", default=None, help="depths of (d) (default 0 and all layers)")
     p.add_argument("--sections", default="a,b,c,d", help="which of (a) (b) (c) (d) to run (default all)")
-    p.add_argument("--decode-linear", default="triton",
-                   help="comma-separated projection paths of (a)'s decode step, each timed side by side: triton "
-                        "(kernels.block.decode_linear, the engine's default) and/or cublas (DSLA_DECODE_LINEAR)")
     p.add_argument("--gate-rank", type=int, default=None,
                    help="convert with low-rank gate projections of this rank (DSLAConfig.gate_rank; default full rank)")
     return p.parse_args(argv)
@@ -217,25 +214,16 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
     return torch.randint(3, vocab, (n, length), generator=g).tolist()
 
 
-def b1_engine(bench: Bench, model, depth: int, max_model_len: int, linear: str) -> Engine:
-    """(a)'s engine: one sequence, CUDA graphs required on the GPU, decode projections by `linear`."""
-    before = os.environ.get("DSLA_DECODE_LINEAR")
-    os.environ["DSLA_DECODE_LINEAR"] = linear  # read when the engine builds its runner
-    try:
-        return Engine(model, depth=depth, max_model_len=max_model_len, max_num_seqs=1,
-                      prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
-    finally:
-        if before is None:
-            del os.environ["DSLA_DECODE_LINEAR"]
-        else:
-            os.environ["DSLA_DECODE_LINEAR"] = before
+def b1_engine(bench: Bench, model, depth: int, max_model_len: int) -> Engine:
+    """(a)'s engine: one sequence, CUDA graphs required on the GPU."""
+    return Engine(model, depth=depth, max_model_len=max_model_len, max_num_seqs=1,
+                  prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
 
 
-def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int,
-              linear: str):
+def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int):
     """(a): one request; median wall time of the pure decode steps (each step ends in a host sync), and
     the captured step replayed back to back."""
-    engine = b1_engine(bench, model, depth, prompt_len + steps + 1, linear)
+    engine = b1_engine(bench, model, depth, prompt_len + steps + 1)
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for warm in (True, False):
         stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
@@ -262,7 +250,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
     check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
-    row = {"depth": depth, "decode_linear": linear, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
+    row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
            "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
@@ -272,9 +260,9 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
     del engine
 
 
-def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: int, linear: str, replays: int = 20):
-    """(a)'s profile: GPU ms per captured decode step by kernel category, added to the row of (depth, linear)."""
-    engine = b1_engine(bench, model, depth, prompt_len + 4, linear)
+def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: int, replays: int = 20):
+    """(a)'s profile: GPU ms per captured decode step by kernel category, added to depth's row."""
+    engine = b1_engine(bench, model, depth, prompt_len + 4)
     engine.generate([random_prompts(1, prompt_len, vocab, seed=depth)[0]],
                     SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)
     g = next(iter(engine.graphs._graphs.values()))
@@ -286,12 +274,12 @@ def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: i
 
     replay()
     prof = profile_gpu(replay)
-    row = next(r for r in bench.results["decode_b1"] if (r["depth"], r["decode_linear"]) == (depth, linear))
+    row = next(r for r in bench.results["decode_b1"] if r["depth"] == depth)
     row.update({"gpu_ms_per_step": round(prof["gpu_ms"] / replays, 3),
                 "gpu_ms_per_step_by_category": {k: round(v / replays, 3) for k, v in prof["gpu_ms_by_category"].items()},
                 "top_kernels_ms_per_step": {k: round(v / replays, 3) for k, v in prof["top_kernels_ms"].items()}})
     bench.save()
-    print("   depth", depth, linear, "GPU ms per step:", row["gpu_ms_per_step"], row["gpu_ms_per_step_by_category"], flush=True)
+    print("   depth", depth, "GPU ms per step:", row["gpu_ms_per_step"], row["gpu_ms_per_step_by_category"], flush=True)
     del engine
 
 
@@ -493,15 +481,14 @@ def table(results: dict) -> str:
     lines = ["", "== engine benchmark: " + ", ".join(f"{k} {v}" for k, v in results["env"].items()), ""]
     bw = results.get("copy_bandwidth_tb_s")
     lines.append(f"(a) decode, batch 1, prompt 512 (copy bandwidth {bw} TB/s)")
-    lines.append(f"{'depth':>5} {'linear':>7} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} {'floor ms':>9} "
-                 f"{'x floor':>8}")
+    lines.append(f"{'depth':>5} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} {'floor ms':>9} {'x floor':>8}")
     for r in results["decode_b1"]:
-        lines.append(f"{r['depth']:>5} {r['decode_linear']:>7} {r['ms_per_token']:>9.2f} {r.get('graph_replay_ms') or '-':>9} "
+        lines.append(f"{r['depth']:>5} {r['ms_per_token']:>9.2f} {r.get('graph_replay_ms') or '-':>9} "
                      f"{r['weight_gb']:>10.2f} "
                      f"{r['floor_ms'] if r['floor_ms'] is not None else '-':>9} {r['x_floor'] or '-':>8}")
     for r in results["decode_b1"]:
         if "gpu_ms_per_step_by_category" in r:
-            lines.append(f"    depth {r['depth']} {r['decode_linear']}: GPU {r['gpu_ms_per_step']} ms per captured step: "
+            lines.append(f"    depth {r['depth']}: GPU {r['gpu_ms_per_step']} ms per captured step: "
                          + ", ".join(f"{k} {v}" for k, v in r["gpu_ms_per_step_by_category"].items()))
     lines.append("")
     lines.append("(b) engine throughput (largest batch that fits) and (c) HF generate (depth 0)")
@@ -576,15 +563,13 @@ def main(argv=None) -> int:
                         bench.error(f"(d) depth {d} prompt {p}", e)
                     free()
 
-    linears = args.decode_linear.split(",")
     for d in [0] + [d for d in depths if d != 0] if "a" in sections else []:  # (a)
-        for linear in linears:
-            if bench.guard(f"(a) decode b1 depth {d} {linear}", 3 if tiny else 12):
-                try:
-                    decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab, linear)
-                except Exception as e:  # noqa: BLE001
-                    bench.error(f"(a) depth {d} {linear}", e)
-                free()
+        if bench.guard(f"(a) decode b1 depth {d}", 3 if tiny else 12):
+            try:
+                decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab)
+            except Exception as e:  # noqa: BLE001
+                bench.error(f"(a) depth {d}", e)
+            free()
 
     # priority: depth 0 and its HF baseline, then the deepest-but-one depth (24 by default), per prompt;
     # then the remaining depths
@@ -623,13 +608,12 @@ def main(argv=None) -> int:
                     except Exception as e:  # noqa: BLE001
                         bench.error(f"(d) profile depth {d} prompt {p}", e)
                     free()
-        for r in list(bench.results["decode_b1"]) if "a" in sections else []:
-            d, linear = r["depth"], r["decode_linear"]
-            if bench.guard(f"(a) profile depth {d} {linear}", 5):
+        for d in [r["depth"] for r in bench.results["decode_b1"]] if "a" in sections else []:
+            if bench.guard(f"(a) profile depth {d}", 5):
                 try:
-                    profile_decode_b1(bench, model, d, b1_prompt, vocab, linear)
+                    profile_decode_b1(bench, model, d, b1_prompt, vocab)
                 except Exception as e:  # noqa: BLE001
-                    bench.error(f"(a) profile depth {d} {linear}", e)
+                    bench.error(f"(a) profile depth {d}", e)
                 free()
     bench.results["elapsed_s"] = round(time.monotonic() - bench.t0, 1)
     bench.save()

@@ -128,11 +128,8 @@ class DSLAAttention(nn.Module):
         m = self.mix()
         return m.expand(self.num_heads, 2) * self.output_scale.float()[:, None]
 
-    def project_out(self, o: torch.Tensor, dtype: torch.dtype, linear=None) -> torch.Tensor:
-        """o [..., H, V] of an op given `readout_mix()` -> [..., hidden]: W_o o in `dtype` (computed by
-        `linear(input, weight, bias)` when given, e.g. the engine's decode kernel)."""
-        if linear is not None:
-            return linear(o.flatten(-2).to(dtype), self.o_proj.weight, self.o_proj.bias)
+    def project_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """o [..., H, V] of an op given `readout_mix()` -> [..., hidden]: W_o o in `dtype`."""
         return self.o_proj(o.flatten(-2).to(dtype))
 
     def read_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -8,10 +8,7 @@ the weights once. Per layer kind at the current depth:
 On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, the
 rotary embedding is fused with the cache write (`dsla_serve.kernels.block`), and q/k/v (softmax
 layers), q/k/v plus both gate projections (DSLA layers) and gate/up run as one GEMM each over merged
-weights (`merged_weights.py`). Projections of a decode step (at most `decode_linear.MAX_ROWS` rows) run
-in `block.decode_linear`, which reads each weight once at close to the copy bandwidth, the MLP's
-activation computed at the down projection's load (DSLA_DECODE_LINEAR=cublas keeps cuBLAS there).
-Elsewhere the HF modules run as they are.
+weights (`merged_weights.py`); elsewhere the HF modules run as they are.
 
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
   through SDPA over their slot's prefix (lower-right causal mask), decode rows through
@@ -45,26 +42,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-def dsla_inputs(twin, x: torch.Tensor, merged: tuple | None = None, linear=F.linear):
+def dsla_inputs(twin, x: torch.Tensor, merged: tuple | None = None):
     """What the runner passes to the DSLA kernels for x [N, hidden]: (q, k, v, l1, l2), each
     [1, N, heads, D], l1/l2 the gate logits (pass gate_logit_normalizer=twin.gate_logit_normalizer).
 
-    With `merged` (= merge_linears(twin.projection_linears())) one GEMM, `linear(x, weight, bias)`,
-    computes them all and they are column views of its output; without, the twin's own projections
-    (contiguous).
+    With `merged` (= merge_linears(twin.projection_linears())) one GEMM computes them all and they are
+    column views of its output; without, the twin's own projections (contiguous).
     """
     if merged is not None:
-        return twin.split_projection(linear(x, *merged)[None])
+        return twin.split_projection(F.linear(x, *merged)[None])
     return twin.project(x[None], gate_logits=True)
-
-
-def _decode_linear_wanted() -> bool:
-    """Whether the fused path runs decode-sized projections with `kernels.block.decode_linear`
-    (DSLA_DECODE_LINEAR=triton, the default) or cuBLAS (=cublas)."""
-    choice = os.environ.get("DSLA_DECODE_LINEAR", "triton")
-    if choice not in ("triton", "cublas"):
-        raise ValueError(f"DSLA_DECODE_LINEAR must be 'triton' or 'cublas', got {choice!r}")
-    return choice == "triton"
 
 
 def _fused_kernels_usable(model, device: torch.device) -> bool:
@@ -99,11 +86,6 @@ class ModelRunner:
         self.pool = pool
         self.dsla = dict(dsla_layers)
         self.fused = _fused_kernels_usable(model, pool.device) if fused is None else fused
-        # projections of at most this many rows (decode steps) read their weight once in a Triton kernel
-        self.small_rows = 0
-        if self.fused and _decode_linear_wanted():
-            from ..kernels.block.linear import MAX_ROWS, decode_linear
-            self.small_rows, self._decode_linear = MAX_ROWS, decode_linear
         self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
         self.dsla_proj: dict[int, tuple] = {}  # layer -> merged (weight, bias) of twin.projection_linears()
         self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
@@ -153,31 +135,15 @@ class ModelRunner:
             h, x = add_rmsnorm(h, self._mixer(i, layer, x, cos, sin, batch), post.weight, post.variance_epsilon)
             mlp = layer.mlp
             if i in self.gate_up:
-                gu = self._linear(x, *self.gate_up[i])
-                if 0 < x.shape[0] <= self.small_rows and type(mlp.down_proj) is torch.nn.Linear:
-                    # the activation computed at the down projection's load
-                    m = self._decode_linear(gu, mlp.down_proj.weight, mlp.down_proj.bias, silu_mul_input=True)
-                else:
-                    f = mlp.gate_proj.out_features
-                    m = mlp.down_proj(silu_mul(gu[:, :f], gu[:, f:]))
+                gu = F.linear(x, *self.gate_up[i])
+                f = mlp.gate_proj.out_features
+                m = mlp.down_proj(silu_mul(gu[:, :f], gu[:, f:]))
             else:
                 m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             h, x = add_rmsnorm(h, m, nxt.weight, nxt.variance_epsilon)
         x = x if batch.logit_rows is None else x.index_select(0, batch.logit_rows)
-        return self._project(self.lm_head, x)
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """F.linear, by `decode_linear` for decode-sized x (fused path)."""
-        if 0 < x.shape[0] <= self.small_rows:
-            return self._decode_linear(x, weight, bias)
-        return F.linear(x, weight, bias)
-
-    def _project(self, linear: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """linear(x) for an nn.Linear, through `_linear` when it is a plain one."""
-        if type(linear) is torch.nn.Linear and linear.weight.stride(1) == 1:
-            return self._linear(x, linear.weight, linear.bias)
-        return linear(x)
+        return self.lm_head(x)
 
     def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
         cos, sin = self.rotary(h[None], batch.positions[None])
@@ -193,7 +159,7 @@ class ModelRunner:
         """Softmax attention of layer i. x [N, hidden] -> [N, hidden]."""
         N, D = x.shape[0], attn.head_dim
         if i in self.qkv:  # one GEMM; q/k/v are column views of its output
-            qkv = self._linear(x, *self.qkv[i])
+            qkv = F.linear(x, *self.qkv[i])
             nq, nk = attn.q_proj.out_features, attn.k_proj.out_features
             q, k, v = qkv[:, :nq], qkv[:, nq:nq + nk], qkv[:, nq + nk:]
         else:
@@ -223,11 +189,11 @@ class ModelRunner:
             parts.append(decode_attention(q[P:], kc, vc, batch.dec_slots, batch.dec_lengths, attn.scaling,
                                           batch.max_len))
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return self._project(attn.o_proj, o.reshape(N, -1).to(x.dtype))
+        return attn.o_proj(o.reshape(N, -1).to(x.dtype))
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
-        q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i), self._linear)  # [1, N, heads, D]
+        q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i))  # [1, N, heads, D]
         mix = self.readout_mix[i]
         tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
@@ -247,4 +213,4 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return twin.project_out(o, x.dtype, self._linear)
+        return twin.project_out(o, x.dtype)
