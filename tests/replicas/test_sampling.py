@@ -157,3 +157,18 @@ def test_sampler_rows_are_independent_of_the_batch():
     together, _ = sample(logits, [SamplingParams(temperature=0.5)] * 2 + [p, SamplingParams(temperature=0)], gens)
     assert together[2] == alone[0]
     assert together[3] == int(logits[3].argmax())
+
+
+def test_sampler_takes_model_dtype_logits_as_their_float32_copy():
+    """Greedy rows of bf16 logits take the argmax without a float32 copy: the same tokens (ties included)
+    and, when asked, the same log-probabilities as the float32 copy gives."""
+    from dsla_serve.replicas.sampler import sample
+
+    logits = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    logits[1, 10] = logits[1, 40] = logits[1].max() + 1  # a tie: the first index wins in both
+    greedy = [SamplingParams(temperature=0)] * 3
+    gens = [torch.Generator().manual_seed(0) for _ in range(3)]
+    tokens, lps = sample(logits, greedy, gens)
+    assert tokens == logits.float().argmax(-1).tolist() and tokens[1] == 10 and lps == [None] * 3
+    asked = [SamplingParams(temperature=0, logprobs=2)] * 3
+    assert sample(logits, asked, gens) == sample(logits.float(), asked, gens)
