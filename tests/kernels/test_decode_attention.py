@@ -1,5 +1,6 @@
 """The decode attention over the slot cache: PyTorch form against a direct computation, and the Triton
-kernel against the PyTorch form under the Triton interpreter (CPU)."""
+kernel against the PyTorch form under the Triton interpreter (CPU), at random shapes and on the decode
+step of the reference model (SmolLM2-135M-Instruct)."""
 
 import os
 import subprocess
@@ -67,6 +68,68 @@ def test_triton_kernel_matches_torch_form_in_interpreter():
         ref = decode_attention_torch(q.double(), k.double(), v.double(), slots, lengths, D ** -0.5, L)
         out = ta.decode_attention_triton(q, k, v, slots, lengths, D ** -0.5, L)
         assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+        print("ok")
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+def test_triton_kernel_on_the_reference_models_decode_step(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct's own decode step: the query, KV cache, slots and lengths its first layer passes
+    (recorded from the engine on the CPU: a chat prompt of about 200 tokens and one of about 20, a cache for
+    1024), through the Triton kernel under the interpreter, under the eager step's bound (the longest row)
+    and a CUDA graph's (max_model_len + 1), on a pretend GPU large enough that each row's keys are split by
+    its own length, and on one so small that one split per (row, KV head) fills it and the kernel writes
+    the output itself: all equal the PyTorch form."""
+    pytest.importorskip("triton")
+    import dsla_serve.replicas.runner as runner
+    from dsla_serve.replicas import Engine, SamplingParams
+
+    from ..reference import TRAIN_TEXT, chat_ids, load_reference
+
+    model, tokenizer = load_reference()
+    calls = []
+    real = runner.decode_attention
+
+    def recording(*args):
+        if not calls:
+            calls.append([a.clone() if torch.is_tensor(a) else a for a in args])
+        return real(*args)
+
+    monkeypatch.setattr(runner, "decode_attention", recording)
+    long_text = TRAIN_TEXT.read_text()[:700]
+    prompts = [chat_ids(tokenizer, [{"role": "user", "content": long_text}]), chat_ids(tokenizer)]
+    engine = Engine(model, tokenizer=tokenizer, max_model_len=1024, max_num_seqs=2)
+    engine.generate(prompts, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True), use_tqdm=False)
+    torch.save(calls[0], tmp_path / "call.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        import dsla_serve.kernels.attention.decode_triton as ta
+        from dsla_serve.kernels.attention import decode_attention_torch
+        q, k, v, slots, lengths, scale, max_len = torch.load({str(tmp_path / "call.pt")!r})
+        assert q.shape[0] == 2 and k.shape[1] == 3 and q.shape[1] == 9 and k.shape[2] == 1025, (q.shape, k.shape)
+        assert max_len == lengths.max() > 2 * 64 and lengths.min() < 64, lengths  # several key blocks; less than one
+        ref = decode_attention_torch(q.double(), k.double(), v.double(), slots, lengths, scale, max_len)
+        combines = []
+        real_combine = ta._combine_kernel
+
+        class Spy:
+            def __getitem__(self, grid):
+                combines.append(grid)
+                return real_combine[grid]
+
+        ta._combine_kernel = Spy()
+        for bound in (max_len, k.shape[2]):
+            for sms, split in ((16, True), (1, False)):  # 64 programs wanted for 6 (row, KV head) pairs; or 4
+                ta._num_sms = lambda device, sms=sms: sms
+                combines.clear()
+                out = ta.decode_attention_triton(q, k, v, slots, lengths, scale, bound)
+                assert bool(combines) == split, (bound, sms, combines)
+                err = ((out.double() - ref).norm() / ref.norm()).item()
+                assert err < 1e-5, (bound, sms, err)
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
