@@ -13,6 +13,15 @@ import torch
 from dsla_serve.kernels.attention import decode_attention_torch
 
 
+def _interpret(script: str) -> None:
+    """Run `script` in a fresh interpreter with the Triton interpreter on; it prints "ok" when it passes."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
 def _direct(q, k_cache, v_cache, slots, lengths, scale):
     B, H, D = q.shape
     G = H // k_cache.shape[1]
@@ -70,11 +79,7 @@ def test_triton_kernel_matches_torch_form_in_interpreter():
         assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
         print("ok")
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+    _interpret(script)
 
 
 def test_triton_kernel_on_the_reference_models_decode_step(tmp_path, monkeypatch):
@@ -132,8 +137,4 @@ def test_triton_kernel_on_the_reference_models_decode_step(tmp_path, monkeypatch
                 assert err < 1e-5, (bound, sms, err)
         print("ok")
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+    _interpret(script)
