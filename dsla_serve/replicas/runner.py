@@ -8,7 +8,9 @@ the weights once. Per layer kind at the current depth:
 On CUDA with Triton, residual adds are fused into the RMSNorms, the MLP activation is fused, the
 rotary embedding is fused with the cache write (`dsla_serve.kernels.block`), and q/k/v (softmax
 layers), q/k/v plus both gate projections (DSLA layers) and gate/up run as one GEMM each over merged
-weights (`merged_weights.py`); elsewhere the HF modules run as they are.
+weights (`merged_weights.py`); a pass of one row (batch-1 decode) runs every projection as the Triton
+`gemv` (faster than cuBLAS at one row; the down projection takes the MLP activation at its load);
+elsewhere the HF modules run as they are.
 
 - softmax attention: rotary embedding, keys/values written into the slot cache, prefill chunks
   through SDPA over their slot's prefix (lower-right causal mask), decode rows through
@@ -42,15 +44,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-def dsla_inputs(twin, x: torch.Tensor, merged: tuple | None = None):
+def dsla_inputs(twin, x: torch.Tensor, merged: tuple | None = None, linear=F.linear):
     """What the runner passes to the DSLA kernels for x [N, hidden]: (q, k, v, l1, l2), each
     [1, N, heads, D], l1/l2 the gate logits (pass gate_logit_normalizer=twin.gate_logit_normalizer).
 
-    With `merged` (= merge_linears(twin.projection_linears())) one GEMM computes them all and they are
-    column views of its output; without, the twin's own projections (contiguous).
+    With `merged` (= merge_linears(twin.projection_linears())) one GEMM (`linear(x, weight, bias)`)
+    computes them all and they are column views of its output; without, the twin's own projections
+    (contiguous).
     """
     if merged is not None:
-        return twin.split_projection(F.linear(x, *merged)[None])
+        return twin.split_projection(linear(x, *merged)[None])
     return twin.project(x[None], gate_logits=True)
 
 
@@ -76,7 +79,9 @@ class ModelRunner:
 
     def __init__(self, model, pool: CachePool, dsla_layers: dict[int, torch.nn.Module], fused: bool | None = None):
         """`dsla_layers`: {layer index: DSLAAttention} for the layers that are DSLA at this depth;
-        `fused`: use the Triton fused kernels and merged projections (default: on CUDA when usable)."""
+        `fused`: use the Triton fused kernels and merged projections (default: on CUDA when usable).
+        The attribute `gemv` (default: `fused`) runs one-row passes' projections through the Triton
+        `gemv`; a benchmark may turn it off before the first step (CUDA graphs capture what it says)."""
         base = model.model
         self.embed = base.embed_tokens
         self.layers = base.layers
@@ -86,6 +91,7 @@ class ModelRunner:
         self.pool = pool
         self.dsla = dict(dsla_layers)
         self.fused = _fused_kernels_usable(model, pool.device) if fused is None else fused
+        self.gemv = self.fused
         self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
         self.dsla_proj: dict[int, tuple] = {}  # layer -> merged (weight, bias) of twin.projection_linears()
         self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
@@ -124,7 +130,7 @@ class ModelRunner:
 
     def _forward_fused(self, batch: ForwardBatch) -> torch.Tensor:
         """The same function with residual adds fused into the RMSNorms and the MLP activation fused."""
-        from ..kernels.block import add_rmsnorm, silu_mul
+        from ..kernels.block import add_rmsnorm, gemv, silu_mul
 
         h = self.embed(batch.input_ids)
         cos, sin = self._rotary(h, batch)
@@ -135,15 +141,37 @@ class ModelRunner:
             h, x = add_rmsnorm(h, self._mixer(i, layer, x, cos, sin, batch), post.weight, post.variance_epsilon)
             mlp = layer.mlp
             if i in self.gate_up:
-                gu = F.linear(x, *self.gate_up[i])
+                gu = self._linear(x, *self.gate_up[i])
                 f = mlp.gate_proj.out_features
-                m = mlp.down_proj(silu_mul(gu[:, :f], gu[:, f:]))
+                down = mlp.down_proj
+                if self._one_row(gu, down.weight):
+                    m = gemv(gu, down.weight, down.bias, silu_mul_input=True)
+                else:
+                    m = down(silu_mul(gu[:, :f], gu[:, f:]))
             else:
                 m = mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             h, x = add_rmsnorm(h, m, nxt.weight, nxt.variance_epsilon)
         x = x if batch.logit_rows is None else x.index_select(0, batch.logit_rows)
-        return self.lm_head(x)
+        return self._project(x, self.lm_head)
+
+    def _one_row(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether x @ weight.T runs as the Triton `gemv` (one row, gemv on, rows of weight contiguous)."""
+        return self.gemv and x.shape[0] == 1 and weight.stride(1) == 1
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, K] -> [N, out] = F.linear(x, weight, bias), as `gemv` for one row."""
+        if self._one_row(x, weight):
+            from ..kernels.block import gemv
+            return gemv(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    def _project(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+        """x [N, K] -> linear(x), as `gemv` for one row."""
+        if self._one_row(x, linear.weight):
+            from ..kernels.block import gemv
+            return gemv(x, linear.weight, linear.bias)
+        return linear(x)
 
     def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
         cos, sin = self.rotary(h[None], batch.positions[None])
@@ -159,7 +187,7 @@ class ModelRunner:
         """Softmax attention of layer i. x [N, hidden] -> [N, hidden]."""
         N, D = x.shape[0], attn.head_dim
         if i in self.qkv:  # one GEMM; q/k/v are column views of its output
-            qkv = F.linear(x, *self.qkv[i])
+            qkv = self._linear(x, *self.qkv[i])
             nq, nk = attn.q_proj.out_features, attn.k_proj.out_features
             q, k, v = qkv[:, :nq], qkv[:, nq:nq + nk], qkv[:, nq + nk:]
         else:
@@ -189,11 +217,11 @@ class ModelRunner:
             parts.append(decode_attention(q[P:], kc, vc, batch.dec_slots, batch.dec_lengths, attn.scaling,
                                           batch.max_len))
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return attn.o_proj(o.reshape(N, -1).to(x.dtype))
+        return self._project(o.reshape(N, -1).to(x.dtype), attn.o_proj)
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
-        q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i))  # [1, N, heads, D]
+        q, k, v, g1, g2 = dsla_inputs(twin, x, self.dsla_proj.get(i), self._linear)  # [1, N, heads, D]
         mix = self.readout_mix[i]
         tau = twin.gate_logit_normalizer
         s1, s2 = self.pool.s1[i], self.pool.s2[i]
@@ -213,4 +241,6 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if self._one_row(o, twin.o_proj.weight):  # twin.project_out's W_o o as one row's gemv
+            return self._project(o.flatten(-2).to(x.dtype), twin.o_proj)
         return twin.project_out(o, x.dtype)

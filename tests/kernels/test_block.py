@@ -18,7 +18,7 @@ def test_block_kernels_match_the_ops_they_replace():
         import torch.nn.functional as F
         from transformers.models.llama.modeling_llama import LlamaRMSNorm
         from dsla_serve.replicas.runner import _rotate
-        from dsla_serve.kernels.block import add_rmsnorm, rope_kv_write, silu_mul
+        from dsla_serve.kernels.block import add_rmsnorm, gemv, rope_kv_write, silu_mul
         g = torch.Generator().manual_seed(0)
         for dtype, tol in ((torch.float32, 1e-6), (torch.float16, 1e-3)):
             N, C = 5, 96
@@ -32,6 +32,18 @@ def test_block_kernels_match_the_ops_they_replace():
 
             gate, up = torch.randn(2, N, 3000, generator=g).to(dtype)
             torch.testing.assert_close(silu_mul(gate, up), F.silu(gate) * up, rtol=tol, atol=tol)
+
+            # one row: K not a multiple of the K tile, N not of the row block, bias or not, the MLP's
+            # activation at the load; a weight that is a row slice of a wider one (its row stride)
+            for K, Nout, bias in ((1100, 37, True), (3000, 64, False)):
+                wide = torch.randn(Nout, K + 8, generator=g).to(dtype)
+                w, b = wide[:, :K], (torch.randn(Nout, generator=g).to(dtype) if bias else None)
+                x = torch.randn(1, K, generator=g).to(dtype)
+                torch.testing.assert_close(gemv(x, w, b), F.linear(x, w, b), rtol=4 * tol, atol=4 * tol * K ** 0.5)
+                xa = torch.randn(1, 2 * K, generator=g).to(dtype)
+                torch.testing.assert_close(gemv(xa, w, b, silu_mul_input=True),
+                                           F.linear(silu_mul(xa[:, :K], xa[:, K:]), w, b),
+                                           rtol=4 * tol, atol=4 * tol * K ** 0.5)
 
             for D in (16, 80, 96):  # head dims that are not a power of two are padded and masked
                 H, Hk, P, L = 4, 2, 3, 10

@@ -37,3 +37,40 @@ def test_engine_with_fused_kernels_equals_hf_generate():
             assert o.outputs[0].token_ids == hf_greedy(model, 2, p, 4), (p, o.outputs[0].token_ids)
         print("ok")
     """)
+
+
+def test_one_row_passes_run_every_projection_as_gemv():
+    """Batch-1 decode (and a prefill's one logit row) through the Triton `gemv`: the same greedy tokens
+    as HF generate, at a depth with DSLA and softmax layers, and every kind of projection took it."""
+    _interpret("""
+        import collections
+        import dsla_serve.kernels.block as block
+        from dsla_serve.replicas import Engine, SamplingParams
+        from dsla_serve.replicas.runner import ModelRunner
+        from tests.replicas.helpers import hf_greedy, random_prompts, tiny_converted
+        calls = collections.Counter()
+        real = block.gemv
+        def counted(x, weight, bias=None, **kw):
+            calls[(tuple(weight.shape), kw.get("silu_mul_input", False))] += 1
+            return real(x, weight, bias, **kw)
+        block.gemv = counted
+        model = tiny_converted("llama", seed=3)
+        engine = Engine(model, depth=2, max_model_len=32, max_num_seqs=1, prefill_chunk_tokens=8)
+        engine.runner = ModelRunner(model, engine.pool, engine.runner.dsla, fused=True)
+        assert engine.runner.gemv
+        prompt = random_prompts(1, seed=2, low=9, high=10)[0]
+        out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True), use_tqdm=False)
+        assert out[0].outputs[0].token_ids == hf_greedy(model, 2, prompt, 5), out[0].outputs[0].token_ids
+        c = model.config
+        hd = c.hidden_size // c.num_attention_heads
+        want = {(c.vocab_size, c.hidden_size), (c.hidden_size, c.intermediate_size), (2 * c.intermediate_size, c.hidden_size),
+                ((c.num_attention_heads + 2 * c.num_key_value_heads) * hd, c.hidden_size), (c.hidden_size, c.hidden_size)}
+        shapes = {s for s, _ in calls}
+        assert want <= shapes, (want - shapes, calls)
+        passes, L = calls[((c.vocab_size, c.hidden_size), False)], c.num_hidden_layers
+        assert passes >= 5, calls  # every decode step, and the prefill chunk of one row
+        assert calls[((c.hidden_size, c.intermediate_size), True)] == passes * L, calls  # down, activation at the load
+        # this tiny model's DSLA merged q/k/v/gates (2 layers) has gate/up's shape: both counted here
+        assert calls[((2 * c.intermediate_size, c.hidden_size), False)] == passes * (L + 2), calls
+        print("ok")
+    """)
