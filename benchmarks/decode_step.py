@@ -1,13 +1,16 @@
 """GPU benchmark of a decode step's parts on the Llama-2-7B shape (random bf16 weights): the projections
 and the decode attention, with the weights and caches the engine's runner holds.
 
-    python benchmarks/decode_step.py [--out DIR] [--rows 1,4,16]
+    python benchmarks/decode_step.py [--out DIR] [--rows 1,4,16] [--sweep]
 
 1. Projections: for each kind of projection of a depth-24 runner (softmax q/k/v, the DSLA layers' merged
    q/k/v/gates, o, the MLP's gate/up, down after its activation, lm_head) one CUDA graph applies it to
    every layer's weight in turn (as a step does: no weight is in L2 when read), timed replayed, in ms
    per step and in bytes of weight read per second as a fraction of the measured copy bandwidth: which
-   GEMMs of the step read their weights below the bandwidth.
+   GEMMs of the step read their weights below the bandwidth. At one row each kind runs twice: cuBLAS
+   (F.linear, the down projection after `silu_mul`) and the Triton `gemv` the runner uses at one row
+   (the down projection with the activation at its load); their outputs are compared. `--sweep` also
+   times `gemv` at each launch setting of a grid.
 2. Decode attention at batch 1 over a 512-token context, all 32 layers' caches, under graphs captured
    for a static bound of 513, 4097 and 32769 keys (the engine captures for max_model_len).
 
@@ -35,7 +38,8 @@ sys.path.append(str(_HERE))
 from engine import LLAMA2_7B, build_model, copy_bandwidth, environment  # noqa: E402
 
 from dsla_serve.kernels.attention import decode_attention  # noqa: E402
-from dsla_serve.kernels.block import silu_mul  # noqa: E402
+from dsla_serve.kernels.block import gemv, silu_mul  # noqa: E402
+from dsla_serve.kernels.block.gemv import launch_settings  # noqa: E402
 from dsla_serve.model import set_depth  # noqa: E402
 from dsla_serve.replicas.cache import CachePool  # noqa: E402
 from dsla_serve.replicas.model_source import active_dsla_layers, cache_spec  # noqa: E402
@@ -79,17 +83,25 @@ def graph_ms(fn, replays: int = 30) -> float:
     return statistics.median(times[3:])
 
 
-def step_fn(kind: str, weights, x: torch.Tensor):
-    """One step's worth of the projection `kind` (every layer's weight in turn), as the runner calls it."""
+def step_fn(kind: str, weights, x: torch.Tensor, op: str = "cublas", settings: dict | None = None):
+    """One step's worth of the projection `kind` (every layer's weight in turn), as the runner calls it:
+    op "cublas" (F.linear) or "gemv" (one row; the down projection takes the activation at its load)."""
     down = kind.startswith("down")
 
     def run():
         for w, b in weights:
-            F.linear(silu_mul(x[:, :w.shape[1]], x[:, w.shape[1]:]) if down else x, w, b)
+            if op == "gemv":
+                gemv(x, w, b, silu_mul_input=down, settings=settings)
+            else:
+                F.linear(silu_mul(x[:, :w.shape[1]], x[:, w.shape[1]:]) if down else x, w, b)
     return run
 
 
-def time_projections(kinds, rows: list[int], bw: float) -> list[dict]:
+SWEEP = [{"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": st}
+         for n in (2, 4, 8) for k in (512, 1024) for w in (4, 8) for st in (3,)]
+
+
+def time_projections(kinds, rows: list[int], bw: float, sweep: bool) -> list[dict]:
     out = []
     for kind, weights in kinds.items():
         nbytes = sum(w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
@@ -97,11 +109,26 @@ def time_projections(kinds, rows: list[int], bw: float) -> list[dict]:
         K = weights[0][0].shape[1] * (2 if kind.startswith("down") else 1)
         for m in rows:
             x = torch.randn(m, K, device=DEVICE, dtype=torch.bfloat16)
-            ms = graph_ms(step_fn(kind, weights, x))
-            row = {"kind": kind, "rows": m, "layers": len(weights), "weight_mb": round(nbytes / 1e6, 1),
-                   "shape": list(weights[0][0].shape), "ms": round(ms, 4), "x_copy_bw": round(nbytes / (ms * 1e-3) / bw, 3)}
-            out.append(row)
-            print(row, flush=True)
+            variants = [("cublas", None)]
+            if m == 1:
+                w0, b0 = weights[0]
+                got = gemv(x, w0, b0, silu_mul_input=kind.startswith("down"))
+                want = (F.linear(silu_mul(x[:, :w0.shape[1]], x[:, w0.shape[1]:]), w0, b0)
+                        if kind.startswith("down") else F.linear(x, w0, b0))
+                err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+                default = launch_settings(kind.startswith("down"))
+                variants += [("gemv", default)] + ([("gemv", s) for s in SWEEP if s != default] if sweep else [])
+            for op, settings in variants:
+                ms = graph_ms(step_fn(kind, weights, x, op, settings))
+                row = {"kind": kind, "rows": m, "op": op, "layers": len(weights), "weight_mb": round(nbytes / 1e6, 1),
+                       "shape": list(weights[0][0].shape), "ms": round(ms, 4),
+                       "x_copy_bw": round(nbytes / (ms * 1e-3) / bw, 3)}
+                if op == "gemv":
+                    row["settings"] = settings
+                    row["default"] = settings == launch_settings(kind.startswith("down"))
+                    row["max_rel_err_vs_cublas"] = round(err, 5)
+                out.append(row)
+                print(row, flush=True)
     return out
 
 
@@ -132,10 +159,21 @@ def time_attention(model, bw: float, context: int = 512) -> list[dict]:
 
 def table(res: dict) -> str:
     lines = ["", "== decode step parts: " + ", ".join(f"{k} {v}" for k, v in res["env"].items()), "",
-             f"projections (cuBLAS), one step (every layer), copy bandwidth {res['copy_bandwidth_tb_s']} TB/s",
-             f"{'kind':>18} {'rows':>4} {'MB':>7} {'ms':>8} {'x bw':>5}"]
+             f"projections, one step (every layer), copy bandwidth {res['copy_bandwidth_tb_s']} TB/s",
+             f"{'kind':>18} {'rows':>4} {'op':>6} {'MB':>7} {'ms':>8} {'x bw':>5}  gemv: vs cuBLAS, rel. error, "
+             "best of the sweep"]
     for r in res["projections"]:
-        lines.append(f"{r['kind']:>18} {r['rows']:>4} {r['weight_mb']:>7.0f} {r['ms']:>8.4f} {r['x_copy_bw']:>5.2f}")
+        if r.get("default") is False:
+            continue
+        line = f"{r['kind']:>18} {r['rows']:>4} {r['op']:>6} {r['weight_mb']:>7.0f} {r['ms']:>8.4f} {r['x_copy_bw']:>5.2f}"
+        if r["op"] == "gemv":
+            base = next(x for x in res["projections"] if x["kind"] == r["kind"] and x["rows"] == 1 and x["op"] == "cublas")
+            best = min((x for x in res["projections"] if x["kind"] == r["kind"] and x["op"] == "gemv"),
+                       key=lambda x: x["ms"])
+            line += f"  {base['ms'] / r['ms']:.3f}x, {r['max_rel_err_vs_cublas']:.1e}"
+            if best is not r:
+                line += f", {best['ms']:.4f} ms at {best['settings']}"
+        lines.append(line)
     lines += ["", "decode attention, batch 1, 32 layers",
               f"{'context':>7} {'bound':>6} {'ms/step':>8} {'us/layer':>8} {'x bw':>5}"]
     for r in res["attention"]:
@@ -148,6 +186,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or str(_HERE / "results"), help="output directory")
     ap.add_argument("--rows", default="1,4,16", help="rows (batch) of the projections (default 1,4,16)")
+    ap.add_argument("--sweep", action="store_true", help="also time gemv at each launch setting of a grid (one row)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("decode_step.py needs a CUDA GPU", file=sys.stderr)
@@ -162,7 +201,7 @@ def main(argv=None) -> int:
     runner = ModelRunner(model, CachePool(cache_spec(model, DEPTH, 64), 1, device), active_dsla_layers(model, DEPTH))
     kinds = projections(model, runner)
     with torch.inference_mode():
-        res["projections"] = time_projections(kinds, rows, bw)
+        res["projections"] = time_projections(kinds, rows, bw, args.sweep)
         res["attention"] = time_attention(model, bw)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

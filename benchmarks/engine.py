@@ -9,7 +9,8 @@ several depths:
 
 (a) decode at batch 1, prompt 512: median ms per decode step (CUDA graph) against the weight-bandwidth
     floor = bytes of the weights one step reads / measured device copy bandwidth (read + write bytes
-    over time of a 2 GiB device-to-device copy);
+    over time of a 2 GiB device-to-device copy); `--gemv on,off` times the step with the runner's
+    one-row projections as the Triton gemv and through cuBLAS, side by side;
 (b) output tokens/s at prompts of 8k and 32k tokens, 256 new tokens, at the largest batch the memory
     planner admits, at depths 0, 16, 24, 28: all requests submitted at once, end-to-end tokens/s
     (prefill included) and the steady decode rate (median pure-decode step);
@@ -78,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-hf", action="store_true", help="skip (c)")
     p.add_argument("--prefill-depths", default=None, help="depths of (d) (default 0 and all layers)")
     p.add_argument("--sections", default="a,b,c,d", help="which of (a) (b) (c) (d) to run (default all)")
+    p.add_argument("--gemv", default="on", choices=["on", "off", "on,off"],
+                   help="(a): the runner's one-row projections as the Triton gemv (on, the default), through "
+                        "cuBLAS (off), or both side by side (on,off)")
     p.add_argument("--gate-rank", type=int, default=None,
                    help="convert with low-rank gate projections of this rank (DSLAConfig.gate_rank; default full rank)")
     return p.parse_args(argv)
@@ -220,10 +224,12 @@ def b1_engine(bench: Bench, model, depth: int, max_model_len: int) -> Engine:
                   prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
 
 
-def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int):
+def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int,
+              gemv: bool = True):
     """(a): one request; median wall time of the pure decode steps (each step ends in a host sync), and
-    the captured step replayed back to back."""
+    the captured step replayed back to back. gemv False: the step's projections through cuBLAS."""
     engine = b1_engine(bench, model, depth, prompt_len + steps + 1)
+    engine.runner.gemv = engine.runner.gemv and gemv  # before the first step: the graph captures it
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for warm in (True, False):
         stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
@@ -250,7 +256,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
     check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
-    row = {"depth": depth, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
+    row = {"depth": depth, "gemv": engine.runner.gemv, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
            "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
@@ -274,7 +280,7 @@ def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: i
 
     replay()
     prof = profile_gpu(replay)
-    row = next(r for r in bench.results["decode_b1"] if r["depth"] == depth)
+    row = next(r for r in bench.results["decode_b1"] if r["depth"] == depth and r.get("gemv", True))
     row.update({"gpu_ms_per_step": round(prof["gpu_ms"] / replays, 3),
                 "gpu_ms_per_step_by_category": {k: round(v / replays, 3) for k, v in prof["gpu_ms_by_category"].items()},
                 "top_kernels_ms_per_step": {k: round(v / replays, 3) for k, v in prof["top_kernels_ms"].items()}})
@@ -481,9 +487,11 @@ def table(results: dict) -> str:
     lines = ["", "== engine benchmark: " + ", ".join(f"{k} {v}" for k, v in results["env"].items()), ""]
     bw = results.get("copy_bandwidth_tb_s")
     lines.append(f"(a) decode, batch 1, prompt 512 (copy bandwidth {bw} TB/s)")
-    lines.append(f"{'depth':>5} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} {'floor ms':>9} {'x floor':>8}")
+    lines.append(f"{'depth':>5} {'gemv':>5} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} {'floor ms':>9} "
+                 f"{'x floor':>8}")
     for r in results["decode_b1"]:
-        lines.append(f"{r['depth']:>5} {r['ms_per_token']:>9.2f} {r.get('graph_replay_ms') or '-':>9} "
+        lines.append(f"{r['depth']:>5} {'on' if r.get('gemv', True) else 'off':>5} {r['ms_per_token']:>9.2f} "
+                     f"{r.get('graph_replay_ms') or '-':>9} "
                      f"{r['weight_gb']:>10.2f} "
                      f"{r['floor_ms'] if r['floor_ms'] is not None else '-':>9} {r['x_floor'] or '-':>8}")
     for r in results["decode_b1"]:
@@ -547,6 +555,7 @@ def main(argv=None) -> int:
     model = build_model(shape, max(prompts) + new_tokens + 64, device, args.gate_rank)
 
     sections = set(args.sections.split(","))
+    gemv_modes = [m == "on" for m in args.gemv.split(",")]
     if tiny:
         check_vs_hf(bench, model, depths, vocab)
 
@@ -564,12 +573,13 @@ def main(argv=None) -> int:
                     free()
 
     for d in [0] + [d for d in depths if d != 0] if "a" in sections else []:  # (a)
-        if bench.guard(f"(a) decode b1 depth {d}", 3 if tiny else 12):
-            try:
-                decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab)
-            except Exception as e:  # noqa: BLE001
-                bench.error(f"(a) depth {d}", e)
-            free()
+        for gemv in gemv_modes:
+            if bench.guard(f"(a) decode b1 depth {d} gemv {gemv}", 3 if tiny else 12):
+                try:
+                    decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab, gemv)
+                except Exception as e:  # noqa: BLE001
+                    bench.error(f"(a) depth {d} gemv {gemv}", e)
+                free()
 
     # priority: depth 0 and its HF baseline, then the deepest-but-one depth (24 by default), per prompt;
     # then the remaining depths
@@ -608,7 +618,7 @@ def main(argv=None) -> int:
                     except Exception as e:  # noqa: BLE001
                         bench.error(f"(d) profile depth {d} prompt {p}", e)
                     free()
-        for d in [r["depth"] for r in bench.results["decode_b1"]] if "a" in sections else []:
+        for d in dict.fromkeys(r["depth"] for r in bench.results["decode_b1"]) if "a" in sections else []:
             if bench.guard(f"(a) profile depth {d}", 5):
                 try:
                     profile_decode_b1(bench, model, d, b1_prompt, vocab)

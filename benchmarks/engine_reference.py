@@ -6,7 +6,8 @@ The engine on CUDA runs what the CPU tests cannot: CUDA graphs, the fused block 
 decode attention and DSLA kernels. Here it serves the real model (GQA groups of 3, head dim 64, tied
 embeddings, vocabulary 49152) at depth 0 and with layer 3 converted to DSLA (depth 1, initialised from
 the pretrained weights), and its greedy tokens (EOS ignored) are compared with Hugging Face `generate` of
-the same model on the same GPU, which ends at EOS:
+the same model on the same GPU, which ends at EOS. The two prompts run as one batch (decode steps of
+two rows) and one at a time (one-row passes: the runner's `gemv` projections):
 
 - float32: the engine's tokens must begin with all of HF's (up to its EOS, or all N);
 - bfloat16: reported as the tokens generated before the first difference (rounding of a different
@@ -74,14 +75,18 @@ def run(dtype: torch.dtype, tokens: int) -> list[dict]:
     eos = set(engine_eos_ids(model, tokenizer))
     rows = []
     engine = Engine(model, tokenizer=tokenizer, depth=0, max_model_len=256, max_num_seqs=2, require_cuda_graphs=True)
-    for depth in (0, 1):
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    for depth, batch in ((0, 2), (0, 1), (1, 2), (1, 1)):
         engine.set_depth(depth, wait=True)
-        outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True),
-                               use_tqdm=False)
+        if batch == 2:  # both prompts in one batch: decode steps of two rows (GEMMs)
+            outs = engine.generate(prompts, params, use_tqdm=False)
+        else:  # one at a time: one-row passes (the runner's gemv projections)
+            outs = [engine.generate([p], params, use_tqdm=False)[0] for p in prompts]
         for i, (out, ref) in enumerate(zip(outs, refs[depth])):
             got = out.outputs[0].token_ids
             complete = len(ref) == tokens or (ref and ref[-1] in eos)  # HF's sequence is whole
-            row = {"dtype": str(dtype).removeprefix("torch."), "depth": depth, "prompt": i, "tokens": tokens,
+            row = {"dtype": str(dtype).removeprefix("torch."), "depth": depth, "batch": batch, "prompt": i,
+                   "tokens": tokens,
                    "hf_tokens": len(ref), "agree": agreed(got, ref), "cuda_graphs": engine.stats().cuda_graphs,
                    "engine_ids": got, "hf_ids": ref}
             row["ok"] = (row["cuda_graphs"] == "on" and bool(complete)
@@ -114,7 +119,8 @@ def main(argv=None) -> int:
     print(f"\n== engine on {REFERENCE}, CUDA: " + ", ".join(f"{k} {v}" for k, v in res["env"].items()))
     for r in res["rows"]:
         what = (f"answer {r['answer']!r} ({r['finish_reason']})" if "answer" in r
-                else f"prompt {r['prompt']}: {r['agree']} of HF generate's {r['hf_tokens']} tokens equal")
+                else f"batch {r['batch']}, prompt {r['prompt']}: {r['agree']} of HF generate's {r['hf_tokens']} "
+                     "tokens equal")
         print(f"{r['dtype']:>9} depth {r['depth']}: {what} {'ok' if r['ok'] else 'FAILED'}")
     failed = [r for r in res["rows"] if not r["ok"]]
     print(f"checks: {len(res['rows']) - len(failed)}/{len(res['rows'])} pass")
