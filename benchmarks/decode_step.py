@@ -112,11 +112,11 @@ def time_projections(kinds, rows: list[int], bw: float, sweep: bool) -> list[dic
             variants = [("cublas", None)]
             if m == 1:
                 w0, b0 = weights[0]
-                got = gemv(x, w0, b0, silu_mul_input=kind.startswith("down"))
-                want = (F.linear(silu_mul(x[:, :w0.shape[1]], x[:, w0.shape[1]:]), w0, b0)
-                        if kind.startswith("down") else F.linear(x, w0, b0))
+                down = kind.startswith("down")
+                got = gemv(x, w0, b0, silu_mul_input=down)
+                want = F.linear(silu_mul(x[:, :w0.shape[1]], x[:, w0.shape[1]:]) if down else x, w0, b0)
                 err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-                default = launch_settings(kind.startswith("down"))
+                default = launch_settings(down)
                 variants += [("gemv", default)] + ([("gemv", s) for s in SWEEP if s != default] if sweep else [])
             for op, settings in variants:
                 ms = graph_ms(step_fn(kind, weights, x, op, settings))
@@ -125,7 +125,7 @@ def time_projections(kinds, rows: list[int], bw: float, sweep: bool) -> list[dic
                        "x_copy_bw": round(nbytes / (ms * 1e-3) / bw, 3)}
                 if op == "gemv":
                     row["settings"] = settings
-                    row["default"] = settings == launch_settings(kind.startswith("down"))
+                    row["default"] = settings == default
                     row["max_rel_err_vs_cublas"] = round(err, 5)
                 out.append(row)
                 print(row, flush=True)

@@ -167,11 +167,8 @@ class ModelRunner:
         return F.linear(x, weight, bias)
 
     def _project(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-        """x [N, K] -> linear(x), as `gemv` for one row."""
-        if self._one_row(x, linear.weight):
-            from ..kernels.block import gemv
-            return gemv(x, linear.weight, linear.bias)
-        return linear(x)
+        """x [N, K] -> linear(x) (the module's own call), as `gemv` for one row."""
+        return self._linear(x, linear.weight, linear.bias) if self._one_row(x, linear.weight) else linear(x)
 
     def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
         cos, sin = self.rotary(h[None], batch.positions[None])
@@ -242,5 +239,5 @@ class ModelRunner:
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         if self._one_row(o, twin.o_proj.weight):  # twin.project_out's W_o o as one row's gemv
-            return self._project(o.flatten(-2).to(x.dtype), twin.o_proj)
+            return self._linear(o.flatten(-2).to(x.dtype), twin.o_proj.weight, twin.o_proj.bias)
         return twin.project_out(o, x.dtype)

@@ -6,7 +6,8 @@ projection). Here each program owns BLOCK_N output rows of W [N, K] and streams 
 [BLOCK_N, BLOCK_K] tiles, multiplying by x elementwise and summing in float32 (no tensor cores: one row
 has nothing to reuse). With `silu_mul_input` the input is the gated MLP's activation silu(x[:K]) *
 x[K:], computed at the load and rounded as `silu_mul` rounds it, so the down projection needs no
-activation kernel. Launch settings from the H100 sweep in benchmarks/RESULTS.md (`decode_step.py`).
+activation kernel. Launch settings from an H100 sweep (benchmarks/RESULTS.md, 2026-12-07 19:37 UTC;
+`benchmarks/decode_step.py --sweep` repeats it with this kernel).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def _gemv_kernel(X, W, B, Y, N, stride_w, K: tl.constexpr,
 
 
 def launch_settings(silu_mul_input: bool) -> dict:
-    """BLOCK_N, BLOCK_K, warps and stages (H100 sweep: 4 rows x 1024 columns, 8 warps, 3 stages was the
-    fastest or within 3% at every decode projection but the down projection with its activation)."""
+    """BLOCK_N, BLOCK_K, warps and stages. H100 sweep of 12 settings: 4 rows x 1024 columns, 8 warps was
+    the fastest at o, q/k/v, gate/up and lm_head; 4 x 512 with 4 warps at the down projection with its
+    activation."""
     if silu_mul_input:
         return {"BLOCK_N": 4, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}
     return {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 8, "num_stages": 3}
