@@ -10,7 +10,8 @@ several depths:
 (a) decode at batch 1, prompt 512: median ms per decode step (CUDA graph) against the weight-bandwidth
     floor = bytes of the weights one step reads / measured device copy bandwidth (read + write bytes
     over time of a 2 GiB device-to-device copy); `--gemv on,off` times the step with the runner's
-    one-row projections as the Triton gemv and through cuBLAS, side by side;
+    one-row projections as the Triton gemv and through cuBLAS, side by side; `--decode-steps 4,1`
+    times greedy passes of 4 steps (the engine's CUDA default) against one step a pass;
 (b) output tokens/s at prompts of 8k and 32k tokens, 256 new tokens, at the largest batch the memory
     planner admits, at depths 0, 16, 24, 28: all requests submitted at once, end-to-end tokens/s
     (prefill included) and the steady decode rate (median pure-decode step);
@@ -82,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--gemv", default="on", choices=["on", "off", "on,off"],
                    help="(a): the runner's one-row projections as the Triton gemv (on, the default), through "
                         "cuBLAS (off), or both side by side (on,off)")
+    p.add_argument("--decode-steps", default="4",
+                   help="(a): the engine's decode_steps, comma-separated to time several side by side (e.g. 4,1)")
     p.add_argument("--gate-rank", type=int, default=None,
                    help="convert with low-rank gate projections of this rank (DSLAConfig.gate_rank; default full rank)")
     return p.parse_args(argv)
@@ -218,32 +221,34 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
     return torch.randint(3, vocab, (n, length), generator=g).tolist()
 
 
-def b1_engine(bench: Bench, model, depth: int, max_model_len: int) -> Engine:
+def b1_engine(bench: Bench, model, depth: int, max_model_len: int, decode_steps: int | None = None) -> Engine:
     """(a)'s engine: one sequence, CUDA graphs required on the GPU."""
-    return Engine(model, depth=depth, max_model_len=max_model_len, max_num_seqs=1,
+    return Engine(model, depth=depth, max_model_len=max_model_len, max_num_seqs=1, decode_steps=decode_steps,
                   prefill_chunk_tokens=bench.args.prefill_chunk, require_cuda_graphs=bench.device.type == "cuda")
 
 
 def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: float | None, vocab: int,
-              gemv: bool = True):
-    """(a): one request; median wall time of the pure decode steps (each step ends in a host sync), and
-    the captured step replayed back to back. gemv False: the step's projections through cuBLAS."""
-    engine = b1_engine(bench, model, depth, prompt_len + steps + 1)
+              gemv: bool = True, decode_steps: int = 4):
+    """(a): one request of `steps` new tokens; wall time per token of its pure decode passes (each pass,
+    of `decode_steps` greedy steps or one, ends in a host sync; the first two passes left out), and the
+    captured pass replayed back to back, per step. gemv False: the step's projections through cuBLAS."""
+    engine = b1_engine(bench, model, depth, prompt_len + steps + 1, decode_steps)
     engine.runner.gemv = engine.runner.gemv and gemv  # before the first step: the graph captures it
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for warm in (True, False):
         stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
         engine.step()  # prefill + first token
-        times = []
+        passes = []  # (seconds, tokens)
         while not stream.finished:
             t = time.perf_counter()
-            engine.step()
-            times.append(time.perf_counter() - t)
+            outs = engine.step()
+            passes.append((time.perf_counter() - t, sum(len(o.outputs[0].new_token_ids) for o in outs)))
         stream.result()
-    ms = 1000 * statistics.median(times[2:])
+    timed = passes[2:]
+    ms = 1000 * sum(t for t, _ in timed) / sum(n for _, n in timed)
     graph_ms = None
-    if engine.graphs is not None and engine.graphs._graphs:  # the captured step alone, without engine overhead
-        g = next(iter(engine.graphs._graphs.values()))
+    if engine.graphs is not None and engine.graphs._graphs:  # the captured pass alone, without engine overhead
+        g = max(engine.graphs._graphs.values(), key=lambda g: g.steps)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for _ in range(3):
             g.graph.replay()
@@ -252,11 +257,12 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
             g.graph.replay()
         end.record()
         end.synchronize()
-        graph_ms = start.elapsed_time(end) / 50
+        graph_ms = start.elapsed_time(end) / 50 / max(1, g.steps)
     check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
-    row = {"depth": depth, "gemv": engine.runner.gemv, "prompt": prompt_len, "batch": 1, "ms_per_token": round(ms, 3),
+    row = {"depth": depth, "gemv": engine.runner.gemv, "decode_steps": engine.decode_steps, "prompt": prompt_len,
+           "batch": 1, "new_tokens": steps, "passes": len(passes), "ms_per_token": round(ms, 3),
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
            "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
@@ -487,10 +493,11 @@ def table(results: dict) -> str:
     lines = ["", "== engine benchmark: " + ", ".join(f"{k} {v}" for k, v in results["env"].items()), ""]
     bw = results.get("copy_bandwidth_tb_s")
     lines.append(f"(a) decode, batch 1, prompt 512 (copy bandwidth {bw} TB/s)")
-    lines.append(f"{'depth':>5} {'gemv':>5} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} {'floor ms':>9} "
-                 f"{'x floor':>8}")
+    lines.append(f"{'depth':>5} {'gemv':>5} {'steps':>5} {'ms/token':>9} {'graph ms':>9} {'weights GB':>10} "
+                 f"{'floor ms':>9} {'x floor':>8}")
     for r in results["decode_b1"]:
-        lines.append(f"{r['depth']:>5} {'on' if r.get('gemv', True) else 'off':>5} {r['ms_per_token']:>9.2f} "
+        lines.append(f"{r['depth']:>5} {'on' if r.get('gemv', True) else 'off':>5} {r.get('decode_steps', 1):>5} "
+                     f"{r['ms_per_token']:>9.2f} "
                      f"{r.get('graph_replay_ms') or '-':>9} "
                      f"{r['weight_gb']:>10.2f} "
                      f"{r['floor_ms'] if r['floor_ms'] is not None else '-':>9} {r['x_floor'] or '-':>8}")
@@ -556,6 +563,7 @@ def main(argv=None) -> int:
 
     sections = set(args.sections.split(","))
     gemv_modes = [m == "on" for m in args.gemv.split(",")]
+    decode_steps = [int(k) for k in args.decode_steps.split(",")]
     if tiny:
         check_vs_hf(bench, model, depths, vocab)
 
@@ -574,12 +582,13 @@ def main(argv=None) -> int:
 
     for d in [0] + [d for d in depths if d != 0] if "a" in sections else []:  # (a)
         for gemv in gemv_modes:
-            if bench.guard(f"(a) decode b1 depth {d} gemv {gemv}", 3 if tiny else 12):
-                try:
-                    decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab, gemv)
-                except Exception as e:  # noqa: BLE001
-                    bench.error(f"(a) depth {d} gemv {gemv}", e)
-                free()
+            for k in decode_steps:
+                if bench.guard(f"(a) decode b1 depth {d} gemv {gemv} decode_steps {k}", 3 if tiny else 12):
+                    try:
+                        decode_b1(bench, model, d, b1_prompt, b1_steps, bw, vocab, gemv, k)
+                    except Exception as e:  # noqa: BLE001
+                        bench.error(f"(a) depth {d} gemv {gemv} decode_steps {k}", e)
+                    free()
 
     # priority: depth 0 and its HF baseline, then the deepest-but-one depth (24 by default), per prompt;
     # then the remaining depths

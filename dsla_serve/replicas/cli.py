@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="context limit per sequence, prompt + generated (default: the model's)")
     e.add_argument("--max-num-seqs", type=int, default=64, help="most concurrent sequences (default: 64)")
     e.add_argument("--no-cuda-graphs", action="store_true", help="decode without CUDA graphs")
+    e.add_argument("--decode-steps", type=int, default=None,
+                   help="greedy decode steps per pass for small all-greedy batches (one host round trip each; "
+                        "default: 4 with CUDA graphs, else 1)")
     o = parser.add_argument_group("output")
     o.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     o.add_argument("--json", action="store_true", help="print one JSON object per prompt")
@@ -111,7 +114,7 @@ def run(args) -> int:
         model, tokenizer = _model(args)
         engine = Engine(model, tokenizer=tokenizer, artifact=args.artifact, depth=args.depth, dtype=args.dtype,
                         device=args.device, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                        use_cuda_graphs=not args.no_cuda_graphs)
+                        use_cuda_graphs=not args.no_cuda_graphs, decode_steps=args.decode_steps)
     except (ValueError, TypeError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"engine ready in {time.monotonic() - t0:.1f} s on {engine.device}: {engine.plan.describe()}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """CUDA graphs of the decode step, one per batch-size bucket, captured lazily on first use.
 
-A decode step of B sequences runs the graph of the smallest bucket >= B. Its static inputs are
+A decode step of B sequences runs the graph of the smallest bucket >= B: one step that returns the
+logits (`run`), or k greedy steps back to back that return the tokens (`run_greedy`, `greedy_steps`:
+k steps for one launch and one host round trip). Its static inputs are
 filled with the B real rows followed by padding rows that point at scratch space (cache position
 `max_model_len` of slot 0, state-pool row `num_slots`, one visible key), so a padding row never
 touches a live sequence. Everything inside is graph-safe: the decode attention and the DSLA pool
@@ -13,7 +15,7 @@ import bisect
 
 import torch
 
-from .batch import ForwardBatch
+from .decode_inputs import DecodeInputs, greedy_steps
 from .runner import ModelRunner
 
 
@@ -28,23 +30,18 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 class _Graph:
-    def __init__(self, size: int, device: torch.device):
-        self.size = size
-        # rows: token, position, kv slot, kv position, decode slot, decode length, state slot
-        self.inputs = torch.zeros(7, size, dtype=torch.int64, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
+    """One captured decode pass: `steps` 0 returns logits, k >= 1 runs k greedy steps (`greedy_steps`)."""
 
-    def batch(self, max_len: int) -> ForwardBatch:
-        x = self.inputs
-        return ForwardBatch(input_ids=x[0], positions=x[1], kv_slots=x[2], kv_pos=x[3], segments=[],
-                            prefill_state_slots=None, cu_seqlens=None, dec_slots=x[4], dec_lengths=x[5],
-                            dec_state_slots=x[6], logit_rows=None, num_prefill_tokens=0,
-                            num_decode=self.size, max_len=max_len)
+    def __init__(self, size: int, steps: int, device: torch.device, pad: list[int]):
+        self.size = size
+        self.steps = steps
+        self.inputs = DecodeInputs(size, device, pad)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.output: torch.Tensor | None = None  # logits [size, V] or tokens [steps, size]
 
 
 class DecodeGraphs:
-    """Captured decode steps for `runner`, keyed by batch bucket."""
+    """Captured decode passes for `runner`, keyed by batch bucket and number of greedy steps."""
 
     def __init__(self, runner: ModelRunner, max_batch: int):
         pool = runner.pool
@@ -53,7 +50,7 @@ class DecodeGraphs:
         self.buckets = batch_buckets(max_batch)
         self.max_len = pool.spec.max_model_len + 1
         self._pad = [0, pool.scratch_pos, 0, pool.scratch_pos, 0, 1, pool.scratch_slot]
-        self._graphs: dict[int, _Graph] = {}
+        self._graphs: dict[tuple[int, int], _Graph] = {}  # (bucket, greedy steps or 0)
         self._mempool = torch.cuda.graph_pool_handle()
 
     def bucket(self, batch_size: int) -> int:
@@ -62,26 +59,40 @@ class DecodeGraphs:
     @torch.inference_mode()
     def run(self, rows: list[tuple[int, int, int]]) -> torch.Tensor:
         """rows: (slot, position, token) per sequence -> logits [B, V] (a view of a static buffer)."""
-        B = len(rows)
-        g = self._graphs.get(self.bucket(B)) or self._capture(self.bucket(B))
-        data = [[token, position, slot, position, slot, position + 1, slot] for slot, position, token in rows]
-        data += [self._pad] * (g.size - B)
-        g.inputs.copy_(torch.tensor(data, dtype=torch.int64).t())
-        g.graph.replay()
-        return g.logits[:B]
+        g = self._replay(rows, 0)
+        return g.output[:len(rows)]
 
-    def _capture(self, size: int) -> _Graph:
-        g = _Graph(size, self.device)
-        g.inputs.copy_(torch.tensor([self._pad] * size, dtype=torch.int64).t())  # all padding rows
-        batch = g.batch(self.max_len)
+    @torch.inference_mode()
+    def run_greedy(self, rows: list[tuple[int, int, int]], steps: int) -> list[list[int]]:
+        """rows as in `run` -> the greedy tokens of `steps` decode steps, [steps][B] on the host (the
+        rows' positions must leave room for `steps` more tokens)."""
+        g = self._replay(rows, steps)
+        return g.output[:, :len(rows)].tolist()
+
+    def _replay(self, rows: list[tuple[int, int, int]], steps: int) -> _Graph:
+        size = self.bucket(len(rows))
+        g = self._graphs.get((size, steps)) or self._capture(size, steps)
+        g.inputs.fill(rows)
+        g.graph.replay()
+        return g
+
+    def _forward(self, g: _Graph) -> torch.Tensor:
+        if g.steps == 0:
+            return self.runner.forward(g.inputs.batch(self.max_len))
+        return greedy_steps(self.runner, g.inputs, g.steps, self.max_len)
+
+    def _capture(self, size: int, steps: int) -> _Graph:
+        g = _Graph(size, steps, self.device, self._pad)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(2):  # compile Triton kernels, warm cuBLAS, outside the capture
-                self.runner.forward(batch)
+                g.inputs.fill([])  # all padding rows (greedy steps leave them where they are)
+                self._forward(g)
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        g.inputs.fill([])
         g.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g.graph, pool=self._mempool), torch.inference_mode():
-            g.logits = self.runner.forward(batch)
-        self._graphs[size] = g
+            g.output = self._forward(g)
+        self._graphs[(size, steps)] = g
         return g

@@ -30,6 +30,7 @@ from ..model import set_depth as set_model_depth
 from ..model.storage import location_key
 from .batch import ForwardBatch
 from .cache import CachePool
+from .decode_inputs import DecodeInputs, greedy_steps
 from .messages import EngineStats
 from .metrics import EngineMetrics
 from .model_source import (active_dsla_layers, cache_spec, context_limit, eos_token_ids, load_model,
@@ -44,6 +45,11 @@ from .scheduler import ScheduledStep, Scheduler
 from .stream import RequestStream
 
 log = logging.getLogger(__name__)
+
+DEFAULT_GRAPH_DECODE_STEPS = 4
+# Greedy multi-step passes only for small batches: there the host's share of a step is largest, and a
+# request arriving meanwhile waits for a pass of short steps.
+MULTI_STEP_MAX_BATCH = 8
 
 Prompt = str | Sequence[int]
 
@@ -71,15 +77,21 @@ class Engine:
             engine decodes without graphs from then on, logs the error and reports it in `stats()`
             (`cuda_graphs`), unless `require_cuda_graphs`, when the step raises instead.
         seed: seeds the generators of requests that bring no seed of their own.
+        decode_steps: greedy decode steps run back to back in one pass (one launch, one host round trip;
+            `decode_inputs.greedy_steps`) when every running sequence decodes greedily without
+            logprobs, at most `MULTI_STEP_MAX_BATCH` run, none waits for a slot and each has at least
+            that many tokens left; tokens then arrive that many at a time, and a token after a stop is
+            computed and dropped. Default (None): 4 with CUDA graphs, 1 (every step alone) otherwise.
     """
 
     def __init__(self, model, *, tokenizer=None, artifact=None, depth: int = 0, dtype=None, device=None,
                  max_num_seqs: int = 256, max_model_len: int | None = None,
                  memory_budget_bytes: int | None = None, gpu_memory_fraction: float = 0.9,
                  max_queue: int = 1024, prefill_chunk_tokens: int = 2048, use_cuda_graphs: bool = True,
-                 require_cuda_graphs: bool = False, seed: int = 0):
+                 require_cuda_graphs: bool = False, seed: int = 0, decode_steps: int | None = None):
         for name, value, low in (("max_num_seqs", max_num_seqs, 1), ("max_queue", max_queue, 0),
-                                 ("prefill_chunk_tokens", prefill_chunk_tokens, 1)):
+                                 ("prefill_chunk_tokens", prefill_chunk_tokens, 1),
+                                 ("decode_steps", 1 if decode_steps is None else decode_steps, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not 0 < gpu_memory_fraction <= 1:
@@ -98,6 +110,8 @@ class Engine:
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda"
         self.require_cuda_graphs = require_cuda_graphs
+        self.decode_steps = decode_steps if decode_steps is not None else (
+            DEFAULT_GRAPH_DECODE_STEPS if self.use_cuda_graphs else 1)
         self.cuda_graph_error: str | None = None  # why graphs were given up, if they were
         self._seeds = random.Random(seed)
         self.metrics = EngineMetrics()
@@ -485,8 +499,57 @@ class Engine:
                 box["error"] = e
             box["done"].set()
 
+    def _on_graphs(self, call: Callable):
+        """call(self.graphs), or None without graphs. A capture failure costs speed, not correctness: it
+        is logged, the engine decodes eagerly from then on (stats say why), unless graphs are required."""
+        if self.graphs is None:
+            return None
+        try:
+            return call(self.graphs)
+        except Exception as e:  # noqa: BLE001
+            if self.require_cuda_graphs:
+                raise
+            log.exception("CUDA graph capture failed; decoding without graphs from now on")
+            self.cuda_graph_error = f"{type(e).__name__}: {e}"[:500]
+            self.graphs = None
+            return None
+
+    def _greedy_run(self, work: ScheduledStep) -> int:
+        """How many greedy decode steps `work` may run in one pass (`decode_steps`' conditions), else 1."""
+        k = self.decode_steps
+        if k < 2 or work.prefills or not work.decodes or len(work.decodes) > MULTI_STEP_MAX_BATCH \
+                or self.scheduler.waiting:
+            return 1
+        for req in work.decodes:
+            if not req.params.greedy or req.params.logprobs is not None \
+                    or req.max_new_tokens - len(req.output_ids) < k or req.num_computed + k > self.max_model_len:
+                return 1
+        return k
+
+    def _decode_greedy(self, reqs: list[Request], steps: int) -> list[Request]:
+        """`steps` greedy decode steps of `reqs` in one pass; a request's tokens after its stop are dropped."""
+        rows = [(req.slot, req.num_computed, req.output_ids[-1]) for req in reqs]
+        tokens = self._on_graphs(lambda graphs: graphs.run_greedy(rows, steps))
+        if tokens is None:
+            inputs = DecodeInputs(len(rows), self.device)
+            inputs.fill(rows)
+            tokens = greedy_steps(self.runner, inputs, steps, max(p for _, p, _ in rows) + steps).tolist()
+        count = 0
+        for i, req in enumerate(reqs):
+            for j in range(steps):
+                req.num_computed += 1
+                req.append_token(tokens[j][i], None)
+                count += 1
+                if req.finished:
+                    break
+        self.metrics.on_tokens(count)
+        return list(reqs)
+
     def _execute(self, work: ScheduledStep) -> list[Request]:
         """Run the forward pass of a scheduled step and apply its results."""
+        steps = self._greedy_run(work)
+        if steps > 1:
+            return self._decode_greedy(work.decodes, steps)
         prefill, decode, logit_rows = [], [], []
         row = 0
         for req, n in work.prefills:
@@ -501,16 +564,7 @@ class Engine:
             decode.append((req.slot, req.num_computed, req.output_ids[-1]))
         logit_rows += range(row, row + len(decode))
 
-        logits = None
-        if not prefill and self.graphs is not None:
-            try:
-                logits = self.graphs.run(decode)
-            except Exception as e:  # noqa: BLE001 - a capture failure costs speed, not correctness
-                if self.require_cuda_graphs:
-                    raise
-                log.exception("CUDA graph capture failed; decoding without graphs from now on")
-                self.cuda_graph_error = f"{type(e).__name__}: {e}"[:500]
-                self.graphs = None
+        logits = self._on_graphs(lambda graphs: graphs.run(decode)) if not prefill else None
         if logits is None:
             batch = ForwardBatch.build(prefill, decode, logit_rows, self.device)
             logits = self.runner.forward(batch)

@@ -2,7 +2,8 @@
 and with one converted layer (depth 1), for a chat prompt (BPE, special tokens, GQA groups of 3, tied
 embeddings), the two prompts' prefills packed in one step (their offsets one `PackedSequences`), the
 converted layer read out with the mix its runner computed once; EOS from the tokenizer (`<|im_end|>`)
-ends the answer."""
+ends the answer. Decoding runs greedy passes of 4 steps (`decode_steps`, the CUDA default), so the
+answer's EOS comes inside a pass and the tokens computed after it are dropped."""
 
 import torch
 
@@ -32,13 +33,17 @@ def test_greedy_equals_hf_generate_at_depth_0_and_1(monkeypatch):
     convert(model, [3], DSLAConfig())
     randomize_dsla(model, scale=0.05)
     prompts = [chat_ids(tokenizer), chat_ids(tokenizer, [{"role": "user", "content": "Name a colour."}])]
-    engine = Engine(model, tokenizer=tokenizer, depth=0, max_model_len=128, max_num_seqs=2)
+    engine = Engine(model, tokenizer=tokenizer, depth=0, max_model_len=128, max_num_seqs=2, decode_steps=4)
+    passes = []
+    run_length = engine._greedy_run
+    engine._greedy_run = lambda work: passes.append(run_length(work)) or passes[-1]
     for depth in (0, 1):
         engine.set_depth(depth, wait=True)
         outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=TOKENS, ignore_eos=True),
                                use_tqdm=False)
         for prompt, out in zip(prompts, outs):
             assert out.outputs[0].token_ids == hf_greedy(model, depth, prompt, TOKENS), depth
+    assert passes == [1, 4, 4, 1] * 2  # the packed prefill gives token 1; 9 more in passes of 4, 4, 1
     twin = engine.runner.dsla[3]  # depth 1: layer 3 converted, its readout mix computed when the runner was built
     assert list(engine.runner.readout_mix) == [3]
     assert torch.equal(engine.runner.readout_mix[3], twin.readout_mix())
@@ -47,3 +52,4 @@ def test_greedy_equals_hf_generate_at_depth_0_and_1(monkeypatch):
     engine.set_depth(0, wait=True)
     answer = engine.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=32), use_tqdm=False)[0].outputs[0]
     assert answer.finish_reason == "stop" and answer.text.strip() == "The capital of France is Paris."
+    assert answer.token_ids[-1] in engine.eos_ids and len(answer.token_ids) % 4 != 1  # EOS inside a pass
