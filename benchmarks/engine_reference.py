@@ -7,7 +7,8 @@ decode attention and DSLA kernels. Here it serves the real model (GQA groups of 
 embeddings, vocabulary 49152) at depth 0 and with layer 3 converted to DSLA (depth 1, initialised from
 the pretrained weights), and its greedy tokens (EOS ignored) are compared with Hugging Face `generate` of
 the same model on the same GPU, which ends at EOS. The two prompts run as one batch (decode steps of
-two rows) and one at a time (one-row passes: the runner's `gemv` projections):
+two rows) and one at a time (one-row passes: the runner's `gemv` projections), both in the engine's
+CUDA default of greedy passes of 4 decode steps (`decode_steps`; each row lists the graphs captured):
 
 - float32: the engine's tokens must begin with all of HF's (up to its EOS, or all N);
 - bfloat16: reported as the tokens generated before the first difference (rounding of a different
@@ -88,6 +89,8 @@ def run(dtype: torch.dtype, tokens: int) -> list[dict]:
             row = {"dtype": str(dtype).removeprefix("torch."), "depth": depth, "batch": batch, "prompt": i,
                    "tokens": tokens,
                    "hf_tokens": len(ref), "agree": agreed(got, ref), "cuda_graphs": engine.stats().cuda_graphs,
+                   "decode_steps": engine.decode_steps,  # graphs captured so far: (batch bucket, greedy steps or 0)
+                   "graphs": sorted(engine.graphs._graphs) if engine.graphs is not None else [],
                    "engine_ids": got, "hf_ids": ref}
             row["ok"] = (row["cuda_graphs"] == "on" and bool(complete)
                          and (row["agree"] == len(ref) or dtype != torch.float32))
