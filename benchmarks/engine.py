@@ -101,6 +101,7 @@ class Bench:
         self.budget = int(gib * 1024**3) if gib is not None else None
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.b1_tokens: dict[tuple[int, bool], tuple[int, list[int]]] = {}  # (a): first tokens per depth, gemv
         self.results = {"env": environment(device), "args": vars(args), "decode_b1": [], "throughput": [],
                         "hf": [], "errors": [], "skipped": []}
 
@@ -231,7 +232,8 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
               gemv: bool = True, decode_steps: int = 4):
     """(a): one request of `steps` new tokens; wall time per token of its pure decode passes (each pass,
     of `decode_steps` greedy steps or one, ends in a host sync; the first two passes left out), and the
-    captured pass replayed back to back, per step. gemv False: the step's projections through cuBLAS."""
+    captured pass replayed back to back, per step. gemv False: the step's projections through cuBLAS.
+    Its greedy tokens must equal those of the first variant timed at the same depth and gemv setting."""
     engine = b1_engine(bench, model, depth, prompt_len + steps + 1, decode_steps)
     engine.runner.gemv = engine.runner.gemv and gemv  # before the first step: the graph captures it
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
@@ -243,7 +245,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
             t = time.perf_counter()
             outs = engine.step()
             passes.append((time.perf_counter() - t, sum(len(o.outputs[0].new_token_ids) for o in outs)))
-        stream.result()
+        generated = stream.result().outputs[0].token_ids
     timed = passes[2:]
     ms = 1000 * sum(t for t, _ in timed) / sum(n for _, n in timed)
     graph_ms = None
@@ -266,10 +268,16 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
            "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
+    # the same prompt at the same depth and projection path: every decode_steps must give the same tokens
+    first = bench.b1_tokens.setdefault((depth, engine.runner.gemv), (engine.decode_steps, generated))
+    row["same_tokens_as_decode_steps"] = first[0] if first[1] == generated else None
     bench.results["decode_b1"].append(row)
     bench.save()
     print("  ", row, flush=True)
     del engine
+    if first[1] != generated:  # recorded in the row; the caller records the error
+        raise AssertionError(f"depth {depth}: greedy tokens with decode_steps {row['decode_steps']} differ from "
+                             f"decode_steps {first[0]}'s")
 
 
 def profile_decode_b1(bench: Bench, model, depth: int, prompt_len: int, vocab: int, replays: int = 20):
