@@ -424,12 +424,15 @@ class Engine:
     def warm_up(self) -> float:
         """Before serving: run what the first requests would otherwise wait for (on a GPU, compiling the
         kernels): one short prompt alone, then prompts of different lengths packed into one prefill step
-        (several segments are their own compiled kernel variant), each with a few decode steps, at the
+        (several segments are their own compiled kernel variant), each with a few decode steps (a greedy
+        pass of `decode_steps` and a single step: both graphs captured where the context allows), at the
         depth served. The latency figures start afresh afterwards. Returns the seconds it took."""
         started = time.perf_counter()
-        n = max(1, min(16, self.max_model_len - 3))
+        new_tokens = self.decode_steps + 2
+        n = max(1, min(16, self.max_model_len - new_tokens - 1))
         prompt = [t % self.vocab_size for t in range(1, n + 1)]
-        params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=max(1, min(new_tokens, self.max_model_len - n - 1)),
+                                ignore_eos=True)
         self.generate([prompt], params, use_tqdm=False)
         if self.max_num_seqs > 1:
             self.generate([prompt, prompt[: max(1, n // 2)]], params, use_tqdm=False)

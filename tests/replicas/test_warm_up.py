@@ -1,5 +1,6 @@
 """Engine.warm_up: before serving, the prefill forms the first requests would compile on a GPU (one
-segment alone, several packed in one step) and decode steps run; the latency figures start afresh."""
+segment alone, several packed in one step) and decode steps run, single and in a greedy pass; the
+latency figures start afresh."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ def test_warm_up_runs_a_packed_prefill_and_leaves_the_figures_empty(monkeypatch)
         return real(*args, cu_seqlens=cu_seqlens, **kwargs)
 
     monkeypatch.setattr(runner, "chunk_dsla", recording)
-    engine = Engine(tiny_converted(), depth=2, max_model_len=64, max_num_seqs=4)
+    engine = Engine(tiny_converted(), depth=2, max_model_len=64, max_num_seqs=4, decode_steps=4)
+    passes = []
+    run_length = engine._greedy_run
+    engine._greedy_run = lambda work: passes.append(run_length(work)) or passes[-1]
     seconds = engine.warm_up()
     assert seconds > 0
     assert False in packed and True in packed  # a segment alone, then several in one step
+    assert passes.count(4) == 2 and 1 in passes  # a greedy pass (the graph a GPU captures) for each batch size
     stats = engine.stats()
     assert stats.requests_total == 0 and stats.ttft_p95_s is None and not engine.has_unfinished()
     out = engine.generate([[5, 6, 7]], use_tqdm=False)[0]  # serves as before
