@@ -56,6 +56,12 @@ class DecodeGraphs:
     def bucket(self, batch_size: int) -> int:
         return self.buckets[bisect.bisect_left(self.buckets, batch_size)]
 
+    def graph(self, batch_size: int, steps: int) -> _Graph:
+        """The graph for `batch_size` rows and `steps` greedy steps (0: one step's logits), captured now if
+        it is not yet: the only call that captures, so the only one a capture failure comes from."""
+        size = self.bucket(batch_size)
+        return self._graphs.get((size, steps)) or self._capture(size, steps)
+
     @torch.inference_mode()
     def run(self, rows: list[tuple[int, int, int]]) -> torch.Tensor:
         """rows: (slot, position, token) per sequence -> logits [B, V] (a view of a static buffer)."""
@@ -70,8 +76,7 @@ class DecodeGraphs:
         return g.output[:, :len(rows)].tolist()
 
     def _replay(self, rows: list[tuple[int, int, int]], steps: int) -> _Graph:
-        size = self.bucket(len(rows))
-        g = self._graphs.get((size, steps)) or self._capture(size, steps)
+        g = self.graph(len(rows), steps)
         g.inputs.fill(rows)
         g.graph.replay()
         return g

@@ -502,20 +502,22 @@ class Engine:
                 box["error"] = e
             box["done"].set()
 
-    def _on_graphs(self, call: Callable):
-        """call(self.graphs), or None without graphs. A capture failure costs speed, not correctness: it
-        is logged, the engine decodes eagerly from then on (stats say why), unless graphs are required."""
+    def _captured(self, batch_size: int, steps: int):
+        """The decode graphs, with the one for `batch_size` rows and `steps` captured; None without graphs.
+        A capture failure costs speed, not correctness: it is logged, the engine decodes eagerly from then
+        on (stats say why), unless graphs are required. A failing replay is not caught here: it may have
+        advanced the DSLA states, so it fails the step's requests instead of running the step again."""
         if self.graphs is None:
             return None
         try:
-            return call(self.graphs)
+            self.graphs.graph(batch_size, steps)
         except Exception as e:  # noqa: BLE001
             if self.require_cuda_graphs:
                 raise
             log.exception("CUDA graph capture failed; decoding without graphs from now on")
             self.cuda_graph_error = f"{type(e).__name__}: {e}"[:500]
             self.graphs = None
-            return None
+        return self.graphs
 
     def _greedy_run(self, work: ScheduledStep) -> int:
         """How many greedy decode steps `work` may run in one pass (`decode_steps`' conditions), else 1."""
@@ -532,8 +534,10 @@ class Engine:
     def _decode_greedy(self, reqs: list[Request], steps: int) -> list[Request]:
         """`steps` greedy decode steps of `reqs` in one pass; a request's tokens after its stop are dropped."""
         rows = [(req.slot, req.num_computed, req.output_ids[-1]) for req in reqs]
-        tokens = self._on_graphs(lambda graphs: graphs.run_greedy(rows, steps))
-        if tokens is None:
+        graphs = self._captured(len(rows), steps)
+        if graphs is not None:
+            tokens = graphs.run_greedy(rows, steps)
+        else:
             inputs = DecodeInputs(len(rows), self.device)
             inputs.fill(rows)
             tokens = greedy_steps(self.runner, inputs, steps, max(p for _, p, _ in rows) + steps).tolist()
@@ -567,8 +571,10 @@ class Engine:
             decode.append((req.slot, req.num_computed, req.output_ids[-1]))
         logit_rows += range(row, row + len(decode))
 
-        logits = self._on_graphs(lambda graphs: graphs.run(decode)) if not prefill else None
-        if logits is None:
+        graphs = self._captured(len(decode), 0) if not prefill else None
+        if graphs is not None:
+            logits = graphs.run(decode)
+        else:
             batch = ForwardBatch.build(prefill, decode, logit_rows, self.device)
             logits = self.runner.forward(batch)
 
