@@ -83,6 +83,11 @@ def graph_ms(fn, replays: int = 30) -> float:
     return statistics.median(times[3:])
 
 
+def cublas(x: torch.Tensor, w: torch.Tensor, b, down: bool) -> torch.Tensor:
+    """The projection as the runner calls it through cuBLAS (the down projection after `silu_mul`)."""
+    return F.linear(silu_mul(x[:, :w.shape[1]], x[:, w.shape[1]:]) if down else x, w, b)
+
+
 def step_fn(kind: str, weights, x: torch.Tensor, op: str = "cublas", settings: dict | None = None):
     """One step's worth of the projection `kind` (every layer's weight in turn), as the runner calls it:
     op "cublas" (F.linear) or "gemv" (one row; the down projection takes the activation at its load)."""
@@ -93,7 +98,7 @@ def step_fn(kind: str, weights, x: torch.Tensor, op: str = "cublas", settings: d
             if op == "gemv":
                 gemv(x, w, b, silu_mul_input=down, settings=settings)
             else:
-                F.linear(silu_mul(x[:, :w.shape[1]], x[:, w.shape[1]:]) if down else x, w, b)
+                cublas(x, w, b, down)
     return run
 
 
@@ -114,7 +119,7 @@ def time_projections(kinds, rows: list[int], bw: float, sweep: bool) -> list[dic
                 w0, b0 = weights[0]
                 down = kind.startswith("down")
                 got = gemv(x, w0, b0, silu_mul_input=down)
-                want = F.linear(silu_mul(x[:, :w0.shape[1]], x[:, w0.shape[1]:]) if down else x, w0, b0)
+                want = cublas(x, w0, b0, down)
                 err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
                 default = launch_settings(down)
                 variants += [("gemv", default)] + ([("gemv", s) for s in SWEEP if s != default] if sweep else [])

@@ -235,7 +235,7 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
     captured pass replayed back to back, per step. gemv False: the step's projections through cuBLAS.
     Its greedy tokens must equal those of the first variant timed at the same depth and gemv setting."""
     engine = b1_engine(bench, model, depth, prompt_len + steps + 1, decode_steps)
-    engine.runner.gemv = engine.runner.gemv and gemv  # before the first step: the graph captures it
+    engine.runner.use_gemv = engine.runner.use_gemv and gemv  # before the first step: the graph captures it
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for warm in (True, False):
         stream = engine.add_request(random_prompts(1, prompt_len, vocab, seed=depth)[0], params)
@@ -272,13 +272,13 @@ def decode_b1(bench: Bench, model, depth: int, prompt_len: int, steps: int, bw: 
     check_graphs(engine)
     wbytes = weight_bytes_per_step(model, depth)
     floor_ms = 1000 * wbytes / bw if bw else None
-    row = {"depth": depth, "gemv": engine.runner.gemv, "decode_steps": engine.decode_steps, "prompt": prompt_len,
+    row = {"depth": depth, "gemv": engine.runner.use_gemv, "decode_steps": engine.decode_steps, "prompt": prompt_len,
            "batch": 1, "new_tokens": steps, "passes": len(passes), "ms_per_token": round(ms, 3),
            "graph_replay_ms": round(graph_ms, 3) if graph_ms else None,
            "weight_gb": round(wbytes / 1e9, 3), "floor_ms": round(floor_ms, 3) if floor_ms else None,
            "x_floor": round(ms / floor_ms, 3) if floor_ms else None, "cuda_graphs": engine.graphs is not None}
     # the same prompt at the same depth and projection path: every decode_steps must give the same tokens
-    first = bench.b1_tokens.setdefault((depth, engine.runner.gemv), (engine.decode_steps, generated))
+    first = bench.b1_tokens.setdefault((depth, engine.runner.use_gemv), (engine.decode_steps, generated))
     row["same_tokens_as_decode_steps"] = first[0] if first[1] == generated else None
     bench.results["decode_b1"].append(row)
     bench.save()

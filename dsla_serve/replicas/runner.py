@@ -80,7 +80,7 @@ class ModelRunner:
     def __init__(self, model, pool: CachePool, dsla_layers: dict[int, torch.nn.Module], fused: bool | None = None):
         """`dsla_layers`: {layer index: DSLAAttention} for the layers that are DSLA at this depth;
         `fused`: use the Triton fused kernels and merged projections (default: on CUDA when usable).
-        The attribute `gemv` (default: `fused`) runs one-row passes' projections through the Triton
+        The attribute `use_gemv` (default: `fused`) runs one-row passes' projections through the Triton
         `gemv`; a benchmark may turn it off before the first step (CUDA graphs capture what it says)."""
         base = model.model
         self.embed = base.embed_tokens
@@ -91,7 +91,7 @@ class ModelRunner:
         self.pool = pool
         self.dsla = dict(dsla_layers)
         self.fused = _fused_kernels_usable(model, pool.device) if fused is None else fused
-        self.gemv = self.fused
+        self.use_gemv = self.fused
         self.qkv: dict[int, tuple] = {}  # layer -> merged (weight, bias) of q/k/v, softmax layers
         self.dsla_proj: dict[int, tuple] = {}  # layer -> merged (weight, bias) of twin.projection_linears()
         self.gate_up: dict[int, tuple] = {}  # layer -> merged (weight, bias) of the MLP's gate/up
@@ -153,11 +153,11 @@ class ModelRunner:
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             h, x = add_rmsnorm(h, m, nxt.weight, nxt.variance_epsilon)
         x = x if batch.logit_rows is None else x.index_select(0, batch.logit_rows)
-        return self._project(x, self.lm_head)
+        return self._linear(x, self.lm_head.weight, self.lm_head.bias)
 
     def _one_row(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether x @ weight.T runs as the Triton `gemv` (one row, gemv on, rows of weight contiguous)."""
-        return self.gemv and x.shape[0] == 1 and weight.stride(1) == 1
+        return self.use_gemv and x.shape[0] == 1 and weight.stride(1) == 1
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, K] -> [N, out] = F.linear(x, weight, bias), as `gemv` for one row."""
@@ -165,10 +165,6 @@ class ModelRunner:
             from ..kernels.block import gemv
             return gemv(x, weight, bias)
         return F.linear(x, weight, bias)
-
-    def _project(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-        """x [N, K] -> linear(x) (the module's own call), as `gemv` for one row."""
-        return self._linear(x, linear.weight, linear.bias) if self._one_row(x, linear.weight) else linear(x)
 
     def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
         cos, sin = self.rotary(h[None], batch.positions[None])
@@ -214,7 +210,7 @@ class ModelRunner:
             parts.append(decode_attention(q[P:], kc, vc, batch.dec_slots, batch.dec_lengths, attn.scaling,
                                           batch.max_len))
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return self._project(o.reshape(N, -1).to(x.dtype), attn.o_proj)
+        return self._linear(o.reshape(N, -1).to(x.dtype), attn.o_proj.weight, attn.o_proj.bias)
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
@@ -238,6 +234,4 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        if self._one_row(o, twin.o_proj.weight):  # twin.project_out's W_o o as one row's gemv
-            return self._linear(o.flatten(-2).to(x.dtype), twin.o_proj.weight, twin.o_proj.bias)
-        return twin.project_out(o, x.dtype)
+        return twin.project_out(o, x.dtype, self._linear)

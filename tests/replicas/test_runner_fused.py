@@ -57,7 +57,7 @@ def test_one_row_passes_run_every_projection_as_gemv():
         model = tiny_converted("llama", seed=3)
         engine = Engine(model, depth=2, max_model_len=32, max_num_seqs=1, prefill_chunk_tokens=8)
         engine.runner = ModelRunner(model, engine.pool, engine.runner.dsla, fused=True)
-        assert engine.runner.gemv
+        assert engine.runner.use_gemv
         prompt = random_prompts(1, seed=2, low=9, high=10)[0]
         out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True), use_tqdm=False)
         assert out[0].outputs[0].token_ids == hf_greedy(model, 2, prompt, 5), out[0].outputs[0].token_ids
