@@ -128,11 +128,11 @@ class DSLAAttention(nn.Module):
         m = self.mix()
         return m.expand(self.num_heads, 2) * self.output_scale.float()[:, None]
 
-    def project_out(self, o: torch.Tensor, dtype: torch.dtype, linear=None) -> torch.Tensor:
-        """o [..., H, V] of an op given `readout_mix()` -> [..., hidden]: W_o o in `dtype`, through o_proj
-        or, when given, `linear(x, weight, bias)` (a runner's one-row gemv)."""
+    def project_out(self, o: torch.Tensor, dtype: torch.dtype, project=None) -> torch.Tensor:
+        """o [..., H, V] of an op given `readout_mix()` -> [..., hidden]: W_o o in `dtype`, as o_proj(x) or,
+        when given, project(x, o_proj) (a runner that runs one-row projections as its gemv)."""
         x = o.flatten(-2).to(dtype)
-        return self.o_proj(x) if linear is None else linear(x, self.o_proj.weight, self.o_proj.bias)
+        return self.o_proj(x) if project is None else project(x, self.o_proj)
 
     def read_out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """o [..., H, V] per-head outputs computed without the gain -> [..., hidden]: W_o (output_scale * o)."""

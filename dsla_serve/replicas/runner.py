@@ -153,7 +153,7 @@ class ModelRunner:
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             h, x = add_rmsnorm(h, m, nxt.weight, nxt.variance_epsilon)
         x = x if batch.logit_rows is None else x.index_select(0, batch.logit_rows)
-        return self._linear(x, self.lm_head.weight, self.lm_head.bias)
+        return self._project(x, self.lm_head)
 
     def _one_row(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether x @ weight.T runs as the Triton `gemv` (one row, gemv on, rows of weight contiguous)."""
@@ -165,6 +165,13 @@ class ModelRunner:
             from ..kernels.block import gemv
             return gemv(x, weight, bias)
         return F.linear(x, weight, bias)
+
+    def _project(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+        """x [N, K] -> linear(x): the module's own call (its hooks run), as `gemv` for one row."""
+        if self._one_row(x, linear.weight):
+            from ..kernels.block import gemv
+            return gemv(x, linear.weight, linear.bias)
+        return linear(x)
 
     def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
         cos, sin = self.rotary(h[None], batch.positions[None])
@@ -210,7 +217,7 @@ class ModelRunner:
             parts.append(decode_attention(q[P:], kc, vc, batch.dec_slots, batch.dec_lengths, attn.scaling,
                                           batch.max_len))
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return self._linear(o.reshape(N, -1).to(x.dtype), attn.o_proj.weight, attn.o_proj.bias)
+        return self._project(o.reshape(N, -1).to(x.dtype), attn.o_proj)
 
     def _dsla(self, i: int, twin, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """DSLA layer i. x [N, hidden] -> [N, hidden]."""
@@ -234,4 +241,4 @@ class ModelRunner:
                                     g2[0, P:, None], mix, (s1, s2), batch.dec_state_slots, gate_logit_normalizer=tau)
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return twin.project_out(o, x.dtype, self._linear)
+        return twin.project_out(o, x.dtype, self._project)
