@@ -161,17 +161,11 @@ class ModelRunner:
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, K] -> [N, out] = F.linear(x, weight, bias), as `gemv` for one row."""
-        if self._one_row(x, weight):
-            from ..kernels.block import gemv
-            return gemv(x, weight, bias)
-        return F.linear(x, weight, bias)
+        return _gemv(x, weight, bias) if self._one_row(x, weight) else F.linear(x, weight, bias)
 
     def _project(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
         """x [N, K] -> linear(x): the module's own call (its hooks run), as `gemv` for one row."""
-        if self._one_row(x, linear.weight):
-            from ..kernels.block import gemv
-            return gemv(x, linear.weight, linear.bias)
-        return linear(x)
+        return _gemv(x, linear.weight, linear.bias) if self._one_row(x, linear.weight) else linear(x)
 
     def _rotary(self, h: torch.Tensor, batch: ForwardBatch):
         cos, sin = self.rotary(h[None], batch.positions[None])
@@ -242,3 +236,11 @@ class ModelRunner:
             parts.append(o[:, 0])
         o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return twin.project_out(o, x.dtype, self._project)
+
+
+def _gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The Triton one-row projection, imported when first used (triton is only needed on CUDA). Looked up
+    on the package at each call, so a test may wrap `dsla_serve.kernels.block.gemv`."""
+    from ..kernels import block
+
+    return block.gemv(x, weight, bias)
