@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 CASES = Path(__file__).with_name("triton_cases.py")
-NUM_CASES = 21
+NUM_CASES = 22
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -369,3 +369,33 @@ def test_bf16_inputs_with_the_gates_the_model_passes(ops, gates):
     want = run_with_grads(naive_dsla, f64(x), None, f64(dout), None, **kw)
     for name in want:
         assert rel(got[name], want[name]) < 2e-2, name
+
+
+def test_reference_models_layer_inputs(ops):
+    """SmolLM2-135M-Instruct's layer 3 converted to DSLA from its pretrained weights (GQA 9/3, head dim
+    64, the gates as initialised): the q/k/v and gate logits `project` makes of the layer's real input on
+    the chat prompt, in 16-token chunks (a ragged last one) from a random initial state, as the engine
+    passes them (logits, `gate_logit_normalizer`). Forward, final states and every gradient against
+    `naive_dsla` in fp64."""
+    from dsla_serve.model import DSLAConfig, convert, dsla_layers
+    from tests.reference import chat_ids, load_reference
+
+    model, tokenizer = load_reference()
+    convert(model, [3], DSLAConfig())
+    layer, twin = model.model.layers[3], dsla_layers(model)[3]
+    ids = torch.tensor([chat_ids(tokenizer)])
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states[3]  # layer 3's input
+        q, k, v, l1, l2 = twin.project(layer.input_layernorm(hidden), gate_logits=True)
+        x = dict(q=q, k=k, v=v, g1=l1, g2=l2, mix=twin.readout_mix())
+    B, T, H, K = q.shape
+    assert (H, k.shape[2], K) == (9, 3, 64) and T % 16, (q.shape, k.shape)
+    g = torch.Generator().manual_seed(43)
+    init = (torch.randn(B, H, K, K, generator=g) * 0.1, torch.randn(B, H, K, K, generator=g) * 0.1)
+    dout = torch.randn(B, T, H, K, generator=g)
+    dfinal = (torch.randn(B, H, K, K, generator=g), torch.randn(B, H, K, K, generator=g))
+    tau = twin.gate_logit_normalizer
+    got = run_with_grads(ops.chunk_dsla_triton, x, init, dout, dfinal, chunk_size=16, gate_logit_normalizer=tau)
+    want = run_with_grads(naive_dsla, f64(x), f64(init), f64(dout), f64(dfinal), gate_logit_normalizer=tau)
+    for name in want:
+        assert rel(got[name], want[name]) < TOL32, (name, rel(got[name], want[name]))
